@@ -1,0 +1,70 @@
+"""The scoring contract (DESIGN.md §2) written the obvious way: dense maps, one torch op per step.
+
+This is the readable reference that the fast paths are checked against, what
+``XAL_KERNELS=reference`` runs, and (in float32, unchunked) the "torch eager" baseline of the
+benchmarks. It materialises every full-resolution map, so it is chunked to bound memory.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .results import AlignmentScores, empty_scores
+from .roi import Roi
+
+__all__ = ["cam_grids", "normalised_maps", "cam_alignment_dense"]
+
+
+def cam_grids(features: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``ReLU(Σ_k α_k A_k)`` on the ``h×w`` grid, ``[B, h, w]`` in ``dtype``."""
+    return torch.relu(torch.einsum("bc,bchw->bhw", weights.to(dtype), features.to(dtype)))
+
+
+def normalised_maps(grids: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling to ``size`` then per-image min-max normalisation, ``[B, H, W]``.
+
+    A grid that is constant (on the grid, not after upsampling) normalises to all zeros.
+    """
+    maps = F.interpolate(grids[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    low = maps.amin(dim=(1, 2), keepdim=True)
+    high = maps.amax(dim=(1, 2), keepdim=True)
+    flat = grids.amax(dim=(1, 2)) == grids.amin(dim=(1, 2))
+    span = torch.where(flat[:, None, None], torch.ones_like(high), high - low)
+    maps = (maps - low) / span
+    return torch.where(flat[:, None, None], torch.zeros_like(maps), maps)
+
+
+def cam_alignment_dense(
+    features: torch.Tensor,
+    weights: torch.Tensor,
+    roi: Roi,
+    *,
+    threshold: float = 0.5,
+    dtype: torch.dtype = torch.float64,
+    chunk_size: int = 64,
+) -> AlignmentScores:
+    """Alignment scores from dense maps. Inputs are assumed checked and finite (see ``alignment``)."""
+    scores = empty_scores(features.shape[0], features.device)
+    for start in range(0, features.shape[0], chunk_size):
+        part = slice(start, start + chunk_size)
+        maps = normalised_maps(cam_grids(features[part], weights[part], dtype), roi.size)
+        truth = roi[part].to_masks().to(dtype)
+        predicted = (maps >= threshold).to(dtype)
+        overlap = (predicted * truth).sum(dim=(1, 2))
+        n_predicted = predicted.sum(dim=(1, 2))
+        n_truth = truth.sum(dim=(1, 2))
+        mass = maps.sum(dim=(1, 2))
+        mass_in_roi = (maps * truth).sum(dim=(1, 2))
+        flat_maps = maps.flatten(1)
+        peak = flat_maps.argmax(dim=1)
+        has_peak = flat_maps.amax(dim=1) > flat_maps.amin(dim=1)
+        hit = truth.flatten(1).gather(1, peak[:, None])[:, 0] * has_peak
+
+        both_empty = (n_predicted + n_truth) == 0
+        scores.dice[part] = torch.where(both_empty, 1.0, 2 * overlap / (n_predicted + n_truth).clamp_min(1)).float()
+        no_mass = (mass + n_truth) == 0
+        scores.soft_dice[part] = torch.where(no_mass, 1.0, 2 * mass_in_roi / (mass + n_truth).clamp_min(1e-300)).float()
+        scores.roi_energy[part] = torch.where(mass == 0, 0.0, mass_in_roi / mass.clamp_min(1e-300)).float()
+        scores.pointing_hit[part] = hit.float()
+    return scores
