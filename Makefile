@@ -1,0 +1,51 @@
+# Two commands: `make demo` and `make test`, each from a fresh clone with nothing installed by hand.
+#
+# CPU hosts get the CPU build of torch (torch==2.13.0; pip finds it on these machines' local wheel
+# path) before the project is installed, so that the dependency range never pulls a multi-GB CUDA
+# build. Hosts with an NVIDIA GPU install the `gpu` extra instead (CUDA torch from PyPI, Triton,
+# onnxruntime-gpu).
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes || echo no)
+TORCH_CPU ?= torch==2.13.0
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+
+ifeq ($(HAS_GPU),yes)
+RUN_EXTRAS := gpu
+DEV_EXTRAS := dev,gpu
+else
+RUN_EXTRAS := kernels
+DEV_EXTRAS := dev
+endif
+
+.PHONY: demo test install install-dev bench clean
+
+demo: $(VENV)/.installed-run
+	$(BIN)/xal demo
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -n 2 --doctest-modules tests xal_core
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python bench/scoring_cpu.py
+
+install: $(VENV)/.installed-run
+install-dev: $(VENV)/.installed-dev
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	@if [ "$(HAS_GPU)" = no ]; then echo "no NVIDIA GPU: installing the CPU build $(TORCH_CPU)"; $(PIP) "$(TORCH_CPU)"; fi
+	$(PIP) -e ".[$(RUN_EXTRAS)]"
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	@if [ "$(HAS_GPU)" = no ]; then echo "no NVIDIA GPU: installing the CPU build $(TORCH_CPU)"; $(PIP) "$(TORCH_CPU)"; fi
+	$(PIP) -e ".[$(DEV_EXTRAS)]"
+	@touch $@ $(VENV)/.installed-run
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
