@@ -24,12 +24,14 @@ def cam_grids(features: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype)
 def normalised_maps(grids: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear upsampling to ``size`` then per-image min-max normalisation, ``[B, H, W]``.
 
-    A grid that is constant (on the grid, not after upsampling) normalises to all zeros.
+    A grid that is constant (on the grid, not after upsampling) normalises to all zeros, and so
+    does a map left with no range at all after resampling (a 1×1 frame, say), where the contract's
+    ``(L − min) / (max − min)`` would be 0/0 (docs/scoring.md, "Clarifications").
     """
     maps = F.interpolate(grids[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     low = maps.amin(dim=(1, 2), keepdim=True)
     high = maps.amax(dim=(1, 2), keepdim=True)
-    flat = grids.amax(dim=(1, 2)) == grids.amin(dim=(1, 2))
+    flat = (grids.amax(dim=(1, 2)) == grids.amin(dim=(1, 2))) | (high <= low)[:, 0, 0]
     span = torch.where(flat[:, None, None], torch.ones_like(high), high - low)
     maps = (maps - low) / span
     return torch.where(flat[:, None, None], torch.zeros_like(maps), maps)

@@ -108,31 +108,45 @@ class Roi:
             raise ValueError("boxes: expected a list of B tensors [M_i, 4] (None = unknown), got a single tensor")
         items = list(boxes)
         device = next((b.device for b in items if isinstance(b, torch.Tensor)), torch.device("cpu"))
-        most = max((int(b.shape[0]) for b in items if isinstance(b, torch.Tensor) and b.dim() == 2), default=0)
+        for index, item in enumerate(items):
+            if item is not None:
+                cls._check_box_shape(item, index)
+        most = max((int(b.shape[0]) for b in items if b is not None), default=0)
         padded = torch.zeros(len(items), max(most, 1), 4, dtype=torch.float64, device=device)
         counts = torch.full((len(items),), -1, dtype=torch.int64, device=device)
         for index, item in enumerate(items):
-            if item is None:
-                continue
-            cls._check_boxes(item, index, height, width)
-            padded[index, : item.shape[0]] = item.to(device=device, dtype=torch.float64)
-            counts[index] = item.shape[0]
-        cls._check_box_values(padded, counts, height, width)
-        return cls(size=(height, width), known=counts >= 0, boxes=padded, counts=counts)
+            if item is not None:
+                padded[index, : item.shape[0]] = item.to(device=device, dtype=torch.float64)
+                counts[index] = item.shape[0]
+        return cls.from_padded_boxes(padded, counts, size=(height, width))
 
     @classmethod
     def from_padded_boxes(cls, boxes: torch.Tensor, counts: torch.Tensor, size: tuple[int, int]) -> "Roi":
-        """ROIs from the padded wire layout: ``boxes [B, M, 4]`` plus ``counts [B]`` (``-1`` = unknown)."""
+        """ROIs from the padded wire layout: ``boxes [B, M, 4]`` plus ``counts [B]`` (``-1`` = unknown).
+
+        Vectorised: this is the path pool stores and the service use for millions of items.
+        """
         height, width = cls._frame(size)
         if not isinstance(boxes, torch.Tensor) or boxes.dim() != 3 or boxes.shape[2] != 4:
-            raise ValueError(f"boxes: expected [B, M, 4], got {tuple(boxes.shape) if isinstance(boxes, torch.Tensor) else type(boxes).__name__}")
-        if not isinstance(counts, torch.Tensor) or counts.shape != boxes.shape[:1]:
-            raise ValueError(f"counts: expected shape [{boxes.shape[0]}], got {tuple(counts.shape) if isinstance(counts, torch.Tensor) else type(counts).__name__}")
-        if (counts < -1).any() or (counts > boxes.shape[1]).any():
-            index = int(((counts < -1) | (counts > boxes.shape[1])).nonzero()[0])
+            got = tuple(boxes.shape) if isinstance(boxes, torch.Tensor) else type(boxes).__name__
+            raise ValueError(f"boxes: expected [B, M, 4], got {got}")
+        if boxes.dtype.is_complex or boxes.dtype == torch.bool:
+            raise ValueError(f"boxes: expected a real dtype, got {boxes.dtype}")
+        if not isinstance(counts, torch.Tensor) or counts.shape != boxes.shape[:1] or counts.dtype.is_floating_point:
+            got = f"{counts.dtype} {tuple(counts.shape)}" if isinstance(counts, torch.Tensor) else type(counts).__name__
+            raise ValueError(f"counts: expected integers of shape [{boxes.shape[0]}], got {got}")
+        bad = (counts < -1) | (counts > boxes.shape[1])
+        if bad.any():
+            index = int(bad.nonzero()[0])
             raise ValueError(f"counts[{index}]: {int(counts[index])} is not -1 (unknown) or 0..{boxes.shape[1]}")
-        listed = [None if int(c) < 0 else boxes[i, : int(c)] for i, c in enumerate(counts.tolist())]
-        return cls.from_boxes(listed, size=(height, width))
+        counts = counts.to(device=boxes.device, dtype=torch.int64)
+        padded = boxes.to(torch.float64)
+        if padded.shape[1] == 0:
+            padded = torch.zeros(boxes.shape[0], 1, 4, dtype=torch.float64, device=boxes.device)
+        used = torch.arange(padded.shape[1], device=padded.device)[None, :] < counts[:, None]
+        padded = torch.where(used[..., None], padded, 0.0)
+        cls._check_box_values(padded, counts, height, width)
+        return cls(size=(height, width), known=counts >= 0, boxes=padded, counts=counts)
 
     # ------------------------------------------------------------------ views
     @property
@@ -215,7 +229,7 @@ class Roi:
         return flags.bool()
 
     @staticmethod
-    def _check_boxes(item: object, index: int, height: int, width: int) -> None:
+    def _check_box_shape(item: object, index: int) -> None:
         if not isinstance(item, torch.Tensor):
             raise ValueError(f"boxes[{index}]: expected a tensor [M, 4] or None, got {type(item).__name__}")
         if item.dim() != 2 or item.shape[1] != 4:

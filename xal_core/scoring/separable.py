@@ -14,8 +14,10 @@ in ``λ`` on each group. Hence, per row and group (``H·w`` pairs instead of ``H
   ``r_y`` with per-group column weights, of the ROI with the interpolation matrix, or (for boxes)
   with its running sums: boxes never become a dense mask.
 
-Everything runs batched over a chunk of images, in float64 after the channel aggregation, with no
-Python loop over images, pixels or boxes.
+Precision: the grid is min-max normalised in float64 first (an affine map, which the contract's
+normalisation is invariant to), so the per-row work can run in float32 on values in ``[0, 1]``
+with absolute errors near 1e-7; counts and sums accumulate in int32/float64. Everything runs
+batched over a chunk of images, with no Python loop over images, pixels or boxes.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from .roi import Roi
 
 __all__ = ["cam_alignment_separable"]
 
-WORK_DTYPE = torch.float64
+ROW_DTYPE = torch.float32  # per-row values, all in [0, 1]
+SUM_DTYPE = torch.float64  # accumulations and final ratios
 DEFAULT_CHUNK = 128
 
 
@@ -42,32 +45,46 @@ class ColumnPlan:
     sampling: AxisSampling
     group: torch.Tensor  # int64 [g]: the lo index j of each non-empty column group
     group_hi: torch.Tensor  # int64 [g]: the hi index paired with j
-    start: torch.Tensor  # int64 [g]: first column of the group
-    end: torch.Tensor  # int64 [g]: one past its last column
+    start: torch.Tensor  # int32 [g]: first column of the group
+    end: torch.Tensor  # int32 [g]: one past its last column
+    group_f: torch.Tensor  # ROW_DTYPE [g]: j as a float, the group's source-coordinate origin
     candidates: torch.Tensor  # int64 [n_c]: columns where a row can take its min or max
-    matrix: torch.Tensor  # [W, w]: resized_row = matrix @ grid_row
-    running: torch.Tensor  # [W + 1, w]: running[x] = sum of matrix rows before x
-    column_weight: torch.Tensor  # [w]: matrix.sum(0); Σ_x row(x) = column_weight · grid_row
+    matrix: torch.Tensor  # ROW_DTYPE [W, w]: resized_row = matrix @ grid_row
+    running: torch.Tensor  # ROW_DTYPE [W + 1, w]: running[x] = sum of matrix rows before x
+    column_weight: torch.Tensor  # ROW_DTYPE [w]: matrix.sum(0), so Σ_x row(x) = column_weight · grid_row
+    out_per_in: float  # W / w: converts a source coordinate back to a column
 
 
 @lru_cache(maxsize=64)
 def column_plan(w: int, width: int, device: torch.device) -> ColumnPlan:
-    sampling = axis_sampling(w, width, dtype=WORK_DTYPE, device=device)
+    sampling = axis_sampling(w, width, dtype=torch.float64, device=device)
     groups = torch.arange(w, device=device)
     start = torch.searchsorted(sampling.lo, groups, side="left")
     end = torch.searchsorted(sampling.lo, groups, side="right")
     present = end > start
     start, end, group = start[present], end[present], groups[present]
-    group_hi = sampling.hi[start]
     candidates = torch.unique(torch.cat([start, end - 1]))
     matrix = interpolation_matrix(sampling, w)
-    running = torch.cat([torch.zeros(1, w, dtype=WORK_DTYPE, device=device), matrix.cumsum(0)])
-    return ColumnPlan(sampling, group, group_hi, start, end, candidates, matrix, running, matrix.sum(0))
+    running = torch.cat([torch.zeros(1, w, dtype=torch.float64, device=device), matrix.cumsum(0)])
+    return ColumnPlan(
+        sampling=sampling,
+        group=group,
+        group_hi=sampling.hi[start],
+        start=start.to(torch.int32),
+        end=end.to(torch.int32),
+        group_f=group.to(ROW_DTYPE),
+        candidates=candidates,
+        matrix=matrix.to(ROW_DTYPE),
+        running=running.to(ROW_DTYPE),
+        column_weight=matrix.sum(0).to(ROW_DTYPE),
+        out_per_in=width / w,
+    )
 
 
 @lru_cache(maxsize=64)
 def row_sampling(h: int, height: int, device: torch.device) -> AxisSampling:
-    return axis_sampling(h, height, dtype=WORK_DTYPE, device=device)
+    sampling = axis_sampling(h, height, dtype=torch.float64, device=device)
+    return AxisSampling(sampling.lo, sampling.hi, sampling.lam.to(ROW_DTYPE), sampling.source)
 
 
 def cam_alignment_separable(
@@ -87,79 +104,86 @@ def cam_alignment_separable(
     scores = empty_scores(batch, device)
     for begin in range(0, batch, chunk_size):
         part = slice(begin, begin + chunk_size)
-        grids = _aggregate(features[part], weights[part])
-        blended_rows = _blend_rows(grids, rows)
-        metrics = _chunk_metrics(grids, blended_rows, plan, roi[part], threshold)
+        grids, grid_flat = _normalised_grids(features[part], weights[part])
+        metrics = _chunk_metrics(_blend_rows(grids, rows), grid_flat, plan, roi[part], threshold)
         for name, value in metrics.items():
             getattr(scores, name)[part] = value.to(torch.float32)
     return scores
 
 
-def _aggregate(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``ReLU(Σ_k α_k A_k)`` ``[b, h, w]`` in float64; the channel sum itself runs in float32 (or
-    float64 for float64 inputs) as one batched matrix product."""
+def _normalised_grids(features: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ReLU(Σ_k α_k A_k)`` min-max scaled to ``[0, 1]`` on the grid, ``[b, h, w]`` float32, and
+    whether each grid is constant. The channel sum is one batched matrix product in float32
+    (float64 for float64 inputs); the scaling runs in float64."""
     dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
     b, c, h, w = features.shape
     grid = torch.bmm(weights.to(dtype)[:, None, :], features.to(dtype).reshape(b, c, h * w))
-    return torch.relu(grid.reshape(b, h, w)).to(WORK_DTYPE)
+    grid = torch.relu(grid.reshape(b, h, w)).to(torch.float64)
+    low = grid.amin(dim=(1, 2), keepdim=True)
+    high = grid.amax(dim=(1, 2), keepdim=True)
+    flat = (high == low)[:, 0, 0]
+    span = torch.where(high > low, high - low, torch.ones_like(high))
+    return ((grid - low) / span).to(ROW_DTYPE), flat
 
 
 def _blend_rows(grids: torch.Tensor, rows: AxisSampling) -> torch.Tensor:
     """Vertical pass of the upsampling: ``[b, H, w]``."""
     lam = rows.lam[:, None]
-    return grids[:, rows.lo, :] * (1.0 - lam) + grids[:, rows.hi, :] * lam
+    return torch.lerp(grids[:, rows.lo, :], grids[:, rows.hi, :], lam)
 
 
 def _chunk_metrics(
-    grids: torch.Tensor,
     blended: torch.Tensor,
+    grid_flat: torch.Tensor,
     plan: ColumnPlan,
     roi: Roi,
     threshold: float,
 ) -> dict[str, torch.Tensor]:
     height, width = roi.size
     cols = plan.sampling
-    flat = grids.amax(dim=(1, 2)) == grids.amin(dim=(1, 2))
+    start, end = plan.start, plan.end
 
     # Min, max and first arg-max of the upsampled map, from the candidate columns of every row.
-    lam_c = cols.lam[plan.candidates]
-    values = blended[:, :, cols.lo[plan.candidates]] * (1.0 - lam_c) + blended[:, :, cols.hi[plan.candidates]] * lam_c
+    lam_c = cols.lam[plan.candidates].to(ROW_DTYPE)
+    values = torch.lerp(blended[:, :, cols.lo[plan.candidates]], blended[:, :, cols.hi[plan.candidates]], lam_c)
     low = values.amin(dim=(1, 2))
     high = values.amax(dim=(1, 2))
+    # Constant on the grid (the contract), or no range left after resampling (e.g. a 1×1 frame):
+    # either way there is nothing to normalise and the map counts as all zeros.
+    flat = grid_flat | (high <= low)
     span = torch.where(flat, torch.ones_like(high), high - low)
-    flat_index = torch.arange(height, device=grids.device)[:, None] * width + plan.candidates[None, :]
-    at_peak = values == high[:, None, None]
-    peak = torch.where(at_peak, flat_index, height * width).flatten(1).amin(dim=1)
+    flat_index = torch.arange(height, device=blended.device)[:, None] * width + plan.candidates[None, :]
+    peak = torch.where(values == high[:, None, None], flat_index, height * width).flatten(1).amin(dim=1)
 
-    # Per row and column group: the run [run_start, run_end) of pixels with value >= t.
-    cut = low + threshold * span
+    # Per row and column group: the run [run_start, run_end) of pixels with value >= cut. On a group
+    # the value is left + λ·slope with λ = source - j, so solve for the source coordinate and map it
+    # back to a column: first x with source(x) >= v is ceil((v + 0.5)·W/w - 0.5).
+    cut = (low + threshold * span)[:, None, None]
     left = blended[:, :, plan.group]
-    right = blended[:, :, plan.group_hi]
-    slope = right - left
-    safe_slope = torch.where(slope == 0, torch.ones_like(slope), slope)
-    crossing = plan.group + (cut[:, None, None] - left) / safe_slope  # source coordinate of value == t
-    first_at_or_above = torch.searchsorted(cols.source, crossing.contiguous(), side="left")
-    first_above = torch.searchsorted(cols.source, crossing.contiguous(), side="right")
-    start, end = plan.start, plan.end
-    run_start = torch.where(slope > 0, torch.maximum(torch.minimum(first_at_or_above, end), start), start)
-    level_end = torch.where(left >= cut[:, None, None], end, start)
-    falling_end = torch.maximum(torch.minimum(first_above, end), start)
-    run_end = torch.where(slope > 0, end, torch.where(slope < 0, falling_end, level_end))
+    slope = blended[:, :, plan.group_hi] - left
+    rising, falling = slope > 0, slope < 0
+    crossing = plan.group_f + (cut - left) / torch.where(slope == 0, torch.ones_like(slope), slope)
+    # Columns left of the first output pixel centre clamp their source coordinate to 0, so any
+    # crossing below 0 lies before every column.
+    column = (crossing.clamp(-1.0, float(plan.matrix.shape[1])) + 0.5) * plan.out_per_in - 0.5
+    before_all = crossing < 0
+    first_at_or_above = torch.where(before_all, 0, torch.ceil(column).to(torch.int32))
+    first_above = torch.where(before_all, 0, torch.floor(column).to(torch.int32) + 1)
+    run_start = torch.where(rising, first_at_or_above.clamp(start, end), start)
+    level_end = torch.where(left >= cut, end, start)
+    run_end = torch.where(rising, end, torch.where(falling, first_above.clamp(start, end), level_end))
     run_end = torch.where(flat[:, None, None], run_start, run_end)
-    n_predicted = (run_end - run_start).sum(dim=(1, 2)).to(WORK_DTYPE)
+    n_predicted = (run_end - run_start).sum(dim=(1, 2), dtype=torch.int64).to(SUM_DTYPE)
 
-    # Map mass, measured from the minimum so that nearly flat maps do not cancel catastrophically.
+    # Map mass measured from the minimum (so that it is the mass of the normalised map times span).
     shifted = blended - low[:, None, None]
-    mass = (shifted * plan.column_weight).sum(dim=(1, 2)) / span
+    mass = (shifted * plan.column_weight).sum(dim=(1, 2), dtype=SUM_DTYPE) / span
 
-    if roi.masks is not None:
-        n_truth, overlap, shifted_mass_in, hit = _mask_terms(roi.masks, shifted, plan, run_start, run_end, peak)
-    else:
-        n_truth, overlap, shifted_mass_in, hit = _box_terms(roi, shifted, plan, run_start, run_end, peak)
+    terms = _mask_terms if roi.masks is not None else _box_terms
+    n_truth, overlap, shifted_mass_in, hit = terms(roi, shifted, plan, run_start, run_end, peak)
     mass_in_roi = torch.minimum((shifted_mass_in / span).clamp_min(0.0), mass)
-    mass = torch.where(flat, torch.zeros_like(mass), mass)
-    mass_in_roi = torch.where(flat, torch.zeros_like(mass_in_roi), mass_in_roi)
-    hit = torch.where(flat, torch.zeros_like(hit), hit)
+    zero = torch.zeros_like(mass)
+    mass, mass_in_roi, hit = (torch.where(flat, zero, t) for t in (mass, mass_in_roi, hit))
 
     pair = n_predicted + n_truth
     soft_pair = mass + n_truth
@@ -171,50 +195,51 @@ def _chunk_metrics(
     }
 
 
-def _mask_terms(masks, shifted, plan, run_start, run_end, peak):
+def _mask_terms(roi: Roi, shifted, plan: ColumnPlan, run_start, run_end, peak):
     """ROI size, overlap with the thresholded runs, map mass inside, and peak hit for dense masks."""
+    masks = roi.masks
     b, height, width = masks.shape
     # Running ROI counts along each row; 16-bit counters whenever the row is short enough.
     count_dtype = torch.int16 if width < 2**15 else torch.int32
     running = torch.cumsum(masks.view(torch.uint8), dim=2, dtype=count_dtype)
 
     def count_before(x: torch.Tensor) -> torch.Tensor:  # ROI pixels in [0, x) of each row
-        taken = running.gather(2, (x - 1).clamp_min(0))
+        taken = running.gather(2, (x.long() - 1).clamp_min(0))
         return torch.where(x > 0, taken, torch.zeros_like(taken)).to(torch.int32)
 
-    n_truth = running[:, :, width - 1].sum(dim=1, dtype=torch.int64).to(WORK_DTYPE)
-    overlap = (count_before(run_end) - count_before(run_start)).sum(dim=(1, 2), dtype=torch.int64).to(WORK_DTYPE)
-    roi_columns = torch.mm(masks.reshape(b * height, width).to(torch.float32), plan.matrix.to(torch.float32))
-    mass_in = (shifted * roi_columns.reshape(b, height, -1).to(WORK_DTYPE)).sum(dim=(1, 2))
-    hit = masks.reshape(b, -1).gather(1, peak.clamp_max(height * width - 1)[:, None])[:, 0].to(WORK_DTYPE)
+    n_truth = running[:, :, width - 1].sum(dim=1, dtype=torch.int64).to(SUM_DTYPE)
+    overlap = (count_before(run_end) - count_before(run_start)).sum(dim=(1, 2), dtype=torch.int64).to(SUM_DTYPE)
+    roi_columns = torch.mm(masks.reshape(b * height, width).to(ROW_DTYPE), plan.matrix).reshape(b, height, -1)
+    mass_in = (shifted * roi_columns).sum(dim=(1, 2), dtype=SUM_DTYPE)
+    hit = masks.reshape(b, -1).gather(1, peak.clamp_max(height * width - 1)[:, None])[:, 0].to(SUM_DTYPE)
     return n_truth, overlap, mass_in, hit
 
 
-def _box_terms(roi: Roi, shifted, plan, run_start, run_end, peak):
+def _box_terms(roi: Roi, shifted, plan: ColumnPlan, run_start, run_end, peak):
     """The same four terms for box ROIs, from per-row disjoint column intervals (no dense mask)."""
     height, width = roi.size
-    ranges = roi.box_pixel_ranges()  # [b, M, 4] = x_lo, y_lo, x_hi, y_hi
+    ranges = roi.box_pixel_ranges().to(torch.int32)  # [b, M, 4] = x_lo, y_lo, x_hi, y_hi
     x_lo, y_lo, x_hi, y_hi = ranges.unbind(-1)
-    ys = torch.arange(height, device=ranges.device)
+    ys = torch.arange(height, device=ranges.device, dtype=torch.int32)
     active = (ys[None, :, None] >= y_lo[:, None, :]) & (ys[None, :, None] < y_hi[:, None, :])  # [b, H, M]
     lo = torch.where(active, x_lo[:, None, :], 0)
     hi = torch.where(active, torch.maximum(x_hi, x_lo)[:, None, :], 0)
-    # Union of intervals per row as disjoint pieces: sort by start, cut each at the running max end.
-    lo, order = lo.sort(dim=-1)
-    hi = hi.gather(-1, order)
-    reach = torch.cummax(hi, dim=-1).values
-    reach = torch.cat([torch.zeros_like(reach[..., :1]), reach[..., :-1]], dim=-1)
-    lo = torch.maximum(lo, reach)
-    hi = torch.maximum(hi, lo)
-    n_truth = (hi - lo).sum(dim=(1, 2)).to(WORK_DTYPE)
+    if lo.shape[-1] > 1:
+        # Union of intervals per row as disjoint pieces: sort by start, cut each at the running max end.
+        lo, order = lo.sort(dim=-1)
+        hi = hi.gather(-1, order)
+        reach = torch.cummax(hi, dim=-1).values
+        lo = torch.cat([lo[..., :1], torch.maximum(lo[..., 1:], reach[..., :-1])], dim=-1)
+        hi = torch.maximum(hi, lo)
+    n_truth = (hi - lo).sum(dim=(1, 2), dtype=torch.int64).to(SUM_DTYPE)
 
     def covered_before(x: torch.Tensor) -> torch.Tensor:  # x: [b, H, g] -> ROI pixels in [0, x) of the row
-        return (torch.minimum(hi[:, :, None, :], x[..., None]) - lo[:, :, None, :]).clamp_min(0).sum(-1)
+        return (torch.minimum(hi[:, :, None, :], x[..., None]) - lo[:, :, None, :]).clamp_min(0).sum(-1, dtype=torch.int32)
 
-    overlap = (covered_before(run_end) - covered_before(run_start)).sum(dim=(1, 2)).to(WORK_DTYPE)
-    inside = plan.running[hi] - plan.running[lo]  # [b, H, M, w]
-    mass_in = (shifted[:, :, None, :] * inside).sum(dim=(1, 2, 3))
+    overlap = (covered_before(run_end) - covered_before(run_start)).sum(dim=(1, 2), dtype=torch.int64).to(SUM_DTYPE)
+    inside = plan.running[hi.long()] - plan.running[lo.long()]  # [b, H, M, w]
+    mass_in = (shifted[:, :, None, :] * inside).sum(dim=(1, 2, 3), dtype=SUM_DTYPE)
     peak_y, peak_x = peak // width, peak % width
     in_box = (peak_x[:, None] >= x_lo) & (peak_x[:, None] < x_hi) & (peak_y[:, None] >= y_lo) & (peak_y[:, None] < y_hi)
-    hit = in_box.any(dim=1).to(WORK_DTYPE)
+    hit = in_box.any(dim=1).to(SUM_DTYPE)
     return n_truth, overlap, mass_in, hit

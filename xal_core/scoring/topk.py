@@ -47,12 +47,25 @@ class TopK:
         self.k = int(k)
         self._ids = torch.empty(0, dtype=torch.int64)
         self._scores = torch.empty(0, dtype=torch.float64)
+        self._columns: dict[str, torch.Tensor] = {}
         self.n_seen = 0
         self.n_ineligible = 0
 
-    def push(self, ids: torch.Tensor | np.ndarray, scores: torch.Tensor | np.ndarray) -> None:
-        """Offer one chunk. ``ids`` must be unique integers (checked within the chunk and against
-        the current selection; uniqueness across the whole pool is the caller's contract)."""
+    def push(
+        self,
+        ids: torch.Tensor | np.ndarray,
+        scores: torch.Tensor | np.ndarray,
+        columns: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """Offer one chunk.
+
+        Args:
+            ids: unique integers (checked within the chunk and against the current selection;
+                uniqueness across the whole pool is the caller's contract).
+            scores: one per id; NaN = not eligible.
+            columns: optional per-item values to carry along with the selected items (for example
+                the metrics a ranking reports); the same names on every push.
+        """
         ids_t = torch.as_tensor(ids).detach().cpu()
         scores_t = torch.as_tensor(scores).detach().cpu()
         if ids_t.dim() != 1 or scores_t.shape != ids_t.shape:
@@ -66,21 +79,32 @@ class TopK:
         self.n_seen += int(ids_t.numel())
         eligible = ~torch.isnan(scores_t)
         self.n_ineligible += int((~eligible).sum())
-        ids_t, scores_t = ids_t[eligible], scores_t[eligible]
+        chunk_columns = self._check_columns(columns, ids_t.shape[0])
+        keep = eligible
+        ids_t = ids_t[keep]
         self._check_unique(ids_t)
         if ids_t.numel() > self.k:
             # Keep everything that can still make the cut, ties at the k-th score included.
-            kth = torch.topk(scores_t, self.k).values[-1]
-            keep = scores_t >= kth
-            ids_t, scores_t = ids_t[keep], scores_t[keep]
+            kth = torch.topk(scores_t[keep], self.k).values[-1]
+            keep = keep & (scores_t >= kth)
+            ids_t = torch.as_tensor(ids).detach().cpu().to(torch.int64)[keep]
+        scores_t = scores_t[keep]
         merged_ids = torch.cat([self._ids, ids_t])
         merged_scores = torch.cat([self._scores, scores_t])
         order = rank_order(merged_ids, merged_scores)[: self.k]
         self._ids, self._scores = merged_ids[order], merged_scores[order]
+        self._columns = {
+            name: torch.cat([self._columns[name], value[keep]])[order] if name in self._columns else value[keep][order]
+            for name, value in chunk_columns.items()
+        }
 
     def result(self) -> Selection:
         """The best ``min(k, eligible items seen)`` items, best first."""
         return Selection(self._ids.clone(), self._scores.clone())
+
+    def selected_columns(self) -> dict[str, torch.Tensor]:
+        """The ``columns`` passed to :meth:`push`, aligned with ``result().ids``."""
+        return {name: value.clone() for name, value in self._columns.items()}
 
     def __len__(self) -> int:
         return int(self._ids.numel())
@@ -92,3 +116,18 @@ class TopK:
         again = torch.isin(ids, self._ids)
         if again.any():
             raise ValueError(f"push: id {int(ids[again][0])} was already pushed")
+
+    def _check_columns(self, columns: dict[str, torch.Tensor] | None, n: int) -> dict[str, torch.Tensor]:
+        if not columns:
+            if self._columns and self.n_seen > n:
+                raise ValueError(f"push: columns {sorted(self._columns)} were given before; give them on every push")
+            return {}
+        if self.n_seen > n and set(columns) != set(self._columns):
+            raise ValueError(f"push: columns {sorted(columns)} differ from earlier pushes {sorted(self._columns)}")
+        checked = {}
+        for name, value in columns.items():
+            value = torch.as_tensor(value).detach().cpu()
+            if value.dim() < 1 or value.shape[0] != n:
+                raise ValueError(f"push: column {name!r} has shape {tuple(value.shape)}, expected [{n}, ...]")
+            checked[name] = value
+        return checked

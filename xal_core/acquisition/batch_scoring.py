@@ -1,0 +1,121 @@
+"""The one scoring function at the centre of xal (DESIGN.md §1).
+
+``score_batch`` maps a batch of model outputs ``(logits, feature maps, CAM weights)`` and ROIs to
+per-item scores. The library, the gRPC service and distributed workers all call it, so a ranking
+is the same wherever it is computed. The heavy steps go through ``xal_kernels`` dispatch: Triton on
+CUDA tensors, the separable CPU path otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from xal_core.scoring import UNCERTAINTY_KINDS, Roi
+
+__all__ = ["ScoringConfig", "BatchScores", "score_batch"]
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """Parameters of the dual acquisition score (DESIGN.md §2).
+
+    Attributes:
+        uncertainty: ``"entropy"``, ``"margin"`` or ``"least_confidence"``.
+        weight: ``λ`` in ``s = λ·U + (1 − λ)·M``.
+        threshold: ``τ`` binarising the normalised CAM.
+        fusion: ``"weighted"`` (per batch, streams) or ``"rank"`` (needs the whole pool's U and M).
+        missing_roi: ``"uncertainty_only"`` or ``"exclude"`` for items without an ROI.
+    """
+
+    uncertainty: str = "entropy"
+    weight: float = 0.5
+    threshold: float = 0.5
+    fusion: Literal["weighted", "rank"] = "weighted"
+    missing_roi: Literal["uncertainty_only", "exclude"] = "uncertainty_only"
+
+    def __post_init__(self) -> None:
+        if self.uncertainty not in UNCERTAINTY_KINDS:
+            raise ValueError(f"uncertainty: expected one of {', '.join(UNCERTAINTY_KINDS)}, got {self.uncertainty!r}")
+        if not 0.0 <= self.weight <= 1.0:
+            raise ValueError(f"weight: expected a number in [0, 1], got {self.weight!r}")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold: expected a number in (0, 1], got {self.threshold!r}")
+        if self.fusion not in ("weighted", "rank"):
+            raise ValueError(f"fusion: expected 'weighted' or 'rank', got {self.fusion!r}")
+        if self.missing_roi not in ("uncertainty_only", "exclude"):
+            raise ValueError(f"missing_roi: expected 'uncertainty_only' or 'exclude', got {self.missing_roi!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class BatchScores:
+    """Per-item scores of one batch (all ``[b]``, on the CPU).
+
+    ``score`` is the dual score for ``fusion="weighted"``; for ``fusion="rank"`` it is NaN here and
+    is computed once the whole pool has been seen (see ``rank_pool``).
+    """
+
+    ids: torch.Tensor
+    uncertainty: torch.Tensor
+    dice: torch.Tensor
+    soft_dice: torch.Tensor
+    roi_energy: torch.Tensor
+    pointing_hit: torch.Tensor
+    predicted_class: torch.Tensor
+    probabilities: torch.Tensor  # [b, K]
+    invalid: torch.Tensor
+    excluded: torch.Tensor
+    score: torch.Tensor
+
+    def columns(self) -> dict[str, torch.Tensor]:
+        """The per-item values a ranking reports, by name."""
+        return {
+            "uncertainty": self.uncertainty,
+            "dice": self.dice,
+            "soft_dice": self.soft_dice,
+            "roi_energy": self.roi_energy,
+            "pointing_hit": self.pointing_hit,
+            "predicted_class": self.predicted_class,
+            "probabilities": self.probabilities,
+        }
+
+
+def score_batch(
+    ids: torch.Tensor,
+    logits: torch.Tensor,
+    features: torch.Tensor,
+    cam_weights: torch.Tensor,
+    roi: Roi,
+    config: ScoringConfig = ScoringConfig(),
+) -> BatchScores:
+    """Score one batch. ``ids`` int64 ``[b]``; ``logits [b, K]``; the rest as in ``cam_alignment``."""
+    import xal_kernels  # deferred: xal_kernels itself imports xal_core.scoring
+
+    ids = torch.as_tensor(ids)
+    if ids.dim() != 1 or ids.dtype.is_floating_point:
+        raise ValueError(f"ids: expected a 1-D integer tensor, got {ids.dtype} {tuple(ids.shape)}")
+    if logits.dim() != 2 or logits.shape[0] != ids.shape[0]:
+        raise ValueError(f"logits: expected shape [{ids.shape[0]}, K], got {tuple(logits.shape)}")
+    alignment = xal_kernels.cam_alignment(features, cam_weights, roi, threshold=config.threshold)
+    u = xal_kernels.uncertainty(logits, kind=config.uncertainty)
+    fused = xal_kernels.dual_score(
+        u, alignment, weight=config.weight, method="weighted", missing_roi=config.missing_roi
+    )
+    score = fused.score if config.fusion == "weighted" else torch.full_like(fused.score, float("nan"))
+    probabilities = torch.softmax(logits.float(), dim=1)
+    cpu = lambda t: t.detach().cpu()  # noqa: E731
+    return BatchScores(
+        ids=cpu(ids).to(torch.int64),
+        uncertainty=cpu(u),
+        dice=cpu(alignment.dice),
+        soft_dice=cpu(alignment.soft_dice),
+        roi_energy=cpu(alignment.roi_energy),
+        pointing_hit=cpu(alignment.pointing_hit),
+        predicted_class=cpu(probabilities.argmax(dim=1)),
+        probabilities=cpu(probabilities),
+        invalid=cpu(fused.invalid),
+        excluded=cpu(fused.excluded),
+        score=cpu(score),
+    )

@@ -1,0 +1,77 @@
+"""Ranking a whole pool, chunk by chunk, in memory that does not grow with the pool (weighted
+fusion) or grows by a few bytes per item (rank fusion, which needs every item's U and M)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+
+from xal_core.scoring import Selection, TopK, dual_score
+
+from .batch_scoring import BatchScores, ScoringConfig
+
+__all__ = ["PoolRanking", "rank_pool"]
+
+
+@dataclass
+class PoolRanking:
+    """The top-k acquisition list of a pool and what was seen on the way.
+
+    Attributes:
+        selection: ids and scores, best first.
+        columns: the selected items' metrics (``BatchScores.columns()``), aligned with the ids.
+        n_scored: items seen; ``n_invalid``: items with NaN/Inf inputs (ranked last);
+        n_excluded: items made ineligible by the missing-ROI policy.
+    """
+
+    selection: Selection
+    columns: dict[str, torch.Tensor] = field(default_factory=dict)
+    n_scored: int = 0
+    n_invalid: int = 0
+    n_excluded: int = 0
+
+
+def rank_pool(
+    batches: Iterable[BatchScores],
+    k: int,
+    config: ScoringConfig = ScoringConfig(),
+    *,
+    on_batch: Callable[[BatchScores], None] | None = None,
+) -> PoolRanking:
+    """Merge scored batches into the exact top-``k`` (ties by ascending id).
+
+    Args:
+        batches: the output of ``score_batch`` over the pool, in any order.
+        k: how many items to acquire.
+        config: must be the one the batches were scored with (``fusion`` decides the merge).
+        on_batch: called with every batch as it arrives (progress bars, per-chunk result files).
+    """
+    top = TopK(k)
+    kept: list[BatchScores] = []
+    n_scored = n_invalid = n_excluded = 0
+    for batch in batches:
+        n_scored += int(batch.ids.numel())
+        if on_batch is not None:
+            on_batch(batch)
+        if config.fusion == "weighted":
+            n_invalid += int(batch.invalid.sum())
+            n_excluded += int(batch.excluded.sum())
+            top.push(batch.ids, batch.score, batch.columns())
+        else:
+            kept.append(batch)
+    if config.fusion == "rank" and kept:
+        merged = {name: torch.cat([getattr(b, name) for b in kept]) for name in ("ids", "uncertainty", "dice", "invalid")}
+        fused = dual_score(
+            merged["uncertainty"],
+            1.0 - merged["dice"],
+            weight=config.weight,
+            method="rank",
+            missing_roi=config.missing_roi,
+            invalid=merged["invalid"],
+        )
+        columns = {name: torch.cat([b.columns()[name] for b in kept]) for name in kept[0].columns()}
+        top.push(merged["ids"], fused.score, columns)
+        n_invalid, n_excluded = fused.n_invalid, fused.n_excluded
+    return PoolRanking(top.result(), top.selected_columns(), n_scored, n_invalid, n_excluded)

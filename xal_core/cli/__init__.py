@@ -1,0 +1,1 @@
+"""The ``xal`` command line."""
