@@ -35,7 +35,10 @@ __all__ = ["cam_alignment_separable"]
 
 ROW_DTYPE = torch.float32  # per-row values, all in [0, 1]
 SUM_DTYPE = torch.float64  # accumulations and final ratios
-DEFAULT_CHUNK = 128
+# Images per chunk, measured on 2 cores at 224² (bench/scoring_cpu.py): a chunk of dense masks is
+# read several times, so it should stay near cache size; box ROIs carry no per-pixel data.
+CHUNK_FOR_MASKS = 48
+CHUNK_FOR_BOXES = 128
 
 
 @dataclass(frozen=True)
@@ -49,9 +52,12 @@ class ColumnPlan:
     end: torch.Tensor  # int32 [g]: one past its last column
     group_f: torch.Tensor  # ROW_DTYPE [g]: j as a float, the group's source-coordinate origin
     candidates: torch.Tensor  # int64 [n_c]: columns where a row can take its min or max
+    candidate_matrix: torch.Tensor  # ROW_DTYPE [w, n_c]: blended_row @ it = the row at the candidates
+    ends_matrix: torch.Tensor  # ROW_DTYPE [w, 2g]: blended_row @ it = (row[group], row[group_hi])
     matrix: torch.Tensor  # ROW_DTYPE [W, w]: resized_row = matrix @ grid_row
     running: torch.Tensor  # ROW_DTYPE [W + 1, w]: running[x] = sum of matrix rows before x
     column_weight: torch.Tensor  # ROW_DTYPE [w]: matrix.sum(0), so Σ_x row(x) = column_weight · grid_row
+    integer: torch.Tensor  # float64 [W, w]: 2W · matrix, exact integers
     out_per_in: float  # W / w: converts a source coordinate back to a column
 
 
@@ -66,25 +72,52 @@ def column_plan(w: int, width: int, device: torch.device) -> ColumnPlan:
     candidates = torch.unique(torch.cat([start, end - 1]))
     matrix = interpolation_matrix(sampling, w)
     running = torch.cat([torch.zeros(1, w, dtype=torch.float64, device=device), matrix.cumsum(0)])
+    group_hi = sampling.hi[start]
+    # Gathers along the last (length-w) axis as small matrix products: much faster than indexing.
+    ends = torch.zeros(w, 2 * len(group), dtype=ROW_DTYPE, device=device)
+    ends[group, torch.arange(len(group), device=device)] = 1.0
+    ends[group_hi, len(group) + torch.arange(len(group), device=device)] = 1.0
     return ColumnPlan(
         sampling=sampling,
         group=group,
-        group_hi=sampling.hi[start],
+        group_hi=group_hi,
         start=start.to(torch.int32),
         end=end.to(torch.int32),
         group_f=group.to(ROW_DTYPE),
         candidates=candidates,
+        candidate_matrix=matrix[candidates].T.contiguous().to(ROW_DTYPE),
+        ends_matrix=ends,
         matrix=matrix.to(ROW_DTYPE),
         running=running.to(ROW_DTYPE),
         column_weight=matrix.sum(0).to(ROW_DTYPE),
+        integer=integer_weights(matrix),
         out_per_in=width / w,
     )
 
 
+@dataclass(frozen=True)
+class RowPlan:
+    """The ``h → H`` row resampling as matrices."""
+
+    matrix: torch.Tensor  # ROW_DTYPE [H, h]: blended = matrix @ grid
+    integer_t: torch.Tensor  # ROW_DTYPE [h, H]: (2H · matrix)^T, whose entries are exact integers
+
+
 @lru_cache(maxsize=64)
-def row_sampling(h: int, height: int, device: torch.device) -> AxisSampling:
-    sampling = axis_sampling(h, height, dtype=torch.float64, device=device)
-    return AxisSampling(sampling.lo, sampling.hi, sampling.lam.to(ROW_DTYPE), sampling.source)
+def row_plan(h: int, height: int, device: torch.device) -> RowPlan:
+    matrix = interpolation_matrix(axis_sampling(h, height, dtype=torch.float64, device=device), h)
+    return RowPlan(matrix.to(ROW_DTYPE), integer_weights(matrix).T.contiguous().to(ROW_DTYPE))
+
+
+def integer_weights(matrix: torch.Tensor) -> torch.Tensor:
+    """``2·n_out·matrix`` rounded: every bilinear weight is ``k / (2·n_out)``, because the source
+    coordinate is ``((2·out + 1)·n_in − n_out) / (2·n_out)``. Integer weights make the projection of a
+    0/1 ROI onto the grid exact in float arithmetic (see ``_mask_terms``)."""
+    scaled = matrix * (2 * matrix.shape[0])
+    rounded = scaled.round()
+    if (scaled - rounded).abs().max() > 1e-6:
+        raise AssertionError("bilinear weights are not multiples of 1/(2·n_out)")
+    return rounded
 
 
 def cam_alignment_separable(
@@ -93,19 +126,21 @@ def cam_alignment_separable(
     roi: Roi,
     *,
     threshold: float = 0.5,
-    chunk_size: int = DEFAULT_CHUNK,
+    chunk_size: int | None = None,
 ) -> AlignmentScores:
     """Alignment scores for checked, finite inputs (see ``alignment.cam_alignment`` for the API)."""
+    if chunk_size is None:
+        chunk_size = CHUNK_FOR_MASKS if roi.masks is not None else CHUNK_FOR_BOXES
     batch, _, h, w = features.shape
     height, width = roi.size
     device = features.device
-    rows = row_sampling(h, height, device)
+    rows = row_plan(h, height, device)
     plan = column_plan(w, width, device)
     scores = empty_scores(batch, device)
     for begin in range(0, batch, chunk_size):
         part = slice(begin, begin + chunk_size)
         grids, grid_flat = _normalised_grids(features[part], weights[part])
-        metrics = _chunk_metrics(_blend_rows(grids, rows), grid_flat, plan, roi[part], threshold)
+        metrics = _chunk_metrics(grids, grid_flat, rows, plan, roi[part], threshold)
         for name, value in metrics.items():
             getattr(scores, name)[part] = value.to(torch.float32)
     return scores
@@ -126,26 +161,20 @@ def _normalised_grids(features: torch.Tensor, weights: torch.Tensor) -> tuple[to
     return ((grid - low) / span).to(ROW_DTYPE), flat
 
 
-def _blend_rows(grids: torch.Tensor, rows: AxisSampling) -> torch.Tensor:
-    """Vertical pass of the upsampling: ``[b, H, w]``."""
-    lam = rows.lam[:, None]
-    return torch.lerp(grids[:, rows.lo, :], grids[:, rows.hi, :], lam)
-
-
 def _chunk_metrics(
-    blended: torch.Tensor,
+    grids: torch.Tensor,
     grid_flat: torch.Tensor,
+    rows: RowPlan,
     plan: ColumnPlan,
     roi: Roi,
     threshold: float,
 ) -> dict[str, torch.Tensor]:
     height, width = roi.size
-    cols = plan.sampling
+    blended = torch.matmul(rows.matrix, grids)  # vertical pass of the upsampling, [b, H, w]
     start, end = plan.start, plan.end
 
     # Min, max and first arg-max of the upsampled map, from the candidate columns of every row.
-    lam_c = cols.lam[plan.candidates].to(ROW_DTYPE)
-    values = torch.lerp(blended[:, :, cols.lo[plan.candidates]], blended[:, :, cols.hi[plan.candidates]], lam_c)
+    values = blended @ plan.candidate_matrix
     low = values.amin(dim=(1, 2))
     high = values.amax(dim=(1, 2))
     # Constant on the grid (the contract), or no range left after resampling (e.g. a 1×1 frame):
@@ -159,8 +188,8 @@ def _chunk_metrics(
     # the value is left + λ·slope with λ = source - j, so solve for the source coordinate and map it
     # back to a column: first x with source(x) >= v is ceil((v + 0.5)·W/w - 0.5).
     cut = (low + threshold * span)[:, None, None]
-    left = blended[:, :, plan.group]
-    slope = blended[:, :, plan.group_hi] - left
+    left, right = (blended @ plan.ends_matrix).chunk(2, dim=2)
+    slope = right - left
     rising, falling = slope > 0, slope < 0
     crossing = plan.group_f + (cut - left) / torch.where(slope == 0, torch.ones_like(slope), slope)
     # Columns left of the first output pixel centre clamp their source coordinate to 0, so any
@@ -179,8 +208,10 @@ def _chunk_metrics(
     shifted = blended - low[:, None, None]
     mass = (shifted * plan.column_weight).sum(dim=(1, 2), dtype=SUM_DTYPE) / span
 
-    terms = _mask_terms if roi.masks is not None else _box_terms
-    n_truth, overlap, shifted_mass_in, hit = terms(roi, shifted, plan, run_start, run_end, peak)
+    if roi.masks is not None:
+        n_truth, overlap, shifted_mass_in, hit = _mask_terms(roi, grids, low, rows, plan, run_start, run_end, peak)
+    else:
+        n_truth, overlap, shifted_mass_in, hit = _box_terms(roi, shifted, plan, run_start, run_end, peak)
     mass_in_roi = torch.minimum((shifted_mass_in / span).clamp_min(0.0), mass)
     zero = torch.zeros_like(mass)
     mass, mass_in_roi, hit = (torch.where(flat, zero, t) for t in (mass, mass_in_roi, hit))
@@ -195,8 +226,14 @@ def _chunk_metrics(
     }
 
 
-def _mask_terms(roi: Roi, shifted, plan: ColumnPlan, run_start, run_end, peak):
-    """ROI size, overlap with the thresholded runs, map mass inside, and peak hit for dense masks."""
+def _mask_terms(roi: Roi, grids, low, rows: RowPlan, plan: ColumnPlan, run_start, run_end, peak):
+    """ROI size, overlap with the thresholded runs, map mass inside (measured from ``low``), and
+    peak hit for dense masks.
+
+    The mass inside is ``Σ_grid L · (Ry^T G Rx)``: the ROI projected onto the ``h×w`` grid. With
+    integer-scaled weights that projection is exact (integers below 2^24 in float32, then float64),
+    so subtracting ``low·|G|`` loses nothing to rounding.
+    """
     masks = roi.masks
     b, height, width = masks.shape
     # Running ROI counts along each row; 16-bit counters whenever the row is short enough.
@@ -209,8 +246,10 @@ def _mask_terms(roi: Roi, shifted, plan: ColumnPlan, run_start, run_end, peak):
 
     n_truth = running[:, :, width - 1].sum(dim=1, dtype=torch.int64).to(SUM_DTYPE)
     overlap = (count_before(run_end) - count_before(run_start)).sum(dim=(1, 2), dtype=torch.int64).to(SUM_DTYPE)
-    roi_columns = torch.mm(masks.reshape(b * height, width).to(ROW_DTYPE), plan.matrix).reshape(b, height, -1)
-    mass_in = (shifted * roi_columns).sum(dim=(1, 2), dtype=SUM_DTYPE)
+    row_projected = torch.matmul(rows.integer_t, masks.to(ROW_DTYPE))  # [b, h, W], exact integers
+    projected = torch.matmul(row_projected.to(torch.float64), plan.integer)  # [b, h, w], exact
+    scale = 4.0 * height * width
+    mass_in = (grids.to(torch.float64) * projected).sum(dim=(1, 2)) / scale - low.to(torch.float64) * n_truth
     hit = masks.reshape(b, -1).gather(1, peak.clamp_max(height * width - 1)[:, None])[:, 0].to(SUM_DTYPE)
     return n_truth, overlap, mass_in, hit
 
@@ -232,11 +271,9 @@ def _box_terms(roi: Roi, shifted, plan: ColumnPlan, run_start, run_end, peak):
         lo = torch.cat([lo[..., :1], torch.maximum(lo[..., 1:], reach[..., :-1])], dim=-1)
         hi = torch.maximum(hi, lo)
     n_truth = (hi - lo).sum(dim=(1, 2), dtype=torch.int64).to(SUM_DTYPE)
-
-    def covered_before(x: torch.Tensor) -> torch.Tensor:  # x: [b, H, g] -> ROI pixels in [0, x) of the row
-        return (torch.minimum(hi[:, :, None, :], x[..., None]) - lo[:, :, None, :]).clamp_min(0).sum(-1, dtype=torch.int32)
-
-    overlap = (covered_before(run_end) - covered_before(run_start)).sum(dim=(1, 2), dtype=torch.int64).to(SUM_DTYPE)
+    # |[run_start, run_end) ∩ [lo_m, hi_m)| summed over the disjoint pieces m: [b, H, g, M].
+    meet = torch.minimum(run_end[..., None], hi[:, :, None, :]) - torch.maximum(run_start[..., None], lo[:, :, None, :])
+    overlap = meet.clamp_min_(0).sum(dim=(1, 2, 3), dtype=torch.int64).to(SUM_DTYPE)
     inside = plan.running[hi.long()] - plan.running[lo.long()]  # [b, H, M, w]
     mass_in = (shifted[:, :, None, :] * inside).sum(dim=(1, 2, 3), dtype=SUM_DTYPE)
     peak_y, peak_x = peak // width, peak % width
