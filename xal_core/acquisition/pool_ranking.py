@@ -1,14 +1,16 @@
 """Ranking a whole pool, chunk by chunk, in memory that does not grow with the pool (weighted
-fusion) or grows by a few bytes per item (rank fusion, which needs every item's U and M)."""
+fusion) or grows with it (rank fusion needs every item's U and M; the batches are kept, about
+50 bytes per item for 3 classes)."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
 
-from xal_core.scoring import Selection, TopK, dual_score
+from xal_core.scoring import NonFiniteInputWarning, Selection, TopK, dual_score
 
 from .batch_scoring import BatchScores, ScoringConfig
 
@@ -63,14 +65,16 @@ def rank_pool(
             kept.append(batch)
     if config.fusion == "rank" and kept:
         merged = {name: torch.cat([getattr(b, name) for b in kept]) for name in ("ids", "uncertainty", "dice", "invalid")}
-        fused = dual_score(
-            merged["uncertainty"],
-            1.0 - merged["dice"],
-            weight=config.weight,
-            method="rank",
-            missing_roi=config.missing_roi,
-            invalid=merged["invalid"],
-        )
+        with warnings.catch_warnings():  # each batch already reported its own non-finite items
+            warnings.simplefilter("ignore", NonFiniteInputWarning)
+            fused = dual_score(
+                merged["uncertainty"],
+                1.0 - merged["dice"],
+                weight=config.weight,
+                method="rank",
+                missing_roi=config.missing_roi,
+                invalid=merged["invalid"],
+            )
         columns = {name: torch.cat([b.columns()[name] for b in kept]) for name in kept[0].columns()}
         top.push(merged["ids"], fused.score, columns)
         n_invalid, n_excluded = fused.n_invalid, fused.n_excluded

@@ -29,6 +29,7 @@ __all__ = ["CASES", "FeatureChunk", "SyntheticFeaturePool"]
 
 CASES: tuple[str, ...] = ("aligned", "shortcut", "no_finding", "unknown_roi")
 _CASE_SHARE = torch.tensor([0.55, 0.25, 0.1, 0.1])
+BLOCK = 256
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,10 +88,31 @@ class SyntheticFeaturePool:
             yield self.chunk(start, min(start + chunk_size, self.size))
 
     def chunk(self, start: int, stop: int) -> FeatureChunk:
-        """Items ``[start, stop)``; the same call always gives the same tensors."""
+        """Items ``[start, stop)``; the same items always get the same tensors, whatever the chunking."""
         if not 0 <= start < stop <= self.size:
             raise ValueError(f"chunk: [{start}, {stop}) is not inside the pool of {self.size}")
-        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + start) % (2**63))
+        first, last = start // BLOCK, (stop - 1) // BLOCK
+        blocks = [self._block(index) for index in range(first, last + 1)]
+        offset = first * BLOCK
+        part = slice(start - offset, stop - offset)
+        if len(blocks) == 1:
+            whole = blocks[0]
+        else:
+            cat = lambda name: torch.cat([getattr(b, name) for b in blocks])  # noqa: E731
+            boxes = torch.cat([b.roi.boxes for b in blocks])
+            counts = torch.cat([b.roi.counts for b in blocks])
+            whole = FeatureChunk(
+                cat("ids"), cat("logits"), cat("features"), cat("cam_weights"),
+                Roi.from_padded_boxes(boxes, counts, size=(self.frame, self.frame)), cat("case"),
+            )
+        return FeatureChunk(
+            whole.ids[part], whole.logits[part], whole.features[part], whole.cam_weights[part],
+            whole.roi[part], whole.case[part],
+        )
+
+    def _block(self, index: int) -> FeatureChunk:
+        start, stop = index * BLOCK, min((index + 1) * BLOCK, self.size)
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + index) % (2**63))
         ids = torch.arange(start, stop, dtype=torch.int64)
         b = stop - start
         case = torch.multinomial(_CASE_SHARE, b, replacement=True, generator=generator)
@@ -116,6 +138,7 @@ class SyntheticFeaturePool:
         dy = coords[None, :, None] - centre[:, 1, None, None]
         dx = coords[None, None, :] - centre[:, 0, None, None]
         blob = torch.exp(-(dx**2 + dy**2) / (2 * spread**2))  # [b, h, w]
+        blob = blob.masked_fill_(blob < 1e-6, 0.0)  # no float32 denormals in the tails
 
         gain = torch.rand(b, self.channels, generator=generator)
         noise = 0.15 * torch.rand(b, self.channels, self.grid, self.grid, generator=generator)

@@ -35,6 +35,7 @@ __all__ = ["cam_alignment_separable"]
 
 ROW_DTYPE = torch.float32  # per-row values, all in [0, 1]
 SUM_DTYPE = torch.float64  # accumulations and final ratios
+TINY = 1e-30  # normalised grid values below this are flushed to 0 (see _normalised_grids)
 # Images per chunk, measured on 2 cores at 224² (bench/scoring_cpu.py): a chunk of dense masks is
 # read several times, so it should stay near cache size; box ROIs carry no per-pixel data.
 CHUNK_FOR_MASKS = 48
@@ -158,7 +159,10 @@ def _normalised_grids(features: torch.Tensor, weights: torch.Tensor) -> tuple[to
     high = grid.amax(dim=(1, 2), keepdim=True)
     flat = (high == low)[:, 0, 0]
     span = torch.where(high > low, high - low, torch.ones_like(high))
-    return ((grid - low) / span).to(ROW_DTYPE), flat
+    scaled = ((grid - low) / span).to(ROW_DTYPE)
+    # Values this small are zero for every metric, but as float32 denormals they would slow every
+    # later operation on them several-fold (CAMs are full of exp(-d²) tails).
+    return scaled.masked_fill_(scaled < TINY, 0.0), flat
 
 
 def _chunk_metrics(

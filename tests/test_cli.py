@@ -1,0 +1,57 @@
+"""The ``xal`` command line, run as a user runs it: a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _xal(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "xal_core.cli.main", *args],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env={"COLUMNS": "400", "PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_demo_prints_ranking_and_summary() -> None:
+    done = _xal("demo", "--items", "1500", "--k", "60", "--show", "7", "--seed", "4")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "Acquisition list: top 7 of 60" in out
+    assert "Why these 60 items" in out
+    assert "scored 1500 items" in out
+    assert "3 item(s) with NaN/Inf inputs ranked last" in out
+    for case in ("aligned", "shortcut", "no_finding", "unknown_roi"):
+        assert case in out
+
+
+def test_demo_rank_fusion_and_exclude_policy() -> None:
+    done = _xal("demo", "--items", "800", "--k", "20", "--fusion", "rank", "--missing-roi", "exclude", "--show", "3")
+    assert done.returncode == 0, done.stderr
+    assert "excluded by the missing-ROI policy" in done.stdout
+    assert " 0 excluded" not in done.stdout
+
+
+def test_bad_arguments_give_one_clear_line() -> None:
+    done = _xal("demo", "--items", "100", "--weight", "2")
+    assert done.returncode == 2
+    assert "weight" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bench_quick_run_writes_results(tmp_path: Path) -> None:
+    out = tmp_path / "scoring_cpu.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "scoring_cpu.py"), "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    record = json.loads(out.read_text())
+    assert {case["case"]["roi"] for case in record["cases"]} == {"mask", "boxes"}
+    for case in record["cases"]:
+        assert case["agreement_vs_float64_reference"]["soft_dice_max_abs_diff"] < 1e-5
+        assert case["speedup_vs_torch_eager"] > 0
+    assert "ratio" in done.stdout
