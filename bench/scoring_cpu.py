@@ -19,9 +19,9 @@ import json
 import platform
 import statistics
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -106,7 +106,7 @@ def main() -> None:
         )
     record = {
         "benchmark": "scoring_cpu",
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             "processor": platform.processor() or platform.machine(),
             "cpu_count": torch.get_num_threads(),

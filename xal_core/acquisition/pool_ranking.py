@@ -5,8 +5,8 @@ fusion) or grows with it (rank fusion needs every item's U and M; the batches ar
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import torch
 

@@ -18,8 +18,8 @@ which is exactly what uncertainty alone cannot see.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 

@@ -16,8 +16,8 @@ past ``W`` are ignored.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -46,7 +46,7 @@ class Roi:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_masks(cls, masks: torch.Tensor, known: torch.Tensor | Sequence[bool] | None = None) -> "Roi":
+    def from_masks(cls, masks: torch.Tensor, known: torch.Tensor | Sequence[bool] | None = None) -> Roi:
         """ROIs from dense masks.
 
         Args:
@@ -77,7 +77,7 @@ class Roi:
         packed: torch.Tensor,
         width: int,
         known: torch.Tensor | Sequence[bool] | None = None,
-    ) -> "Roi":
+    ) -> Roi:
         """ROIs from bit-packed masks ``uint8 [B, H, ceil(W / 8)]`` (bit order in the module doc)."""
         if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8 or packed.dim() != 3:
             got = f"{packed.dtype} {tuple(packed.shape)}" if isinstance(packed, torch.Tensor) else type(packed).__name__
@@ -94,7 +94,7 @@ class Roi:
         cls,
         boxes: Sequence[torch.Tensor | None],
         size: tuple[int, int],
-    ) -> "Roi":
+    ) -> Roi:
         """ROIs as unions of axis-aligned boxes.
 
         Args:
@@ -121,7 +121,7 @@ class Roi:
         return cls.from_padded_boxes(padded, counts, size=(height, width))
 
     @classmethod
-    def from_padded_boxes(cls, boxes: torch.Tensor, counts: torch.Tensor, size: tuple[int, int]) -> "Roi":
+    def from_padded_boxes(cls, boxes: torch.Tensor, counts: torch.Tensor, size: tuple[int, int]) -> Roi:
         """ROIs from the padded wire layout: ``boxes [B, M, 4]`` plus ``counts [B]`` (``-1`` = unknown).
 
         Vectorised: this is the path pool stores and the service use for millions of items.
@@ -162,11 +162,11 @@ class Roi:
     def device(self) -> torch.device:
         return self.known.device
 
-    def to(self, device: torch.device | str) -> "Roi":
+    def to(self, device: torch.device | str) -> Roi:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Roi(self.size, move(self.known), move(self.masks), move(self.boxes), move(self.counts))
 
-    def __getitem__(self, items: slice) -> "Roi":
+    def __getitem__(self, items: slice) -> Roi:
         """A sub-batch (used to score a large batch chunk by chunk)."""
         if not isinstance(items, slice):
             raise TypeError("Roi supports slicing only, e.g. roi[0:64]")
