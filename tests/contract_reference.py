@@ -1,0 +1,397 @@
+"""An independent float64 reference of the scoring contract (DESIGN.md §2), for the tests.
+
+Written straight from the contract with plain Python loops over pixels and classes, on NumPy
+arrays and Python floats. It deliberately imports nothing from ``xal_core`` and nothing from
+``torch``: the point is to have a second, obviously-correct implementation to compare the
+library's fast path and dense reference against. Keep frames modest: it loops over every pixel.
+
+Inputs are NumPy arrays. Feature maps given in float16/bfloat16 must be rounded by the caller and
+handed over as float64, so that both sides start from the very same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "BAND",
+    "PEAK_MARGIN",
+    "RefAlignment",
+    "cam_grid",
+    "upsample_bilinear",
+    "normalise",
+    "rasterise_boxes",
+    "alignment",
+    "dice_from_counts",
+    "reachable_dice",
+    "entropy",
+    "margin",
+    "least_confidence",
+    "bald",
+    "softmax",
+    "percentile_ranks",
+    "dual_score",
+]
+
+#: A pixel whose normalised reference value lies within BAND of τ may legitimately binarise either
+#: way in another implementation (rounding of the channel sum, of the interpolation weights, ...).
+BAND = 1e-6
+#: Pixels within PEAK_MARGIN of the normalised maximum count as tied for the peak.
+PEAK_MARGIN = 1e-9
+#: A resampled map whose range is at most this fraction of its maximum counts as constant.
+DEGENERATE_SPAN = 1e-12
+
+
+# --------------------------------------------------------------------------- the map
+def cam_grid(features: np.ndarray, weights: np.ndarray) -> list[list[float]]:
+    """``ReLU(Σ_k α_k A_k)`` on the ``h×w`` grid of one image.
+
+    ``features``: float64 ``[C, h, w]``; ``weights``: float64 ``[C]``. Each channel product is
+    formed in float64 (exact for inputs of at most 26 significant bits: float32/16, bfloat16) and
+    the channel sum is ``math.fsum``, i.e. correctly rounded: this is the exact grid.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    channels, h, w = features.shape
+    if weights.shape != (channels,):
+        raise ValueError("weights must be [C]")
+    grid = []
+    for i in range(h):
+        row = []
+        for j in range(w):
+            total = math.fsum((weights * features[:, i, j]).tolist())
+            row.append(total if total > 0.0 else 0.0)
+        grid.append(row)
+    return grid
+
+
+def _axis(n_in: int, n_out: int) -> list[tuple[int, int, float]]:
+    """Per output index: ``(i0, i1, λ)`` of bilinear resampling with ``align_corners=False``."""
+    scale = n_in / n_out
+    out = []
+    for dst in range(n_out):
+        src = (dst + 0.5) * scale - 0.5
+        if src < 0.0:
+            src = 0.0
+        i0 = min(int(math.floor(src)), n_in - 1)
+        i1 = min(i0 + 1, n_in - 1)
+        out.append((i0, i1, src - i0))
+    return out
+
+
+def _sample_keys(n_in: int, n_out: int) -> list[tuple[int, int, float]]:
+    """Per output index, what it reads: ``(i0, i1, λ)``, with λ dropped where ``i0 == i1`` (then
+    the value is the grid value whatever λ is). Equal keys mean exactly equal values."""
+    return [(i0, i1, lam if i0 != i1 else 0.0) for i0, i1, lam in _axis(n_in, n_out)]
+
+
+def upsample_bilinear(grid: list[list[float]], height: int, width: int) -> list[list[float]]:
+    """Bilinear resampling of an ``h×w`` grid to ``height×width`` (``align_corners=False``),
+    written out pixel by pixel as in ``torch.nn.functional.interpolate``."""
+    h, w = len(grid), len(grid[0])
+    rows, cols = _axis(h, height), _axis(w, width)
+    out = []
+    for y0, y1, ly in rows:
+        line = []
+        for x0, x1, lx in cols:
+            v00, v01 = grid[y0][x0], grid[y0][x1]
+            v10, v11 = grid[y1][x0], grid[y1][x1]
+            line.append((1.0 - ly) * ((1.0 - lx) * v00 + lx * v01) + ly * ((1.0 - lx) * v10 + lx * v11))
+        out.append(line)
+    return out
+
+
+def normalise(grid: list[list[float]], height: int, width: int) -> list[list[float]]:
+    """Upsample then min-max normalise; a grid constant on the ``h×w`` grid gives all zeros.
+
+    If the grid is not constant but the resampled map is (a 1×1 frame reads a single grid point;
+    a downsampled sparse CAM can read only its zeros), the literal formula is 0/0. DESIGN.md §2 does
+    not say what happens then; this reference treats such a map like a constant one, all zeros (it
+    has no range to normalise and no peak), which is also what the fast path's comments promise.
+    "Constant" is judged with a relative tolerance of 1e-12, because the interpolation formula above
+    (no special case for ``i0 == i1``) can fake a range of a few ulps on an exactly constant map.
+    """
+    flat_values = [v for row in grid for v in row]
+    if max(flat_values) == min(flat_values):
+        return [[0.0] * width for _ in range(height)]
+    up = upsample_bilinear(grid, height, width)
+    low = min(min(row) for row in up)
+    high = max(max(row) for row in up)
+    span = high - low
+    if span <= DEGENERATE_SPAN * high:
+        return [[0.0] * width for _ in range(height)]
+    return [[(v - low) / span for v in row] for row in up]
+
+
+# --------------------------------------------------------------------------- the ROI
+def rasterise_boxes(boxes: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
+    """Union of boxes ``(x_min, y_min, x_max, y_max)``; pixel ``(y, x)`` is inside when
+    ``x_min <= x + 0.5 < x_max`` and ``y_min <= y + 0.5 < y_max``. Pixels outside the frame do
+    not exist, which is the clipping."""
+    mask = np.zeros((height, width), dtype=bool)
+    for y in range(height):
+        cy = y + 0.5
+        for x in range(width):
+            cx = x + 0.5
+            for x_min, y_min, x_max, y_max in boxes:
+                if x_min <= cx < x_max and y_min <= cy < y_max:
+                    mask[y, x] = True
+                    break
+    return mask
+
+
+# --------------------------------------------------------------------------- the metrics
+def dice_from_counts(n_pred: int, n_truth: int, overlap: int) -> float:
+    """``2|P∩G| / (|P| + |G|)``; both empty → 1 (exactly one empty gives 0 by the formula)."""
+    if n_pred + n_truth == 0:
+        return 1.0
+    return 2.0 * overlap / (n_pred + n_truth)
+
+
+@dataclass
+class RefAlignment:
+    """Reference metrics of one image, plus what a test needs to judge near-ties.
+
+    ``near_in`` / ``near_out``: pixels inside / outside the ROI whose normalised value lies within
+    ``BAND`` of τ; ``n_pred`` and ``overlap`` count them on the side the reference put them.
+    ``peak_unique``: the maximum is unique by ``PEAK_MARGIN`` once pixels that are exact copies of an
+    earlier one (same grid reads: the clamped border plateaus) are set aside; ``pointing_hit`` is then
+    the ROI value at the first of them. ``peak_hits``: the ROI values at all pixels within
+    ``PEAK_MARGIN`` of the maximum (the admissible hits when the peak is not unique).
+    ``peak_unique_by_margin``: no other pixel at all within ``PEAK_MARGIN`` of the maximum, exact
+    copies included (the looser criterion, for implementations whose plateaus carry rounding noise).
+    """
+
+    dice: float
+    soft_dice: float
+    roi_energy: float
+    pointing_hit: float
+    n_pred: int = 0
+    n_truth: int = 0
+    overlap: int = 0
+    near_in: int = 0
+    near_out: int = 0
+    near_pred_in: int = 0
+    near_pred_out: int = 0
+    peak_unique: bool = True
+    peak_unique_by_margin: bool = True
+    peak_hits: set = field(default_factory=set)
+    constant: bool = False
+    map: list | None = None
+
+    def dice_choices(self) -> list[float]:
+        return reachable_dice(self)
+
+
+def reachable_dice(ref: RefAlignment) -> list[float]:
+    """Every Dice value obtainable by binarising the near-threshold pixels either way."""
+    if math.isnan(ref.dice):
+        return [math.nan]
+    sure_pred = ref.n_pred - ref.near_pred_in - ref.near_pred_out
+    sure_overlap = ref.overlap - ref.near_pred_in
+    values = set()
+    if (ref.near_in + 1) * (ref.near_out + 1) > 200_000:  # too many to list: the two extremes
+        for i, o in ((0, ref.near_out), (ref.near_in, 0), (0, 0), (ref.near_in, ref.near_out)):
+            values.add(dice_from_counts(sure_pred + i + o, ref.n_truth, sure_overlap + i))
+        return sorted(values)
+    for i in range(ref.near_in + 1):
+        for o in range(ref.near_out + 1):
+            values.add(dice_from_counts(sure_pred + i + o, ref.n_truth, sure_overlap + i))
+    return sorted(values)
+
+
+def alignment(
+    features: np.ndarray,
+    weights: np.ndarray,
+    roi: np.ndarray | None,
+    threshold: float = 0.5,
+    *,
+    keep_map: bool = False,
+) -> RefAlignment:
+    """Dice, soft Dice, ROI energy and pointing hit of one image.
+
+    ``features`` float64 ``[C, h, w]``, ``weights`` float64 ``[C]``, ``roi`` bool ``[H, W]`` (its
+    shape is the frame). For an unknown ROI use :func:`alignment_unknown`.
+    """
+    if roi is None:
+        raise ValueError("use alignment_unknown for an unknown ROI")
+    roi = np.asarray(roi, dtype=bool)
+    height, width = roi.shape
+    grid = cam_grid(features, weights)
+    norm = normalise(grid, height, width)
+    # A normalised map either spans [0, 1] or is all zeros (constant: no peak, nothing attended).
+    constant = max(max(row) for row in norm) == 0.0
+
+    n_pred = n_truth = overlap = 0
+    near_in = near_out = near_pred_in = near_pred_out = 0
+    sum_l = sum_lg = 0.0
+    sum_g = 0
+    terms_l, terms_lg = [], []
+    best = -math.inf
+    for y in range(height):
+        for x in range(width):
+            v = norm[y][x]
+            g = bool(roi[y, x])
+            p = v >= threshold
+            n_truth += g
+            n_pred += p
+            overlap += p and g
+            if abs(v - threshold) <= BAND:
+                if g:
+                    near_in += 1
+                    near_pred_in += p
+                else:
+                    near_out += 1
+                    near_pred_out += p
+            terms_l.append(v)
+            if g:
+                terms_lg.append(v)
+            if v > best:
+                best = v
+    sum_l = math.fsum(terms_l)
+    sum_lg = math.fsum(terms_lg)
+    sum_g = n_truth
+
+    dice = dice_from_counts(n_pred, n_truth, overlap)
+    soft_dice = 1.0 if sum_l + sum_g == 0 else 2.0 * sum_lg / (sum_l + sum_g)
+    roi_energy = 0.0 if sum_l == 0 else sum_lg / sum_l
+
+    if constant:
+        hit, unique, unique_by_margin, hits = 0.0, True, True, {0.0}
+    else:
+        near_peak = [(y, x) for y in range(height) for x in range(width) if norm[y][x] >= best - PEAK_MARGIN]
+        hits = {float(roi[yx]) for yx in near_peak}
+        # Pixels that read the grid in exactly the same way (the clamped plateaus at the borders)
+        # are equal in exact arithmetic, so only the first of them (row-major) can be the peak.
+        rows, cols = _sample_keys(len(grid), height), _sample_keys(len(grid[0]), width)
+        seen, distinct = set(), []
+        for y, x in near_peak:
+            key = (rows[y], cols[x])
+            if key not in seen:
+                seen.add(key)
+                distinct.append((y, x))
+        unique = len(distinct) == 1
+        unique_by_margin = len(near_peak) == 1
+        hit = float(roi[distinct[0]])
+    return RefAlignment(
+        dice=dice,
+        soft_dice=soft_dice,
+        roi_energy=roi_energy,
+        pointing_hit=hit,
+        n_pred=n_pred,
+        n_truth=n_truth,
+        overlap=overlap,
+        near_in=near_in,
+        near_out=near_out,
+        near_pred_in=near_pred_in,
+        near_pred_out=near_pred_out,
+        peak_unique=unique,
+        peak_unique_by_margin=unique_by_margin,
+        peak_hits=hits,
+        constant=constant,
+        map=norm if keep_map else None,
+    )
+
+
+def alignment_unknown() -> RefAlignment:
+    """An image whose ROI is unknown: every metric NaN (never silently 0)."""
+    nan = math.nan
+    return RefAlignment(dice=nan, soft_dice=nan, roi_energy=nan, pointing_hit=nan, peak_hits={nan})
+
+
+# --------------------------------------------------------------------------- uncertainty
+def softmax(logits: Sequence[float]) -> list[float]:
+    top = max(logits)
+    exps = [math.exp(z - top) for z in logits]
+    total = math.fsum(exps)
+    return [e / total for e in exps]
+
+
+def _entropy_nats(p: Sequence[float]) -> float:
+    return -math.fsum(q * math.log(q) for q in p if q > 0.0)
+
+
+def entropy(logits: Sequence[float]) -> float:
+    """``−Σ p log p / log K``."""
+    return _entropy_nats(softmax(logits)) / math.log(len(logits))
+
+
+def margin(logits: Sequence[float]) -> float:
+    """``1 − (p₁ − p₂)`` with the two largest probabilities."""
+    p = sorted(softmax(logits), reverse=True)
+    return 1.0 - (p[0] - p[1])
+
+
+def least_confidence(logits: Sequence[float]) -> float:
+    """``(1 − p₁)·K/(K − 1)``."""
+    k = len(logits)
+    return (1.0 - max(softmax(logits))) * k / (k - 1)
+
+
+def bald(logits_mc: Sequence[Sequence[float]]) -> float:
+    """``(H(mean_t p_t) − mean_t H(p_t)) / log K`` for one item's ``T`` passes ``[T][K]``."""
+    probs = [softmax(z) for z in logits_mc]
+    passes, classes = len(probs), len(probs[0])
+    mean_p = [math.fsum(p[c] for p in probs) / passes for c in range(classes)]
+    expected = math.fsum(_entropy_nats(p) for p in probs) / passes
+    return (_entropy_nats(mean_p) - expected) / math.log(classes)
+
+
+# --------------------------------------------------------------------------- fusion
+def percentile_ranks(values: Sequence[float], among: Sequence[bool]) -> list[float]:
+    """Mid-rank percentiles ``(rank + 0.5) / n`` over the chosen items, ties sharing their average
+    rank; NaN for items not chosen."""
+    chosen = [v for v, c in zip(values, among, strict=True) if c]
+    n = len(chosen)
+    out = []
+    for v, c in zip(values, among, strict=True):
+        if not c:
+            out.append(math.nan)
+            continue
+        below = sum(1 for u in chosen if u < v)
+        equal = sum(1 for u in chosen if u == v)
+        out.append((below + (equal - 1) / 2.0 + 0.5) / n)
+    return out
+
+
+def dual_score(
+    u: Sequence[float],
+    m: Sequence[float],
+    *,
+    weight: float = 0.5,
+    method: str = "weighted",
+    missing_roi: str = "uncertainty_only",
+    invalid: Sequence[bool] | None = None,
+) -> list[float]:
+    """``s = λ·U + (1 − λ)·M`` (or the same blend of percentile ranks).
+
+    Items with non-finite ``U`` (or ``M = ±inf``) or flagged ``invalid`` score ``-inf``; an unknown
+    ROI (``M`` NaN) scores ``U`` alone (``"uncertainty_only"``) or NaN (``"exclude"``).
+    """
+    n = len(u)
+    invalid = list(invalid) if invalid is not None else [False] * n
+    bad = [invalid[i] or not math.isfinite(u[i]) or math.isinf(m[i]) for i in range(n)]
+    unknown = [math.isnan(m[i]) and not bad[i] for i in range(n)]
+    excluded = [unknown[i] and missing_roi == "exclude" for i in range(n)]
+    eligible = [not bad[i] and not excluded[i] for i in range(n)]
+    with_roi = [eligible[i] and not unknown[i] for i in range(n)]
+    if method == "weighted":
+        u_part, m_part = list(u), list(m)
+    else:
+        u_part = percentile_ranks(u, eligible)
+        m_part = percentile_ranks(m, with_roi)
+    out = []
+    for i in range(n):
+        if bad[i]:
+            out.append(-math.inf)
+        elif excluded[i]:
+            out.append(math.nan)
+        elif unknown[i]:
+            out.append(u_part[i])
+        else:
+            out.append(weight * u_part[i] + (1.0 - weight) * m_part[i])
+    return out
