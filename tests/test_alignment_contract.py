@@ -43,11 +43,10 @@ PATHS = {
 }
 
 
-# The dense path upsamples with F.interpolate, whose (1-λ)·v + λ·v on the clamped border plateaus
-# leaves ulp-sized noise, so its "first maximum" among exactly equal plateau pixels is decided by
-# rounding: it is held to the looser pointing-hit rule (any near-peak pixel), and the exact rule
-# has its own xfail test below (test_dense_path_first_peak_on_a_plateau).
-EXACT_PLATEAUS = {"fast": True, "dense": False}
+# Both paths copy border values exactly on the clamped plateaus (the dense one upsamples with the
+# matrices of bilinear.axis_sampling, not F.interpolate), so both are held to the exact rule: the
+# first of exactly equal maxima in row-major order.
+EXACT_PLATEAUS = {"fast": True, "dense": True}
 
 
 def check_both_paths(features, weights, roi, refs, threshold=0.5, context=""):
@@ -424,27 +423,13 @@ def _expected_degenerate(masks):
     return [ref.alignment(np.array([[[1.0, 1.0]]]), np.ones(1), m.numpy()) for m in masks]  # a constant map
 
 
-def _xfail_if(condition: bool, reason: str):
-    return pytest.mark.xfail(strict=True, reason=reason) if condition else ()
-
-
-FAST_DEGENERATE_BUG = (
-    "xal_core bug: the fast path normalises float32 rounding noise when the resampled map is exactly "
-    "constant but the grid is not (flat = grid_flat | high <= low is decided on rounded values)"
-)
-DENSE_DEGENERATE_BUG = (
-    "xal_core bug: reference.normalised_maps normalises F.interpolate's rounding noise ((1-λ)v + λv) "
-    "when the resampled map is exactly constant but the grid is not"
-)
-
-
 @pytest.mark.parametrize(
     "grid,frame,threshold,mask",
     [
         DEGENERATE[0],
         DEGENERATE[1],
         DEGENERATE[2],
-        pytest.param(*DEGENERATE[3].values, id=DEGENERATE[3].id, marks=pytest.mark.xfail(strict=True, reason=FAST_DEGENERATE_BUG)),
+        DEGENERATE[3],
     ],
 )
 def test_degenerate_resampled_map_fast_path(grid, frame, threshold, mask):
@@ -457,8 +442,8 @@ def test_degenerate_resampled_map_fast_path(grid, frame, threshold, mask):
     "grid,frame,threshold,mask",
     [
         DEGENERATE[0],
-        pytest.param(*DEGENERATE[1].values, id=DEGENERATE[1].id, marks=pytest.mark.xfail(strict=True, reason=DENSE_DEGENERATE_BUG)),
-        pytest.param(*DEGENERATE[2].values, id=DEGENERATE[2].id, marks=pytest.mark.xfail(strict=True, reason=DENSE_DEGENERATE_BUG)),
+        DEGENERATE[1],
+        DEGENERATE[2],
         DEGENERATE[3],
     ],
 )
@@ -481,11 +466,6 @@ def test_fast_path_first_peak_on_a_plateau():
     assert float(scores.pointing_hit[0]) == 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="xal_core bug: reference.normalised_maps uses F.interpolate, whose (1-λ)v + λv on clamped border "
-    "plateaus adds ulp noise, so cam_alignment_dense's 'first maximum' is a later plateau pixel (hit 0, not 1)",
-)
 def test_dense_path_first_peak_on_a_plateau():
     features = torch.tensor([[[[0.0, 0.1]]]], dtype=torch.float64)
     masks = torch.tensor([[[False, False, True], [False, False, False]]])
@@ -494,11 +474,6 @@ def test_dense_path_first_peak_on_a_plateau():
 
 
 # --------------------------------------------------------------------------- precision (library bugs)
-@pytest.mark.xfail(
-    strict=True,
-    reason="xal_core bug: the fast path sums channels in float32 for float16/bfloat16/float32 inputs; a grid "
-    "with a large common offset loses its variation before normalisation (4096 + 0.4999 -> 4096.5)",
-)
 def test_channel_sum_precision_with_large_offset():
     # Grid = 4096 + [0, 0.4999, 1]: exactly normalised [0, 0.4999, 1], so P = {x = 2} at τ = 0.5.
     features = torch.tensor([[[[4096.0, 4096.0, 4096.0]], [[0.0, 0.4999, 1.0]]]], dtype=torch.float32)
@@ -517,11 +492,6 @@ def test_channel_sum_precision_with_large_offset_dense_path():
     assert_alignment_matches(cam_alignment_dense(features, weights, Roi.from_masks(masks)), refs, context="dense path")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="xal_core bug: the fast path's float32 rows carry ~6e-8 absolute error relative to the GRID's range; "
-    "when the resampled map spans a small part of it (downsampling) the normalised map is off by ~1e-4",
-)
 def test_row_precision_when_map_range_is_small_fast_path():
     # 1×6 grid read at columns 0.5, 2.5, 4.5 (frame 1×3): map = [500, 500.004, 500.01] of a grid
     # spanning [0, 1000]; exactly normalised [0, 0.4, 1]. float64 inputs: no channel-sum rounding.

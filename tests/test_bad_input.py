@@ -324,11 +324,6 @@ def test_nonfinite_mc_logits_are_isolated(gen):
     assert math.isnan(float(got[2]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="xal_core bug: finite float32 inputs whose channel sum overflows float32 (3e38·2) make the fast "
-    "path's grid inf: soft Dice/energy come back NaN and Dice/hit wrong, with invalid unset and no warning",
-)
 def test_finite_inputs_whose_channel_sum_overflows_float32():
     """The contract's map is well defined for these finite inputs (the dense float64 path gets it);
     the fast path must either score them correctly or flag them invalid, never return silent NaN/0."""

@@ -1,19 +1,30 @@
 """The scoring contract (DESIGN.md §2) written the obvious way: dense maps, one torch op per step.
 
 This is the readable reference that the fast paths are checked against, what
-``XAL_KERNELS=reference`` runs, and (in float32, unchunked) the "torch eager" baseline of the
-benchmarks. It materialises every full-resolution map, so it is chunked to bound memory.
+``XAL_KERNELS=reference`` runs, and (in float32, with ``upsample="interpolate"``, unchunked) the
+"torch eager" baseline of the benchmarks. It materialises every full-resolution map, so it is
+chunked to bound memory.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
+from .bilinear import axis_sampling, interpolation_matrix
 from .results import AlignmentScores, empty_scores
 from .roi import Roi
 
-__all__ = ["cam_grids", "normalised_maps", "cam_alignment_dense"]
+__all__ = ["RANGE_NOISE", "cam_grids", "upsample", "normalised_maps", "cam_alignment_dense"]
+
+Upsampling = Literal["matrix", "interpolate"]
+
+# A resampled map whose range is below this fraction of its grid's maximum has no range: what is
+# left is rounding noise of the resampling (docs/scoring.md, "Clarifications"). The fast path uses
+# the same rule.
+RANGE_NOISE = 1e-12
 
 
 def cam_grids(features: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -21,17 +32,36 @@ def cam_grids(features: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype)
     return torch.relu(torch.einsum("bc,bchw->bhw", weights.to(dtype), features.to(dtype)))
 
 
-def normalised_maps(grids: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling to ``size`` then per-image min-max normalisation, ``[B, H, W]``.
+def upsample(grids: torch.Tensor, size: tuple[int, int], method: Upsampling = "matrix") -> torch.Tensor:
+    """Bilinear, ``align_corners=False`` resampling of ``[B, h, w]`` grids to ``size``.
+
+    ``"matrix"`` applies ``Ry @ grid @ Rx^T`` with the weights of ``bilinear.axis_sampling``, whose
+    clamped borders copy the border value exactly; ``"interpolate"`` calls
+    ``F.interpolate`` (the same maths, but ``(1-λ)v + λv`` on the borders adds ulp noise that can
+    move a "first maximum" along a plateau).
+    """
+    if method == "interpolate":
+        return F.interpolate(grids[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    if method != "matrix":
+        raise ValueError(f"method: expected 'matrix' or 'interpolate', got {method!r}")
+    _, h, w = grids.shape
+    rows = interpolation_matrix(axis_sampling(h, size[0], dtype=grids.dtype, device=grids.device), h)
+    cols = interpolation_matrix(axis_sampling(w, size[1], dtype=grids.dtype, device=grids.device), w)
+    return rows @ grids @ cols.T
+
+
+def normalised_maps(grids: torch.Tensor, size: tuple[int, int], method: Upsampling = "matrix") -> torch.Tensor:
+    """Upsampling to ``size`` then per-image min-max normalisation, ``[B, H, W]``.
 
     A grid that is constant (on the grid, not after upsampling) normalises to all zeros, and so
-    does a map left with no range at all after resampling (a 1×1 frame, say), where the contract's
+    does a map left with no range after resampling (a 1×1 frame, say), where the contract's
     ``(L − min) / (max − min)`` would be 0/0 (docs/scoring.md, "Clarifications").
     """
-    maps = F.interpolate(grids[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    maps = upsample(grids, size, method)
     low = maps.amin(dim=(1, 2), keepdim=True)
     high = maps.amax(dim=(1, 2), keepdim=True)
-    flat = (grids.amax(dim=(1, 2)) == grids.amin(dim=(1, 2))) | (high <= low)[:, 0, 0]
+    grid_high = grids.amax(dim=(1, 2))
+    flat = (grid_high == grids.amin(dim=(1, 2))) | ((high - low)[:, 0, 0] <= RANGE_NOISE * grid_high)
     span = torch.where(flat[:, None, None], torch.ones_like(high), high - low)
     maps = (maps - low) / span
     return torch.where(flat[:, None, None], torch.zeros_like(maps), maps)
@@ -45,12 +75,14 @@ def cam_alignment_dense(
     threshold: float = 0.5,
     dtype: torch.dtype = torch.float64,
     chunk_size: int = 64,
+    method: Upsampling = "matrix",
 ) -> AlignmentScores:
-    """Alignment scores from dense maps. Inputs are assumed checked and finite (see ``alignment``)."""
+    """Alignment scores from dense maps. Inputs are assumed checked and finite (see ``alignment``);
+    unknown ROIs are not blanked here (the public entry points do that)."""
     scores = empty_scores(features.shape[0], features.device)
     for start in range(0, features.shape[0], chunk_size):
         part = slice(start, start + chunk_size)
-        maps = normalised_maps(cam_grids(features[part], weights[part], dtype), roi.size)
+        maps = normalised_maps(cam_grids(features[part], weights[part], dtype), roi.size, method)
         truth = roi[part].to_masks().to(dtype)
         predicted = (maps >= threshold).to(dtype)
         overlap = (predicted * truth).sum(dim=(1, 2))

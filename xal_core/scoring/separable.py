@@ -14,10 +14,11 @@ in ``λ`` on each group. Hence, per row and group (``H·w`` pairs instead of ``H
   ``r_y`` with per-group column weights, of the ROI with the interpolation matrix, or (for boxes)
   with its running sums: boxes never become a dense mask.
 
-Precision: the grid is min-max normalised in float64 first (an affine map, which the contract's
-normalisation is invariant to), so the per-row work can run in float32 on values in ``[0, 1]``
-with absolute errors near 1e-7; counts and sums accumulate in int32/float64. Everything runs
-batched over a chunk of images, with no Python loop over images, pixels or boxes.
+Precision: the channel sum, the vertical pass and the candidates (min, max, peak) run in float64;
+the rows are then normalised by the map's own min and max and the per-row work runs in float32 on
+values in ``[0, 1]``, with absolute errors near 1e-7 of the map's range; counts and sums accumulate
+in int32/float64. Everything runs batched over a chunk of images, with no Python loop over images,
+pixels or boxes.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from functools import lru_cache
 import torch
 
 from .bilinear import AxisSampling, axis_sampling, interpolation_matrix
+from .reference import RANGE_NOISE
 from .results import AlignmentScores, empty_scores
 from .roi import Roi
 
@@ -35,7 +37,7 @@ __all__ = ["cam_alignment_separable"]
 
 ROW_DTYPE = torch.float32  # per-row values, all in [0, 1]
 SUM_DTYPE = torch.float64  # accumulations and final ratios
-TINY = 1e-30  # normalised grid values below this are flushed to 0 (see _normalised_grids)
+TINY = 1e-30  # normalised row values below this are flushed to 0 (see _chunk_metrics)
 # Images per chunk, measured on 2 cores at 224² (bench/scoring_cpu.py): a chunk of dense masks is
 # read several times, so it should stay near cache size; box ROIs carry no per-pixel data.
 CHUNK_FOR_MASKS = 48
@@ -53,7 +55,7 @@ class ColumnPlan:
     end: torch.Tensor  # int32 [g]: one past its last column
     group_f: torch.Tensor  # ROW_DTYPE [g]: j as a float, the group's source-coordinate origin
     candidates: torch.Tensor  # int64 [n_c]: columns where a row can take its min or max
-    candidate_matrix: torch.Tensor  # ROW_DTYPE [w, n_c]: blended_row @ it = the row at the candidates
+    candidate_matrix: torch.Tensor  # float64 [w, n_c]: blended_row @ it = the row at the candidates
     ends_matrix: torch.Tensor  # ROW_DTYPE [w, 2g]: blended_row @ it = (row[group], row[group_hi])
     matrix: torch.Tensor  # ROW_DTYPE [W, w]: resized_row = matrix @ grid_row
     running: torch.Tensor  # ROW_DTYPE [W + 1, w]: running[x] = sum of matrix rows before x
@@ -86,7 +88,7 @@ def column_plan(w: int, width: int, device: torch.device) -> ColumnPlan:
         end=end.to(torch.int32),
         group_f=group.to(ROW_DTYPE),
         candidates=candidates,
-        candidate_matrix=matrix[candidates].T.contiguous().to(ROW_DTYPE),
+        candidate_matrix=matrix[candidates].T.contiguous(),
         ends_matrix=ends,
         matrix=matrix.to(ROW_DTYPE),
         running=running.to(ROW_DTYPE),
@@ -100,14 +102,14 @@ def column_plan(w: int, width: int, device: torch.device) -> ColumnPlan:
 class RowPlan:
     """The ``h → H`` row resampling as matrices."""
 
-    matrix: torch.Tensor  # ROW_DTYPE [H, h]: blended = matrix @ grid
+    matrix: torch.Tensor  # float64 [H, h]: blended = matrix @ grid
     integer_t: torch.Tensor  # ROW_DTYPE [h, H]: (2H · matrix)^T, whose entries are exact integers
 
 
 @lru_cache(maxsize=64)
 def row_plan(h: int, height: int, device: torch.device) -> RowPlan:
     matrix = interpolation_matrix(axis_sampling(h, height, dtype=torch.float64, device=device), h)
-    return RowPlan(matrix.to(ROW_DTYPE), integer_weights(matrix).T.contiguous().to(ROW_DTYPE))
+    return RowPlan(matrix, integer_weights(matrix).T.contiguous().to(ROW_DTYPE))
 
 
 def integer_weights(matrix: torch.Tensor) -> torch.Tensor:
@@ -140,29 +142,23 @@ def cam_alignment_separable(
     scores = empty_scores(batch, device)
     for begin in range(0, batch, chunk_size):
         part = slice(begin, begin + chunk_size)
-        grids, grid_flat = _normalised_grids(features[part], weights[part])
+        grids, grid_flat = cam_grids(features[part], weights[part])
         metrics = _chunk_metrics(grids, grid_flat, rows, plan, roi[part], threshold)
         for name, value in metrics.items():
             getattr(scores, name)[part] = value.to(torch.float32)
     return scores
 
 
-def _normalised_grids(features: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``ReLU(Σ_k α_k A_k)`` min-max scaled to ``[0, 1]`` on the grid, ``[b, h, w]`` float32, and
-    whether each grid is constant. The channel sum is one batched matrix product in float32
-    (float64 for float64 inputs); the scaling runs in float64."""
-    dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
+def cam_grids(features: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ReLU(Σ_k α_k A_k)`` ``[b, h, w]`` in float64, and whether each grid is constant.
+
+    The channel sum runs in float64 whatever the input dtype: with C = 2048 channels and a common
+    offset, float32 accumulation alone moves soft Dice by more than 1e-5.
+    """
     b, c, h, w = features.shape
-    grid = torch.bmm(weights.to(dtype)[:, None, :], features.to(dtype).reshape(b, c, h * w))
-    grid = torch.relu(grid.reshape(b, h, w)).to(torch.float64)
-    low = grid.amin(dim=(1, 2), keepdim=True)
-    high = grid.amax(dim=(1, 2), keepdim=True)
-    flat = (high == low)[:, 0, 0]
-    span = torch.where(high > low, high - low, torch.ones_like(high))
-    scaled = ((grid - low) / span).to(ROW_DTYPE)
-    # Values this small are zero for every metric, but as float32 denormals they would slow every
-    # later operation on them several-fold (CAMs are full of exp(-d²) tails).
-    return scaled.masked_fill_(scaled < TINY, 0.0), flat
+    grid = torch.bmm(weights.to(torch.float64)[:, None, :], features.to(torch.float64).reshape(b, c, h * w))
+    grid = torch.relu(grid.reshape(b, h, w))
+    return grid, grid.amax(dim=(1, 2)) == grid.amin(dim=(1, 2))
 
 
 def _chunk_metrics(
@@ -174,25 +170,33 @@ def _chunk_metrics(
     threshold: float,
 ) -> dict[str, torch.Tensor]:
     height, width = roi.size
-    blended = torch.matmul(rows.matrix, grids)  # vertical pass of the upsampling, [b, H, w]
+    blended = torch.matmul(rows.matrix, grids)  # vertical pass of the upsampling, float64 [b, H, w]
     start, end = plan.start, plan.end
 
     # Min, max and first arg-max of the upsampled map, from the candidate columns of every row.
     values = blended @ plan.candidate_matrix
     low = values.amin(dim=(1, 2))
     high = values.amax(dim=(1, 2))
-    # Constant on the grid (the contract), or no range left after resampling (e.g. a 1×1 frame):
-    # either way there is nothing to normalise and the map counts as all zeros.
-    flat = grid_flat | (high <= low)
+    # Constant on the grid (the contract), or no range left after resampling beyond rounding noise
+    # (a 1×1 frame, samples that all land on equal values): nothing to normalise, all zeros.
+    flat = grid_flat | (high - low <= RANGE_NOISE * grids.amax(dim=(1, 2)))
     span = torch.where(flat, torch.ones_like(high), high - low)
     flat_index = torch.arange(height, device=blended.device)[:, None] * width + plan.candidates[None, :]
     peak = torch.where(values == high[:, None, None], flat_index, height * width).flatten(1).amin(dim=1)
 
-    # Per row and column group: the run [run_start, run_end) of pixels with value >= cut. On a group
+    # The rows of the normalised map, scaled by the map's own range, so that float32 keeps ~1e-7 of
+    # it however small the range is next to the values. (A row holds the values at the *grid*
+    # columns, which may lie outside [0, 1]: the samples need not hit the grid's extremes.) Values
+    # this small are zero for every metric, but as float32 denormals they would slow every later
+    # operation several-fold.
+    normalised = ((blended - low[:, None, None]) / span[:, None, None]).to(ROW_DTYPE)
+    normalised = normalised.masked_fill_(normalised.abs() < TINY, 0.0)
+
+    # Per row and column group: the run [run_start, run_end) of pixels with value >= τ. On a group
     # the value is left + λ·slope with λ = source - j, so solve for the source coordinate and map it
     # back to a column: first x with source(x) >= v is ceil((v + 0.5)·W/w - 0.5).
-    cut = (low + threshold * span)[:, None, None]
-    left, right = (blended @ plan.ends_matrix).chunk(2, dim=2)
+    cut = threshold
+    left, right = (normalised @ plan.ends_matrix).chunk(2, dim=2)
     slope = right - left
     rising, falling = slope > 0, slope < 0
     crossing = plan.group_f + (cut - left) / torch.where(slope == 0, torch.ones_like(slope), slope)
@@ -208,15 +212,14 @@ def _chunk_metrics(
     run_end = torch.where(flat[:, None, None], run_start, run_end)
     n_predicted = (run_end - run_start).sum(dim=(1, 2), dtype=torch.int64).to(SUM_DTYPE)
 
-    # Map mass measured from the minimum (so that it is the mass of the normalised map times span).
-    shifted = blended - low[:, None, None]
-    mass = (shifted * plan.column_weight).sum(dim=(1, 2), dtype=SUM_DTYPE) / span
+    # Mass of the normalised map: Σ_x of a row is column_weight · row.
+    mass = (normalised @ plan.column_weight).sum(dim=1, dtype=SUM_DTYPE)
 
     if roi.masks is not None:
-        n_truth, overlap, shifted_mass_in, hit = _mask_terms(roi, grids, low, rows, plan, run_start, run_end, peak)
+        n_truth, overlap, mass_in, hit = _mask_terms(roi, grids, low, span, rows, plan, run_start, run_end, peak)
     else:
-        n_truth, overlap, shifted_mass_in, hit = _box_terms(roi, shifted, plan, run_start, run_end, peak)
-    mass_in_roi = torch.minimum((shifted_mass_in / span).clamp_min(0.0), mass)
+        n_truth, overlap, mass_in, hit = _box_terms(roi, normalised, plan, run_start, run_end, peak)
+    mass_in_roi = torch.minimum(mass_in.clamp_min(0.0), mass)
     zero = torch.zeros_like(mass)
     mass, mass_in_roi, hit = (torch.where(flat, zero, t) for t in (mass, mass_in_roi, hit))
 
@@ -230,13 +233,13 @@ def _chunk_metrics(
     }
 
 
-def _mask_terms(roi: Roi, grids, low, rows: RowPlan, plan: ColumnPlan, run_start, run_end, peak):
-    """ROI size, overlap with the thresholded runs, map mass inside (measured from ``low``), and
-    peak hit for dense masks.
+def _mask_terms(roi: Roi, grids, low, span, rows: RowPlan, plan: ColumnPlan, run_start, run_end, peak):
+    """ROI size, overlap with the thresholded runs, normalised map mass inside, and peak hit for
+    dense masks.
 
-    The mass inside is ``Σ_grid L · (Ry^T G Rx)``: the ROI projected onto the ``h×w`` grid. With
-    integer-scaled weights that projection is exact (integers below 2^24 in float32, then float64),
-    so subtracting ``low·|G|`` loses nothing to rounding.
+    The mass inside is ``(Σ_grid L · (Ry^T G Rx) − low·|G|) / span``: the ROI projected onto the
+    ``h×w`` grid. With integer-scaled weights that projection is exact (integers below 2^24 in
+    float32, then float64), so subtracting ``low·|G|`` loses nothing to rounding.
     """
     masks = roi.masks
     b, height, width = masks.shape
@@ -253,12 +256,12 @@ def _mask_terms(roi: Roi, grids, low, rows: RowPlan, plan: ColumnPlan, run_start
     row_projected = torch.matmul(rows.integer_t, masks.to(ROW_DTYPE))  # [b, h, W], exact integers
     projected = torch.matmul(row_projected.to(torch.float64), plan.integer)  # [b, h, w], exact
     scale = 4.0 * height * width
-    mass_in = (grids.to(torch.float64) * projected).sum(dim=(1, 2)) / scale - low.to(torch.float64) * n_truth
+    mass_in = ((grids * projected).sum(dim=(1, 2)) / scale - low * n_truth) / span
     hit = masks.reshape(b, -1).gather(1, peak.clamp_max(height * width - 1)[:, None])[:, 0].to(SUM_DTYPE)
     return n_truth, overlap, mass_in, hit
 
 
-def _box_terms(roi: Roi, shifted, plan: ColumnPlan, run_start, run_end, peak):
+def _box_terms(roi: Roi, normalised, plan: ColumnPlan, run_start, run_end, peak):
     """The same four terms for box ROIs, from per-row disjoint column intervals (no dense mask)."""
     height, width = roi.size
     ranges = roi.box_pixel_ranges().to(torch.int32)  # [b, M, 4] = x_lo, y_lo, x_hi, y_hi
@@ -279,7 +282,7 @@ def _box_terms(roi: Roi, shifted, plan: ColumnPlan, run_start, run_end, peak):
     meet = torch.minimum(run_end[..., None], hi[:, :, None, :]) - torch.maximum(run_start[..., None], lo[:, :, None, :])
     overlap = meet.clamp_min_(0).sum(dim=(1, 2, 3), dtype=torch.int64).to(SUM_DTYPE)
     inside = plan.running[hi.long()] - plan.running[lo.long()]  # [b, H, M, w]
-    mass_in = (shifted[:, :, None, :] * inside).sum(dim=(1, 2, 3), dtype=SUM_DTYPE)
+    mass_in = (normalised[:, :, None, :] * inside).sum(dim=(1, 2, 3), dtype=SUM_DTYPE)
     peak_y, peak_x = peak // width, peak % width
     in_box = (peak_x[:, None] >= x_lo) & (peak_x[:, None] < x_hi) & (peak_y[:, None] >= y_lo) & (peak_y[:, None] < y_hi)
     hit = in_box.any(dim=1).to(SUM_DTYPE)
