@@ -233,11 +233,12 @@ def test_nonfinite_item_is_isolated(where, value, dtype, gen):
     for field in FIELDS:
         values = getattr(scores, field)
         assert torch.isnan(values[bad]), f"{field} of the poisoned item = {float(values[bad])}"
-    # The other items: exactly what the batch without the poisoned item gives.
+    # The other items: what the batch without the poisoned item gives. Batched matrix products may
+    # round differently when the batch changes size, so "the same" means to float32 rounding.
     clean = cam_alignment(_drop(features, bad), _drop(weights, bad), Roi.from_masks(_drop(masks, bad)))
     for field in FIELDS:
         got, want = _drop(getattr(scores, field), bad), getattr(clean, field)
-        assert torch.equal(got, want), f"{field}: other items changed: {got.tolist()} vs {want.tolist()}"
+        assert torch.allclose(got, want, rtol=0, atol=1e-6), f"{field}: other items changed: {got.tolist()} vs {want.tolist()}"
     assert not clean.invalid.any()
     assert_alignment_matches(clean, reference_alignment(_drop(features, bad), _drop(weights, bad), _drop(masks, bad)))
 
