@@ -45,18 +45,13 @@ def cam_alignment(
     check_cam_inputs(features, weights, roi)
     check_threshold(threshold)
     roi = roi.to(features.device)
-    invalid = nonfinite_items(features, weights)
-    n_invalid = int(invalid.sum())
-    if n_invalid:
-        keep = (~invalid)[:, None]
-        features = torch.where(keep[..., None, None], features, torch.zeros((), dtype=features.dtype))
-        weights = torch.where(keep, weights, torch.zeros((), dtype=weights.dtype))
+    # The separable path flags NaN/Inf items itself, from its float64 channel sum (see cam_grids),
+    # which spares a separate pass over the features.
     scores = separable.cam_alignment_separable(features, weights, roi, threshold=threshold)
-    blank = invalid | ~roi.known
+    blank = scores.invalid | ~roi.known
     for field in (scores.dice, scores.soft_dice, scores.roi_energy, scores.pointing_hit):
         field.masked_fill_(blank, float("nan"))
-    scores.invalid.copy_(invalid)
-    warn_nonfinite(n_invalid, "features or CAM weights")
+    warn_nonfinite(scores.n_invalid, "features or CAM weights")
     return scores
 
 

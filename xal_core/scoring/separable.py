@@ -142,23 +142,30 @@ def cam_alignment_separable(
     scores = empty_scores(batch, device)
     for begin in range(0, batch, chunk_size):
         part = slice(begin, begin + chunk_size)
-        grids, grid_flat = cam_grids(features[part], weights[part])
+        grids, grid_flat, invalid = cam_grids(features[part], weights[part])
         metrics = _chunk_metrics(grids, grid_flat, rows, plan, roi[part], threshold)
         for name, value in metrics.items():
             getattr(scores, name)[part] = value.to(torch.float32)
+        scores.invalid[part] = invalid
     return scores
 
 
-def cam_grids(features: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``ReLU(Σ_k α_k A_k)`` ``[b, h, w]`` in float64, and whether each grid is constant.
+def cam_grids(features: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``ReLU(Σ_k α_k A_k)`` ``[b, h, w]`` in float64, whether each grid is constant, and which items
+    had NaN/Inf inputs (their grids come back as zeros, so they cannot disturb anything downstream).
 
     The channel sum runs in float64 whatever the input dtype: with C = 2048 channels and a common
-    offset, float32 accumulation alone moves soft Dice by more than 1e-5.
+    offset, float32 accumulation alone moves soft Dice by more than 1e-5. A NaN or ±Inf anywhere in
+    an item's features or weights always leaves a NaN or ±Inf in its sum *before* the ReLU (finite
+    float32 products cannot overflow float64), so checking the small grid replaces a pass over the
+    features; float64 inputs whose sum overflows are flagged too, which is what they deserve.
     """
     b, c, h, w = features.shape
     grid = torch.bmm(weights.to(torch.float64)[:, None, :], features.to(torch.float64).reshape(b, c, h * w))
-    grid = torch.relu(grid.reshape(b, h, w))
-    return grid, grid.amax(dim=(1, 2)) == grid.amin(dim=(1, 2))
+    grid = grid.reshape(b, h, w)
+    invalid = ~torch.isfinite(grid).all(dim=2).all(dim=1)
+    grid = torch.relu(grid.masked_fill_(invalid[:, None, None], 0.0))
+    return grid, grid.amax(dim=(1, 2)) == grid.amin(dim=(1, 2)), invalid
 
 
 def _chunk_metrics(
@@ -181,8 +188,10 @@ def _chunk_metrics(
     # (a 1×1 frame, samples that all land on equal values): nothing to normalise, all zeros.
     flat = grid_flat | (high - low <= RANGE_NOISE * grids.amax(dim=(1, 2)))
     span = torch.where(flat, torch.ones_like(high), high - low)
-    flat_index = torch.arange(height, device=blended.device)[:, None] * width + plan.candidates[None, :]
-    peak = torch.where(values == high[:, None, None], flat_index, height * width).flatten(1).amin(dim=1)
+    # Candidates are sorted, so the row-major order of (y, candidate) is that of the pixels, and
+    # argmax (which returns the first maximum) finds the first peak in row-major order.
+    first = values.flatten(1).argmax(dim=1)
+    peak = (first // plan.candidates.numel()) * width + plan.candidates[first % plan.candidates.numel()]
 
     # The rows of the normalised map, scaled by the map's own range, so that float32 keeps ~1e-7 of
     # it however small the range is next to the values. (A row holds the values at the *grid*
@@ -243,17 +252,20 @@ def _mask_terms(roi: Roi, grids, low, span, rows: RowPlan, plan: ColumnPlan, run
     """
     masks = roi.masks
     b, height, width = masks.shape
-    # Running ROI counts along each row; 16-bit counters whenever the row is short enough.
-    count_dtype = torch.int16 if width < 2**15 else torch.int32
-    running = torch.cumsum(masks.view(torch.uint8), dim=2, dtype=count_dtype)
+    # Running ROI counts along each row, in the narrowest integer that holds a row's count.
+    count_dtype = torch.uint8 if width < 2**8 else torch.int16 if width < 2**15 else torch.int32
+    as_bytes = masks.view(torch.uint8)
+    running = torch.cumsum(as_bytes, dim=2, dtype=count_dtype)
 
     def count_before(x: torch.Tensor) -> torch.Tensor:  # ROI pixels in [0, x) of each row
-        taken = running.gather(2, (x.long() - 1).clamp_min(0))
-        return torch.where(x > 0, taken, torch.zeros_like(taken)).to(torch.int32)
+        taken = running.gather(2, (x.long() - 1).clamp_min(0)).to(torch.int32)
+        return torch.where(x > 0, taken, 0)
 
     n_truth = running[:, :, width - 1].sum(dim=1, dtype=torch.int64).to(SUM_DTYPE)
-    overlap = (count_before(run_end) - count_before(run_start)).sum(dim=(1, 2), dtype=torch.int64).to(SUM_DTYPE)
-    row_projected = torch.matmul(rows.integer_t, masks.to(ROW_DTYPE))  # [b, h, W], exact integers
+    bounds = count_before(torch.cat([run_start, run_end], dim=2))
+    overlap = (bounds[..., run_start.shape[2] :] - bounds[..., : run_start.shape[2]]).sum(dim=(1, 2), dtype=torch.int64)
+    overlap = overlap.to(SUM_DTYPE)
+    row_projected = torch.matmul(rows.integer_t, as_bytes.to(ROW_DTYPE))  # [b, h, W], exact integers
     projected = torch.matmul(row_projected.to(torch.float64), plan.integer)  # [b, h, w], exact
     scale = 4.0 * height * width
     mass_in = ((grids * projected).sum(dim=(1, 2)) / scale - low * n_truth) / span
