@@ -573,7 +573,7 @@ def cam_alignment_packed(
         raise ValueError(f"packed: holds {packed.shape[0]} items, features hold {batch}")
     if width < 1 or packed.shape[1] < 1 or packed.shape[2] != math.ceil(width / 8):
         raise ValueError(f"packed: shape {tuple(packed.shape)} does not hold a frame of width {width}")
-    known_t = Roi._known_flags(known, batch, features.device)
+    known_t = Roi.known_flags(known, batch, features.device)
     scores = launch_cam_alignment(
         features, weights, (packed.shape[1], width), known_t, packed=packed.to(features.device), threshold=threshold
     )

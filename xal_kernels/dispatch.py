@@ -25,10 +25,7 @@ from types import ModuleType
 import torch
 
 from xal_core import scoring
-from xal_core.scoring.alignment import check_threshold
 from xal_core.scoring.fusion import DualScore
-from xal_core.scoring.inputs import check_cam_inputs, nonfinite_items, warn_nonfinite
-from xal_core.scoring.reference import cam_alignment_dense
 from xal_core.scoring.results import AlignmentScores
 from xal_core.scoring.roi import Roi
 
@@ -128,7 +125,7 @@ def cam_alignment(features: torch.Tensor, weights: torch.Tensor, roi: Roi, *, th
     if route == "triton":
         return _op("cam_alignment", features).cam_alignment(features, weights, roi, threshold=threshold)
     if route == "reference":
-        return _cam_alignment_reference(features, weights, roi, threshold=threshold)
+        return scoring.alignment.cam_alignment_reference(features, weights, roi, threshold=threshold)
     return scoring.cam_alignment(features, weights, roi, threshold=threshold)
 
 
@@ -172,23 +169,3 @@ def uncertainty_and_dual_score(
         return _op("uncertainty", logits).uncertainty_and_dual_score(logits, misalignment, kind=kind, **options)
     u = scoring.uncertainty(logits, kind)
     return u, scoring.dual_score(u, misalignment, **options)
-
-
-def _cam_alignment_reference(features: torch.Tensor, weights: torch.Tensor, roi: Roi, *, threshold: float) -> AlignmentScores:
-    """``xal_core.scoring.cam_alignment``'s checks and NaN isolation around the dense float64 reference."""
-    check_cam_inputs(features, weights, roi)
-    check_threshold(threshold)
-    roi = roi.to(features.device)
-    invalid = nonfinite_items(features, weights)
-    n_invalid = int(invalid.sum())
-    if n_invalid:
-        keep = (~invalid)[:, None]
-        features = torch.where(keep[..., None, None], features, torch.zeros((), dtype=features.dtype))
-        weights = torch.where(keep, weights, torch.zeros((), dtype=weights.dtype))
-    scores = cam_alignment_dense(features, weights, roi, threshold=threshold, dtype=torch.float64)
-    blank = invalid | ~roi.known
-    for field in (scores.dice, scores.soft_dice, scores.roi_energy, scores.pointing_hit):
-        field.masked_fill_(blank, float("nan"))
-    scores.invalid.copy_(invalid)
-    warn_nonfinite(n_invalid, "features or CAM weights")
-    return scores

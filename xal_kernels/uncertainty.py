@@ -24,10 +24,10 @@ import torch
 import triton
 import triton.language as tl
 
-from xal_core.scoring.fusion import DualScore, _check_pair
+from xal_core.scoring.fusion import DualScore, check_score_pair
 from xal_core.scoring.inputs import warn_nonfinite
 from xal_core.scoring.results import AlignmentScores
-from xal_core.scoring.uncertainty import UNCERTAINTY_KINDS, _check_logits
+from xal_core.scoring.uncertainty import UNCERTAINTY_KINDS, check_logits
 
 __all__ = ["uncertainty", "dual_score", "uncertainty_and_dual_score"]
 
@@ -205,15 +205,15 @@ def uncertainty_and_dual_score(
         return u, torch_dual_score(
             u, misalignment, weight=weight, method=method, missing_roi=missing_roi, invalid=invalid
         )
-    _check_logits(logits, "logits", expected_dims=2)
-    _check_pair(logits.new_empty(logits.shape[0], dtype=torch.float32), m)
+    check_logits(logits, "logits", expected_dims=2)
+    check_score_pair(logits.new_empty(logits.shape[0], dtype=torch.float32), m)
     fusion = (m, _flagged(m.shape, logits.device, invalid, alignment_invalid), weight, missing_roi == "exclude")
     u, (score, flags) = _launch_uncertainty(logits, kind, fusion)
     return u, _result(score, flags)
 
 
 def _launch_uncertainty(logits: torch.Tensor, kind: str, fusion: tuple | None = None):
-    _check_logits(logits, "logits", expected_dims=2)
+    check_logits(logits, "logits", expected_dims=2)
     _check_kind(kind)
     if logits.stride(1) != 1:
         logits = logits.contiguous()
@@ -253,7 +253,7 @@ def dual_score(
 ) -> DualScore:
     """``xal_core.scoring.dual_score`` with the weighted fusion on the Triton kernel."""
     m, alignment_invalid = _split_misalignment(misalignment)
-    u, m = _check_pair(uncertainty, m)
+    u, m = check_score_pair(uncertainty, m)
     _check_fusion(weight, method, missing_roi)
     if method == "rank":
         from xal_core.scoring import dual_score as torch_dual_score

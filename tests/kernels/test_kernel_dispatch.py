@@ -49,7 +49,7 @@ def spy(monkeypatch):
     s.wrap(dispatch.scoring, "cam_alignment", "torch")
     s.wrap(dispatch.scoring, "uncertainty", "torch")
     s.wrap(dispatch.scoring, "dual_score", "torch")
-    s.wrap(dispatch, "cam_alignment_dense", "reference")
+    s.wrap(dispatch.scoring.alignment, "cam_alignment_reference", "reference")
     if HAS_TRITON:
         for name in ("cam_alignment", "uncertainty"):
             module = importlib.import_module(f"xal_kernels.{name}")

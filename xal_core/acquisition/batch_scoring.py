@@ -99,9 +99,9 @@ def score_batch(
     if logits.dim() != 2 or logits.shape[0] != ids.shape[0]:
         raise ValueError(f"logits: expected shape [{ids.shape[0]}, K], got {tuple(logits.shape)}")
     alignment = xal_kernels.cam_alignment(features, cam_weights, roi, threshold=config.threshold)
-    u = xal_kernels.uncertainty(logits, kind=config.uncertainty)
-    fused = xal_kernels.dual_score(
-        u, alignment, weight=config.weight, method="weighted", missing_roi=config.missing_roi
+    u, fused = xal_kernels.uncertainty_and_dual_score(
+        logits, alignment, kind=config.uncertainty, weight=config.weight, method="weighted",
+        missing_roi=config.missing_roi,
     )
     score = fused.score if config.fusion == "weighted" else torch.full_like(fused.score, float("nan"))
     probabilities = torch.softmax(logits.float(), dim=1)

@@ -9,7 +9,7 @@ from .inputs import check_cam_inputs, nonfinite_items, warn_nonfinite
 from .results import AlignmentScores
 from .roi import Roi
 
-__all__ = ["cam_alignment", "gradcam_maps"]
+__all__ = ["cam_alignment", "cam_alignment_reference", "gradcam_maps", "check_threshold"]
 
 
 def cam_alignment(
@@ -52,6 +52,35 @@ def cam_alignment(
     for field in (scores.dice, scores.soft_dice, scores.roi_energy, scores.pointing_hit):
         field.masked_fill_(blank, float("nan"))
     warn_nonfinite(scores.n_invalid, "features or CAM weights")
+    return scores
+
+
+def cam_alignment_reference(
+    features: torch.Tensor,
+    weights: torch.Tensor,
+    roi: Roi,
+    *,
+    threshold: float = 0.5,
+) -> AlignmentScores:
+    """``cam_alignment`` computed the obvious way, on dense float64 maps (``reference.py``).
+
+    Same checks, NaN isolation and results as :func:`cam_alignment`, at many times the cost: this is
+    what ``XAL_KERNELS=reference`` runs when a fast path is in doubt.
+    """
+    check_cam_inputs(features, weights, roi)
+    check_threshold(threshold)
+    roi = roi.to(features.device)
+    invalid = nonfinite_items(features, weights)
+    if invalid.any():
+        keep = (~invalid)[:, None]
+        features = torch.where(keep[..., None, None], features, torch.zeros((), dtype=features.dtype))
+        weights = torch.where(keep, weights, torch.zeros((), dtype=weights.dtype))
+    scores = reference.cam_alignment_dense(features, weights, roi, threshold=threshold, dtype=torch.float64)
+    blank = invalid | ~roi.known
+    for field in (scores.dice, scores.soft_dice, scores.roi_energy, scores.pointing_hit):
+        field.masked_fill_(blank, float("nan"))
+    scores.invalid.copy_(invalid)
+    warn_nonfinite(int(invalid.sum()), "features or CAM weights")
     return scores
 
 

@@ -17,7 +17,7 @@ import torch
 from .inputs import warn_nonfinite
 from .results import AlignmentScores
 
-__all__ = ["DualScore", "dual_score", "percentile_ranks"]
+__all__ = ["DualScore", "check_score_pair", "dual_score", "percentile_ranks"]
 
 FusionMethod = Literal["weighted", "rank"]
 MissingRoiPolicy = Literal["uncertainty_only", "exclude"]
@@ -75,7 +75,7 @@ def dual_score(
     if isinstance(misalignment, AlignmentScores):
         alignment_invalid = misalignment.invalid
         misalignment = misalignment.misalignment
-    u, m = _check_pair(uncertainty, misalignment)
+    u, m = check_score_pair(uncertainty, misalignment)
     if not isinstance(weight, (int, float)) or not 0.0 <= float(weight) <= 1.0:
         raise ValueError(f"weight: expected a number in [0, 1], got {weight!r}")
     if method not in ("weighted", "rank"):
@@ -125,7 +125,8 @@ def percentile_ranks(values: torch.Tensor, among: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _check_pair(uncertainty: torch.Tensor, misalignment: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def check_score_pair(uncertainty: torch.Tensor, misalignment: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate the two ``[B]`` criteria (``ValueError`` naming the argument); both as float64."""
     for value, name in ((uncertainty, "uncertainty"), (misalignment, "misalignment")):
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"{name}: expected a torch.Tensor [B], got {type(value).__name__}")

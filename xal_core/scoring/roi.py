@@ -67,7 +67,7 @@ class Roi:
         batch, height, width = masks.shape
         if height < 1 or width < 1:
             raise ValueError(f"masks: the ROI frame must be at least 1×1, got {height}×{width}")
-        known_t = cls._known_flags(known, batch, masks.device)
+        known_t = cls.known_flags(known, batch, masks.device)
         masks = masks & known_t[:, None, None]
         return cls(size=(height, width), known=known_t, masks=masks)
 
@@ -210,7 +210,8 @@ class Roi:
         padded = torch.zeros(*masks.shape[:2], padded_width, dtype=torch.uint8, device=masks.device)
         padded[..., :width] = masks.to(torch.uint8)
         weights = (1 << torch.arange(7, -1, -1, device=masks.device)).to(torch.uint8)
-        return (padded.view(*masks.shape[:2], -1, 8) * weights).sum(-1, dtype=torch.int64).to(torch.uint8)
+        groups = padded.reshape(masks.shape[0], masks.shape[1], padded_width // 8, 8)
+        return (groups * weights).sum(-1, dtype=torch.int64).to(torch.uint8)
 
     # ------------------------------------------------------------------ validation
     @staticmethod
@@ -220,7 +221,8 @@ class Roi:
         return int(size[0]), int(size[1])
 
     @staticmethod
-    def _known_flags(known: torch.Tensor | Sequence[bool] | None, batch: int, device: torch.device) -> torch.Tensor:
+    def known_flags(known: torch.Tensor | Sequence[bool] | None, batch: int, device: torch.device) -> torch.Tensor:
+        """``known`` as a bool ``[batch]`` tensor (all True when None); ``ValueError`` on a wrong shape."""
         if known is None:
             return torch.ones(batch, dtype=torch.bool, device=device)
         flags = torch.as_tensor(known, device=device)

@@ -15,7 +15,7 @@ import torch
 
 from .inputs import nonfinite_items, warn_nonfinite
 
-__all__ = ["UncertaintyKind", "UNCERTAINTY_KINDS", "uncertainty", "bald"]
+__all__ = ["UncertaintyKind", "UNCERTAINTY_KINDS", "bald", "check_logits", "uncertainty"]
 
 UncertaintyKind = Literal["entropy", "margin", "least_confidence"]
 UNCERTAINTY_KINDS: tuple[str, ...] = ("entropy", "margin", "least_confidence")
@@ -30,7 +30,7 @@ def uncertainty(logits: torch.Tensor, kind: UncertaintyKind = "entropy") -> torc
 
     Rows with NaN/Inf logits come back NaN (a ``NonFiniteInputWarning`` gives the count).
     """
-    _check_logits(logits, "logits", expected_dims=2)
+    check_logits(logits, "logits", expected_dims=2)
     if kind not in UNCERTAINTY_KINDS:
         raise ValueError(f"kind: expected one of {', '.join(UNCERTAINTY_KINDS)}, got {kind!r}")
     invalid = nonfinite_items(logits)
@@ -54,7 +54,7 @@ def bald(logits_mc: torch.Tensor) -> torch.Tensor:
 
     ``I = H(mean_t p_t) − mean_t H(p_t)``; it lies in ``[0, log K]``, hence the scaling to [0, 1].
     """
-    _check_logits(logits_mc, "logits_mc", expected_dims=3)
+    check_logits(logits_mc, "logits_mc", expected_dims=3)
     invalid = nonfinite_items(logits_mc.transpose(0, 1))
     clean = torch.where(invalid[None, :, None], 0.0, logits_mc.to(torch.float64))
     log_p = torch.log_softmax(clean, dim=2)
@@ -71,7 +71,8 @@ def _entropy(log_p: torch.Tensor) -> torch.Tensor:
     return -(torch.where(p > 0, p * log_p, torch.zeros_like(p))).sum(dim=-1)
 
 
-def _check_logits(logits: torch.Tensor, name: str, expected_dims: int) -> None:
+def check_logits(logits: torch.Tensor, name: str, expected_dims: int) -> None:
+    """``ValueError`` naming ``name`` unless ``logits`` is a float tensor of ``expected_dims`` with K >= 2."""
     layout = "[B, K]" if expected_dims == 2 else "[T, B, K]"
     if not isinstance(logits, torch.Tensor):
         raise ValueError(f"{name}: expected a torch.Tensor {layout}, got {type(logits).__name__}")
