@@ -1,11 +1,18 @@
-"""``xal``: the command-line entry point. Each subcommand lives in its own module."""
+"""``xal``: the command-line entry point.
+
+Each subcommand is a module of this package with a ``register(subparsers)`` function that adds its
+parser and sets ``run`` as its handler; modules are discovered, so adding a command touches no
+shared file.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import pkgutil
 import sys
 
-from . import demo
+from . import __path__ as _package_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,7 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
         "and Grad-CAM/ROI misalignment.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo.register(commands)
+    for module_info in sorted(pkgutil.iter_modules(_package_path), key=lambda m: m.name):
+        if module_info.name == "main":
+            continue
+        module = importlib.import_module(f"{__package__}.{module_info.name}")
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(commands)
     return parser
 
 
