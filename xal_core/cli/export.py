@@ -1,0 +1,43 @@
+"""``xal export``: turn a training checkpoint into a self-describing ONNX or TorchScript model file.
+
+The file carries the class names, input size, channels, intensity normalisation and target layer
+(see ``docs/models.md``), so the scoring service needs nothing but the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from xal_core.models import FORMATS, ExplainableModel, ModelMetadata, export, load_checkpoint
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("export", help="export a checkpoint to ONNX or TorchScript with CAM outputs")
+    parser.add_argument("checkpoint", type=Path, help="an xal checkpoint (.pt or .safetensors) written by training")
+    parser.add_argument("--format", choices=FORMATS, default="onnx", help="output format (default onnx)")
+    parser.add_argument("--out", type=Path, required=True, help="where to write the model file")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    checkpoint = load_checkpoint(args.checkpoint)
+    model = ExplainableModel(checkpoint.build())
+    metadata = ModelMetadata(
+        class_names=checkpoint.class_names,
+        preprocessing=checkpoint.preprocessing,
+        target_layer=model.target_layer,
+        architecture=checkpoint.architecture.to_dict(),
+    )
+    result = export(model, args.out, args.format, metadata=metadata)
+    console = Console()
+    note = f" (dynamo exporter failed: {result.fallback_reason})" if result.fallback_reason else ""
+    pre = checkpoint.preprocessing
+    console.print(
+        f"wrote {result.path} ({result.format}, exporter {result.exporter}{note}): "
+        f"{checkpoint.architecture.name}, {pre.channels}×{pre.input_size[0]}×{pre.input_size[1]} input, "
+        f"{len(checkpoint.class_names)} classes, target layer {model.target_layer}"
+    )
+    return 0

@@ -1,0 +1,102 @@
+"""2D classification backbones from MONAI, built by name.
+
+xal needs a classifier whose last spatial layer feeds global average pooling and one linear layer:
+for that head the Grad-CAM weights are analytic (see ``explainable.py``). MONAI's DenseNet121 and
+ResNets have that head. MONAI's ResNet defaults to a stride-1 stem (``conv1_t_stride=1``), which costs
+4× the compute of the ImageNet design at 224²; xal always builds the stride-2, 7×7 stem.
+
+Nothing is downloaded: weights come only from a local path (``checkpoint.load_weights``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from monai.networks import nets
+from torch import nn
+
+ARCHITECTURES = ("densenet121", "resnet18", "resnet34", "resnet50")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """What is needed to rebuild a backbone: recorded in checkpoints and export metadata.
+
+    Attributes:
+        name: one of ``ARCHITECTURES``.
+        in_channels: image channels (1 for grey-scale scans, 3 for RGB-like inputs).
+        num_classes: K, the number of logits.
+        densenet_block_config / densenet_init_features / densenet_growth_rate: DenseNet121 sizes;
+            smaller values give a cheap DenseNet of the same design (used by the tests).
+    """
+
+    name: str
+    in_channels: int
+    num_classes: int
+    densenet_block_config: tuple[int, ...] = (6, 12, 24, 16)
+    densenet_init_features: int = 64
+    densenet_growth_rate: int = 32
+
+    def __post_init__(self) -> None:
+        if self.name not in ARCHITECTURES:
+            raise ValueError(f"backbone: unknown architecture {self.name!r}; expected one of {ARCHITECTURES}")
+        if self.in_channels not in (1, 3):
+            raise ValueError(f"backbone {self.name}: in_channels must be 1 or 3, got {self.in_channels}")
+        if self.num_classes < 2:
+            raise ValueError(f"backbone {self.name}: num_classes must be >= 2, got {self.num_classes}")
+        object.__setattr__(self, "densenet_block_config", tuple(int(v) for v in self.densenet_block_config))
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["densenet_block_config"] = list(self.densenet_block_config)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BackboneConfig:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def _densenet(config: BackboneConfig) -> nn.Module:
+    return nets.DenseNet(
+        spatial_dims=2,
+        in_channels=config.in_channels,
+        out_channels=config.num_classes,
+        init_features=config.densenet_init_features,
+        growth_rate=config.densenet_growth_rate,
+        block_config=config.densenet_block_config,
+    )
+
+
+def _resnet(factory: Callable[..., nn.Module]) -> Callable[[BackboneConfig], nn.Module]:
+    def build(config: BackboneConfig) -> nn.Module:
+        return factory(
+            spatial_dims=2,
+            n_input_channels=config.in_channels,
+            num_classes=config.num_classes,
+            conv1_t_size=7,
+            conv1_t_stride=2,
+        )
+
+    return build
+
+
+_BUILDERS: dict[str, Callable[[BackboneConfig], nn.Module]] = {
+    "densenet121": _densenet,
+    "resnet18": _resnet(nets.resnet18),
+    "resnet34": _resnet(nets.resnet34),
+    "resnet50": _resnet(nets.resnet50),
+}
+
+
+def build_backbone(name: str | BackboneConfig, in_channels: int = 1, num_classes: int = 2, **sizes) -> nn.Module:
+    """A freshly initialised 2D backbone (random weights; load trained ones with ``load_weights``).
+
+    The returned module carries its ``BackboneConfig`` as ``.xal_config`` so that checkpoints and
+    exports can record it.
+    """
+    config = name if isinstance(name, BackboneConfig) else BackboneConfig(name, in_channels, num_classes, **sizes)
+    model = _BUILDERS[config.name](config)
+    model.xal_config = config
+    return model

@@ -1,0 +1,88 @@
+"""Simple augmentations for 2D medical images, batched torch ops on the training device.
+
+Kept deliberately mild: a horizontal flip, a small random affine (rotation, translation, scale) and
+an intensity jitter (contrast and brightness). Vertical flips are off by default, because anatomy
+has an up and a down (a chest X-ray upside down is not a chest X-ray). Every random draw comes from
+the ``torch.Generator`` passed in, so a seeded run repeats exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Per-image random transforms; ``Augment.none()`` turns them all off.
+
+    Attributes:
+        hflip: probability of a left-right flip.
+        vflip: probability of an up-down flip.
+        rotate_deg: rotation drawn uniformly from ``[-rotate_deg, rotate_deg]``.
+        translate: shift drawn from ``[-translate, translate]`` of the image size, per axis.
+        scale: zoom drawn from ``[1 - scale, 1 + scale]``.
+        contrast / brightness: ``x · (1 + c) + b·std(x)`` with ``c, b`` drawn from ``[-v, v]``.
+    """
+
+    hflip: float = 0.5
+    vflip: float = 0.0
+    rotate_deg: float = 10.0
+    translate: float = 0.05
+    scale: float = 0.1
+    contrast: float = 0.1
+    brightness: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"Augment: {name} must be a finite value >= 0, got {value}")
+        for name in ("hflip", "vflip"):
+            if getattr(self, name) > 1:
+                raise ValueError(f"Augment: {name} is a probability, got {getattr(self, name)}")
+        if self.scale >= 1:
+            raise ValueError(f"Augment: scale must be < 1, got {self.scale}")
+
+    @classmethod
+    def none(cls) -> Augment:
+        return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+    @property
+    def active(self) -> bool:
+        return any(value > 0 for value in asdict(self).values())
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Augmented copy of ``images [B, C, H, W]``; draws happen on the CPU generator."""
+        if not self.active:
+            return images
+        batch = images.shape[0]
+
+        def uniform(bound: float) -> torch.Tensor:
+            return ((torch.rand(batch, generator=generator) * 2 - 1) * bound).to(images.device)
+
+        out = images
+        if self.hflip > 0:
+            flip = (torch.rand(batch, generator=generator) < self.hflip).to(images.device)
+            out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+        if self.vflip > 0:
+            flip = (torch.rand(batch, generator=generator) < self.vflip).to(images.device)
+            out = torch.where(flip[:, None, None, None], out.flip(-2), out)
+        if self.rotate_deg > 0 or self.translate > 0 or self.scale > 0:
+            angle = uniform(math.radians(self.rotate_deg))
+            zoom = 1 + uniform(self.scale)
+            shift_x, shift_y = uniform(2 * self.translate), uniform(2 * self.translate)  # grid units span 2
+            cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+            theta = torch.stack(
+                [torch.stack([cos, -sin, shift_x], dim=1), torch.stack([sin, cos, shift_y], dim=1)], dim=1
+            ).to(out.dtype)
+            grid = F.affine_grid(theta, list(out.shape), align_corners=False)
+            out = F.grid_sample(out, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        if self.contrast > 0 or self.brightness > 0:
+            spread = out.flatten(1).std(dim=1).clamp_min(1e-6)[:, None, None, None]
+            gain = 1 + uniform(self.contrast)[:, None, None, None]
+            offset = uniform(self.brightness)[:, None, None, None] * spread
+            out = out * gain.to(out.dtype) + offset.to(out.dtype)
+        return out
