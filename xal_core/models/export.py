@@ -183,5 +183,7 @@ def _export_torchscript(graph: nn.Module, example: torch.Tensor, path: Path, met
         traced = torch.jit.trace(graph, (example,), check_trace=False)
     files = {TORCHSCRIPT_METADATA_FILE: json.dumps(metadata.to_strings())}
     buffer = io.BytesIO()
-    torch.jit.save(traced, buffer, _extra_files=files)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated; see docs/models.md
+        torch.jit.save(traced, buffer, _extra_files=files)
     path.write_bytes(buffer.getvalue())

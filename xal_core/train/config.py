@@ -19,6 +19,7 @@ class TrainConfig:
             data is given (0 disables early stopping and keeps the last epoch).
         patience: epochs without a better validation loss before stopping; the best epoch's
             weights are restored.
+        min_delta: how much lower the validation loss must be to count as better.
         class_weighted: weight the cross-entropy by inverse class frequency (imbalanced sets).
         amp: mixed precision (float16 autocast + gradient scaling); only on CUDA, ignored on CPU.
         augment: the augmentations (``Augment.none()`` for none).
@@ -33,6 +34,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     val_fraction: float = 0.2
     patience: int = 3
+    min_delta: float = 0.0
     class_weighted: bool = True
     amp: bool = True
     augment: Augment = field(default_factory=Augment)
@@ -47,6 +49,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: val_fraction must lie in [0, 1), got {self.val_fraction}")
         if self.patience < 1:
             raise ValueError(f"TrainConfig: patience must be >= 1, got {self.patience}")
+        if not self.min_delta >= 0:
+            raise ValueError(f"TrainConfig: min_delta must be >= 0, got {self.min_delta}")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(f"TrainConfig: lr must be > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
 

@@ -146,7 +146,7 @@ def fit(
                 record.update(_evaluate(model, val_loader, step_loss))
             history.append(record)
             monitored = record.get("val_loss", record["train_loss"])
-            if monitored < best[0] or val_loader is None:
+            if monitored < best[0] - config.min_delta or val_loader is None:
                 best = (monitored, epoch, copy.deepcopy(model.state_dict()))
             bar.update(epochs_task, advance=1, status=_status(record))
             if val_loader is not None and epoch - best[1] >= config.patience:

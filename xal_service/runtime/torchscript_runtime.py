@@ -1,8 +1,14 @@
-"""TorchScript backend: ``torch.jit.load`` with the metadata from the file's ``_extra_files``."""
+"""TorchScript backend: ``torch.jit.load`` with the metadata from the file's ``_extra_files``.
+
+TorchScript is deprecated from torch 2.10 on (``torch.jit`` warns on every call); xal keeps it as the
+second format for hosts without ONNX Runtime and silences that one known warning. ONNX is the
+primary format of the service.
+"""
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +28,9 @@ class TorchScriptRuntime:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         files = {TORCHSCRIPT_METADATA_FILE: ""}
         try:
-            self.module = torch.jit.load(str(self.path), map_location=self.device, _extra_files=files).eval()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.module = torch.jit.load(str(self.path), map_location=self.device, _extra_files=files).eval()
         except Exception as error:  # torch raises RuntimeError/ValueError/... for corrupt archives
             raise ValueError(f"{self.path}: not a loadable TorchScript model: {str(error).splitlines()[0]}") from error
         if not files[TORCHSCRIPT_METADATA_FILE]:
