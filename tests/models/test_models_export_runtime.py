@@ -153,3 +153,20 @@ def test_export_refuses_what_it_cannot_embed(tmp_path):
         export(tiny_backbone("resnet18"), tmp_path / "m.bin", "tflite", (1, 32, 32))
     with pytest.raises(ValueError, match="2 class names for a model with 3 logits"):
         export(tiny_backbone("resnet18"), tmp_path / "m.pt", "torchscript", (1, 32, 32), class_names=("a", "b"))
+
+
+def test_legacy_onnx_exporter_gives_the_same_outputs(tmp_path):
+    """The fallback path, forced: the TorchScript-based exporter with a dynamic batch axis."""
+    model = tiny_backbone("densenet121", num_classes=3)
+    result = export(model, tmp_path / "legacy.onnx", "onnx", (1, 32, 32), onnx_exporter="legacy")
+    assert result.exporter == "torchscript-legacy" and result.fallback_reason == ""
+    runtime = load(result.path)
+    assert runtime.metadata.exporter == "torchscript-legacy"
+    for batch in (1, 3):
+        x = torch.randn(batch, 1, 32, 32)
+        with torch.no_grad():
+            expected = ExplainableModel(model)(x)
+        for got, want in zip(runtime.run(x), expected, strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="onnx_exporter must be one of"):
+        export(model, tmp_path / "x.onnx", "onnx", (1, 32, 32), onnx_exporter="fast")

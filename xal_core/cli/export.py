@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from xal_core.models import FORMATS, ExplainableModel, ModelMetadata, export, load_checkpoint
+from xal_core.models.export import ONNX_EXPORTERS
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -19,6 +20,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("checkpoint", type=Path, help="an xal checkpoint (.pt or .safetensors) written by training")
     parser.add_argument("--format", choices=FORMATS, default="onnx", help="output format (default onnx)")
     parser.add_argument("--out", type=Path, required=True, help="where to write the model file")
+    parser.add_argument(
+        "--onnx-exporter", choices=ONNX_EXPORTERS, default="auto",
+        help="auto: torch's dynamo exporter, the legacy one if it fails (default); dynamo: no fallback; legacy only",
+    )
     parser.set_defaults(run=run)
 
 
@@ -31,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         target_layer=model.target_layer,
         architecture=checkpoint.architecture.to_dict(),
     )
-    result = export(model, args.out, args.format, metadata=metadata)
+    result = export(model, args.out, args.format, metadata=metadata, onnx_exporter=args.onnx_exporter)
     console = Console()
     note = f" (dynamo exporter failed: {result.fallback_reason})" if result.fallback_reason else ""
     pre = checkpoint.preprocessing

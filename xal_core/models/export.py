@@ -26,6 +26,7 @@ from .explainable import ExplainableModel
 from .metadata import INPUT_NAME, OUTPUT_NAMES, ModelMetadata, Preprocessing
 
 FORMATS = ("onnx", "torchscript")
+ONNX_EXPORTERS = ("auto", "dynamo", "legacy")
 TORCHSCRIPT_METADATA_FILE = "xal_metadata.json"
 
 
@@ -58,6 +59,7 @@ def export(
     metadata: ModelMetadata | None = None,
     class_names: tuple[str, ...] | None = None,
     opset: int = 18,
+    onnx_exporter: str = "auto",
 ) -> ExportResult:
     """Write ``model`` to ``path`` as ONNX or TorchScript with xal metadata embedded.
 
@@ -67,9 +69,14 @@ def export(
         input_shape: ``(C, H, W)``; defaults to the metadata's preprocessing.
         metadata: class names, preprocessing, ...; built from ``input_shape`` when not given.
         class_names: used when ``metadata`` is not given (default ``class_0 … class_{K-1}``).
+        opset: the ONNX opset.
+        onnx_exporter: ``"auto"`` (dynamo, the legacy exporter if dynamo fails), ``"dynamo"`` (no
+            fallback: its error propagates) or ``"legacy"`` (the TorchScript-based exporter only).
     """
     if format not in FORMATS:
         raise ValueError(f"export: format must be one of {FORMATS}, got {format!r}")
+    if onnx_exporter not in ONNX_EXPORTERS:
+        raise ValueError(f"export: onnx_exporter must be one of {ONNX_EXPORTERS}, got {onnx_exporter!r}")
     explainable = model if isinstance(model, ExplainableModel) else ExplainableModel(model)
     if not explainable.analytic:
         raise ValueError(
@@ -108,7 +115,7 @@ def export(
     explainable.eval()
     try:
         if format == "onnx":
-            exporter, reason = _export_onnx(graph, example, path, opset)
+            exporter, reason = _export_onnx(graph, example, path, opset, onnx_exporter)
             metadata = replace(metadata, exporter=exporter)
             _write_onnx_metadata(path, metadata)
         else:
@@ -120,7 +127,10 @@ def export(
     return ExportResult(path, format, exporter, metadata, reason)
 
 
-def _export_onnx(graph: nn.Module, example: torch.Tensor, path: Path, opset: int) -> tuple[str, str]:
+def _export_onnx(graph: nn.Module, example: torch.Tensor, path: Path, opset: int, which: str) -> tuple[str, str]:
+    if which == "legacy":
+        _export_onnx_legacy(graph, example, path, opset)
+        return "torchscript-legacy", ""
     batch = torch.export.Dim("batch", min=1)
     # The exporter logs one warning per torchvision op it cannot register; xal does not use torchvision.
     registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
@@ -143,9 +153,16 @@ def _export_onnx(graph: nn.Module, example: torch.Tensor, path: Path, opset: int
         program.save(str(path), external_data=False)
         return "dynamo", ""
     except Exception as error:  # the dynamo exporter fails in many ways; the legacy one is the fallback
+        if which == "dynamo":
+            raise
         reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     finally:
         registration_log.setLevel(level)
+    _export_onnx_legacy(graph, example, path, opset)
+    return "torchscript-legacy", reason
+
+
+def _export_onnx_legacy(graph: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -158,7 +175,6 @@ def _export_onnx(graph: nn.Module, example: torch.Tensor, path: Path, opset: int
             dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}},
             opset_version=opset,
         )
-    return "torchscript-legacy", reason
 
 
 def _write_onnx_metadata(path: Path, metadata: ModelMetadata) -> None:
