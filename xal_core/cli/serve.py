@@ -1,0 +1,43 @@
+"""``xal serve``: run the gRPC scoring service (``xal_service``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("serve", help="run the gRPC scoring service")
+    parser.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT (port 0 = any free port)")
+    parser.add_argument("--state", type=Path, required=True, help="directory for the server's state")
+    parser.add_argument("--token-file", type=Path, help="file holding the bearer token clients must send")
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate (with --tls-key) to serve TLS")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key")
+    parser.add_argument("--max-message-mb", type=int, default=64, help="largest request or response (default 64)")
+    parser.add_argument("--workers", type=int, default=16, help="handler threads (default 16)")
+    parser.add_argument(
+        "--allow-remote-without-token", action="store_true",
+        help="serve a non-loopback address without --token-file (not recommended)",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from xal_service.server import ServerConfig, serve_forever  # gRPC only when serving
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.max_message_mb < 1 or args.workers < 1:
+        raise ValueError("--max-message-mb and --workers must be >= 1")
+    config = ServerConfig(
+        listen=args.listen,
+        state=args.state,
+        token_file=args.token_file,
+        allow_remote_without_token=args.allow_remote_without_token,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        max_message_mb=args.max_message_mb,
+        workers=args.workers,
+    )
+    serve_forever(config, announce=lambda line: print(line, flush=True))
+    return 0
