@@ -1,0 +1,324 @@
+"""The pool store: a chunked on-disk pool of preprocessed images, ROIs and ids (Zarr v3).
+
+Why Zarr v3: chunked, compressed N-d arrays in plain files (or object storage) that any reader can
+slice without loading the rest; appending is a resize; a chunk is the unit the scorer streams and
+the unit a checksum covers. HDF5 would need one writer lock per file and does not shard across
+object stores; WebDataset tars cannot be indexed by item.
+
+Layout of ``POOL/``::
+
+    manifest.json          format, source description, preprocessing, counts, per-chunk checksums
+    scoring/               the Zarr group the scorer reads
+        images   float16 [N, C, H, W]   chunk (n, C, H, W)   preprocessed, values in [0, 1]
+        index    int64   [N]            the item's integer id (row number), used by TopK
+        ids      uint8   [N, 256]       the source id, UTF-8, zero-padded
+        roi_known bool   [N]            False = nobody drew the ROI (misalignment NaN)
+        roi_packed uint8 [N, H, ⌈W/8⌉]  the ROI mask, bit-packed (NumPy packbits order)
+        roi_boxes float32 [N, M, 4], roi_counts int32 [N]   only when the source gives boxes
+    oracle/labels  int32 [N]           kept apart: only the oracle reveals labels
+    ingest_report.tsv      one line per skipped item: path <TAB> reason
+
+Every item has a packed mask (boxes are rasterised with the pixel-centre rule), so a scorer can
+always consume masks; box pools also keep the boxes for the faster box path. ``float16`` halves
+the pool on disk: images are normalised to [0, 1] before storing, where float16 resolves 1/2048.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+
+from xal_core.scoring import Roi
+
+from .item import Item
+
+__all__ = ["PoolStore", "PoolWriter", "PoolChunk", "FORMAT", "ID_BYTES"]
+
+FORMAT = "xal-pool/1"
+ID_BYTES = 256
+_SCORING_ARRAYS = ("images", "index", "ids", "roi_known", "roi_packed")
+_BOX_ARRAYS = ("roi_boxes", "roi_counts")
+
+
+@dataclass(frozen=True, eq=False)
+class PoolChunk:
+    """One chunk as the scorer consumes it (no labels)."""
+
+    number: int
+    index: torch.Tensor  # int64 [b]
+    ids: list[str]
+    images: torch.Tensor  # float32 [b, C, H, W]
+    roi: Roi
+
+
+def _checksum(arrays: Sequence[np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+class PoolStore:
+    """Read a pool chunk by chunk. Open with :meth:`open`."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path = path
+        self.manifest = manifest
+        self._group = zarr.open_group(str(path / "scoring"), mode="r")
+        self.size: tuple[int, int] = tuple(manifest["size"])  # type: ignore[assignment]
+        self.chunk_size: int = manifest["chunk"]
+        self.classes: tuple[str, ...] = tuple(manifest["classes"])
+        self.roi_format: str = manifest["roi_format"]
+
+    @classmethod
+    def open(cls, path: str | Path) -> PoolStore:
+        path = Path(path)
+        manifest_path = path / "manifest.json"
+        if not manifest_path.is_file():
+            raise ValueError(f"{path}: not a pool store (missing {manifest_path.name}); create one with `xal ingest`")
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        return cls(path, manifest)
+
+    def __len__(self) -> int:
+        return int(self.manifest["count"])
+
+    @property
+    def n_chunks(self) -> int:
+        return math.ceil(len(self) / self.chunk_size)
+
+    def _rows(self, number: int) -> slice:
+        if not 0 <= number < self.n_chunks:
+            raise IndexError(f"chunk {number} out of range: the pool has {self.n_chunks} chunks")
+        start = number * self.chunk_size
+        return slice(start, min(start + self.chunk_size, len(self)))
+
+    def raw_chunk(self, number: int) -> dict[str, np.ndarray]:
+        """The stored arrays of one chunk, as NumPy (used by :meth:`verify` and the reader)."""
+        rows = self._rows(number)
+        names = _SCORING_ARRAYS + (_BOX_ARRAYS if self.roi_format == "boxes" else ())
+        return {name: self._group[name][rows] for name in names}
+
+    def read_chunk(self, number: int) -> PoolChunk:
+        raw = self.raw_chunk(number)
+        ids = [bytes(row).rstrip(b"\0").decode("utf-8") for row in raw["ids"]]
+        known = torch.from_numpy(raw["roi_known"].astype(bool))
+        if self.roi_format == "boxes":
+            counts = torch.from_numpy(raw["roi_counts"].astype(np.int64))
+            roi = Roi.from_padded_boxes(torch.from_numpy(raw["roi_boxes"]), counts, size=self.size)
+        else:
+            roi = Roi.from_packed_masks(torch.from_numpy(raw["roi_packed"]), self.size[1], known)
+        images = torch.from_numpy(raw["images"]).to(torch.float32)
+        return PoolChunk(number, torch.from_numpy(raw["index"]), ids, images, roi)
+
+    def chunks(self, *, start: int = 0, prefetch: int = 2) -> Iterator[PoolChunk]:
+        """Chunks in order from chunk ``start``; ``prefetch`` chunks are read ahead on threads.
+
+        Memory is bounded by ``prefetch + 1`` chunks whatever the pool size. ``start`` lets an
+        interrupted scoring job resume from its last finished chunk.
+        """
+        if prefetch < 0:
+            raise ValueError(f"prefetch: must be >= 0, got {prefetch}")
+        if prefetch == 0:
+            for number in range(start, self.n_chunks):
+                yield self.read_chunk(number)
+            return
+        with ThreadPoolExecutor(max_workers=prefetch, thread_name_prefix="pool-prefetch") as pool:
+            pending: list[Future[PoolChunk]] = []
+            next_number = start
+            while next_number < self.n_chunks or pending:
+                while next_number < self.n_chunks and len(pending) <= prefetch:
+                    pending.append(pool.submit(self.read_chunk, next_number))
+                    next_number += 1
+                yield pending.pop(0).result()
+
+    def oracle_labels(self, index: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """The labels of the given items: what the oracle reveals once they are acquired."""
+        labels = zarr.open_array(str(self.path / "oracle" / "labels"), mode="r")
+        rows = np.asarray(index, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"item index out of range 0..{len(self) - 1}")
+        return torch.from_numpy(labels.get_coordinate_selection(rows).astype(np.int64)) if rows.size else \
+            torch.zeros(0, dtype=torch.int64)
+
+    def verify(self) -> list[int]:
+        """Chunks whose stored data no longer match the manifest's checksum (empty = all good)."""
+        labels = zarr.open_array(str(self.path / "oracle" / "labels"), mode="r")
+        bad = []
+        for number in range(self.n_chunks):
+            raw = self.raw_chunk(number)
+            expected = self.manifest["checksums"][number]
+            if _checksum([raw[name] for name in sorted(raw)]) != expected["scoring"] or \
+                    _checksum([labels[self._rows(number)]]) != expected["oracle"]:
+                bad.append(number)
+        return bad
+
+
+class PoolWriter:
+    """Write items into a new pool, or append to an existing one, one chunk at a time.
+
+    Items are buffered until a chunk is full, so a write touches each chunk file once (a partly
+    filled last chunk is rewritten on append). Use as a context manager; :meth:`close` writes the
+    manifest, which is the commit point: a pool whose manifest was not rewritten still reads as
+    its previous state.
+    """
+
+    def __init__(self, path: str | Path, *, size: tuple[int, int], channels: int, classes: Sequence[str],
+                 roi_format: str, source: dict[str, Any], chunk: int = 1024, max_boxes: int = 64,
+                 append: bool = False) -> None:
+        self.path = Path(path)
+        if roi_format not in ("mask", "boxes"):
+            raise ValueError(f"roi_format: expected 'mask' or 'boxes', got {roi_format!r}")
+        manifest_path = self.path / "manifest.json"
+        if append:
+            if not manifest_path.is_file():
+                raise ValueError(f"{self.path}: cannot append, no pool there (missing manifest.json)")
+            self.manifest = json.loads(manifest_path.read_text())
+            mine = {"size": list(size), "channels": channels, "classes": list(classes), "roi_format": roi_format}
+            theirs = {key: self.manifest[key] for key in mine}
+            if mine != theirs:
+                raise ValueError(f"{self.path}: cannot append items with {mine} to a pool with {theirs}")
+            self.manifest.setdefault("sources", []).append(source)
+        else:
+            if manifest_path.exists() or (self.path.exists() and any(self.path.iterdir())):
+                raise ValueError(f"{self.path}: exists and is not empty; use --append or choose a new --out")
+            if chunk < 1 or max_boxes < 1:
+                raise ValueError(f"chunk and max_boxes must be >= 1, got {chunk}, {max_boxes}")
+            self.manifest = {"format": FORMAT, "size": list(size), "channels": channels, "classes": list(classes),
+                             "roi_format": roi_format, "chunk": chunk, "max_boxes": max_boxes, "count": 0,
+                             "skipped": 0, "image_dtype": "float16", "sources": [source], "checksums": []}
+            self._create(size, channels, chunk, max_boxes, roi_format)
+        self.size = tuple(self.manifest["size"])
+        self.chunk = int(self.manifest["chunk"])
+        self.max_boxes = int(self.manifest["max_boxes"])
+        self.roi_format = roi_format
+        self._group = zarr.open_group(str(self.path / "scoring"), mode="r+")
+        self._labels = zarr.open_array(str(self.path / "oracle" / "labels"), mode="r+")
+        self.count = int(self.manifest["count"])
+        self._buffer: list[Item] = []
+        self._skipped_before = int(self.manifest.get("skipped", 0))
+        self.skipped = 0  # items of this session left out (the ingest report holds why)
+
+    def _create(self, size: tuple[int, int], channels: int, chunk: int, max_boxes: int, roi_format: str) -> None:
+        height, width = size
+        group = zarr.open_group(str(self.path / "scoring"), mode="w")
+        group.create_array("images", shape=(0, channels, height, width), chunks=(chunk, channels, height, width),
+                           dtype="float16")
+        group.create_array("index", shape=(0,), chunks=(chunk,), dtype="int64")
+        group.create_array("ids", shape=(0, ID_BYTES), chunks=(chunk, ID_BYTES), dtype="uint8")
+        group.create_array("roi_known", shape=(0,), chunks=(chunk,), dtype="bool")
+        group.create_array("roi_packed", shape=(0, height, math.ceil(width / 8)),
+                           chunks=(chunk, height, math.ceil(width / 8)), dtype="uint8")
+        if roi_format == "boxes":
+            group.create_array("roi_boxes", shape=(0, max_boxes, 4), chunks=(chunk, max_boxes, 4), dtype="float32")
+            group.create_array("roi_counts", shape=(0,), chunks=(chunk,), dtype="int32")
+        zarr.create_array(str(self.path / "oracle" / "labels"), shape=(0,), chunks=(chunk,), dtype="int32")
+
+    def __enter__(self) -> PoolWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def add(self, item: Item) -> None:
+        """Buffer one item; raises ``ValueError`` naming the item if it does not fit the pool."""
+        channels = self.manifest["channels"]
+        if tuple(item.image.shape) != (channels, *self.size):
+            raise ValueError(f"{item.id}: image shape {tuple(item.image.shape)}, pool expects {(channels, *self.size)}")
+        if not 0 <= item.label < len(self.manifest["classes"]):
+            raise ValueError(f"{item.id}: label {item.label} outside 0..{len(self.manifest['classes']) - 1}")
+        encoded = item.id.encode("utf-8")
+        if len(encoded) > ID_BYTES:
+            raise ValueError(f"{item.id}: id longer than {ID_BYTES} bytes")
+        if item.roi is not None and item.roi.dtype != torch.bool and item.roi.shape[0] > self.max_boxes:
+            raise ValueError(f"{item.id}: {item.roi.shape[0]} boxes, the pool holds at most {self.max_boxes} "
+                             "(create it with a larger --max-boxes)")
+        self._buffer.append(item)
+        rows_to_boundary = self.chunk - (self.count % self.chunk)
+        if len(self._buffer) >= rows_to_boundary:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        items, self._buffer = self._buffer, []
+        start, stop = self.count, self.count + len(items)
+        data = self._encode(items, start)
+        for name, values in data.items():
+            array = self._labels if name == "labels" else self._group[name]
+            array.resize((stop, *array.shape[1:]))
+            array[start:stop] = values
+        self.count = stop
+        self._record_checksums(start, stop, data)
+
+    def _encode(self, items: list[Item], start: int) -> dict[str, np.ndarray]:
+        height, width = self.size
+        known = [item.roi is not None for item in items]
+        masks = []
+        boxes = np.zeros((len(items), self.max_boxes, 4), dtype=np.float32)
+        counts = np.full(len(items), -1, dtype=np.int32)
+        for row, item in enumerate(items):
+            if item.roi is None:
+                masks.append(torch.zeros(height, width, dtype=torch.bool))
+            elif item.roi.dtype == torch.bool:
+                masks.append(item.roi)
+            else:
+                item_boxes = item.roi.to(torch.float64).reshape(-1, 4)
+                boxes[row, : len(item_boxes)] = item_boxes.numpy()
+                counts[row] = len(item_boxes)
+                masks.append(Roi.from_boxes([item_boxes], size=(height, width)).to_masks()[0])
+        if self.roi_format == "boxes" and any(item.roi is not None and item.roi.dtype == torch.bool for item in items):
+            raise ValueError("a mask ROI cannot go into a pool of boxes")
+        ids = np.zeros((len(items), ID_BYTES), dtype=np.uint8)
+        for row, item in enumerate(items):
+            encoded = item.id.encode("utf-8")
+            ids[row, : len(encoded)] = np.frombuffer(encoded, dtype=np.uint8)
+        packed = np.packbits(torch.stack(masks).numpy(), axis=-1)
+        data = {
+            "images": torch.stack([item.image for item in items]).to(torch.float16).numpy(),
+            "index": np.arange(start, start + len(items), dtype=np.int64),
+            "ids": ids,
+            "roi_known": np.array(known, dtype=bool),
+            "roi_packed": packed,
+            "labels": np.array([item.label for item in items], dtype=np.int32),
+        }
+        if self.roi_format == "boxes":
+            data["roi_boxes"], data["roi_counts"] = boxes, counts
+        return data
+
+    def _record_checksums(self, start: int, stop: int, data: dict[str, np.ndarray]) -> None:
+        """Checksum the chunks rows ``[start, stop)`` touched (from memory when a chunk is whole)."""
+        checksums: list[Any] = self.manifest["checksums"]
+        for number in range(start // self.chunk, math.ceil(stop / self.chunk)):
+            lo, hi = number * self.chunk, min((number + 1) * self.chunk, stop)
+            if lo >= start:
+                part = {name: values[lo - start: hi - start] for name, values in data.items()}
+            else:  # a partly filled chunk was extended: read back its rows
+                rows = slice(lo, hi)
+                part = {name: (self._labels if name == "labels" else self._group[name])[rows] for name in data}
+            scoring = _checksum([part[name] for name in sorted(part) if name != "labels"])
+            entry = {"rows": [lo, hi], "scoring": scoring, "oracle": _checksum([part["labels"]])}
+            if number < len(checksums):
+                checksums[number] = entry
+            else:
+                checksums.append(entry)
+
+    def close(self) -> None:
+        """Write what is buffered and commit the manifest (``skipped`` adds to the pool's count)."""
+        self.flush()
+        self.manifest["count"] = self.count
+        self.manifest["skipped"] = self._skipped_before + self.skipped
+        temporary = self.path / "manifest.json.tmp"
+        temporary.write_text(json.dumps(self.manifest, indent=1))
+        temporary.replace(self.path / "manifest.json")

@@ -1,0 +1,144 @@
+"""The synthetic shortcut benchmark: images whose class is in the lesion, with a tempting marker.
+
+Why: explainability-guided acquisition is meant to find images a model classifies *for the wrong
+reason*. This benchmark builds the wrong reason in. Each 2D single-channel image has
+
+* a textured, anatomy-like background (a soft body ellipse, rib-like stripes, low-frequency
+  texture), different in every image;
+* one lesion whose *appearance* decides the class: inside the lesion the intensity follows
+  ``contrast · (0.6 + 0.4·cos(π·k·ρ))`` with ``ρ`` the normalised radius, so class 0 is a solid
+  blob, class 1 a bright core fading to a dark rim, class 2 a core plus a ring, and so on;
+  the ROI is the lesion's mask (or its bounding box);
+* a spurious marker outside the ROI, like burned-in text: a small glyph in a corner whose corner
+  and bit pattern encode a class ``m``. In the ``pool`` and ``val`` splits ``m`` equals the true
+  class with probability ``shortcut`` (else another class at random); in the ``test`` split it
+  never does. A model that reads the marker scores well on the pool and fails on the test split,
+  and its Grad-CAM sits on the marker, outside the ROI.
+
+Every item is drawn from ``(seed, split, index)`` alone, so any item or chunk is reproducible on
+its own and a pool of any size streams in constant memory.
+
+The lesion sits in the central 30–70 % of the frame and the marker within 3–15 % of a corner, so
+the two never overlap whatever the size.
+
+Calibration (choosing ``contrast``, ``noise`` and ``shortcut`` so that a small CNN learns the
+shortcut at a stated rate) needs the trainer of ``xal_core/train`` and is not done yet; the
+defaults are reasonable starting values, not calibrated ones (docs/data.md).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from .item import IndexedDataset, Item
+
+__all__ = ["ShortcutBenchmark", "SPLITS"]
+
+SPLITS = ("pool", "val", "test")
+_GLYPH = (3, 3)  # marker bit grid (rows, cols): 9 bits of the class id plus corner
+
+
+class ShortcutBenchmark(IndexedDataset):
+    """``n`` items of one split.
+
+    Args:
+        size: output frame ``(H, W)``; at least 16×16 so the marker glyph has pixels.
+        n: number of items in this split.
+        split: ``pool``, ``val`` or ``test`` (the test split never agrees with the marker).
+        classes: number of classes ``K`` (2..8).
+        shortcut: probability that the marker agrees with the class in ``pool``/``val``.
+        contrast: lesion intensity over the background (the class signal's strength).
+        noise: standard deviation of additive Gaussian noise.
+        seed: the benchmark's identity; equal arguments give equal images.
+        roi: ``"mask"`` (the lesion's mask) or ``"boxes"`` (its bounding box).
+    """
+
+    kind = "synthetic"
+
+    def __init__(self, size: tuple[int, int] = (64, 64), *, n: int = 1000, split: str = "pool", classes: int = 2,
+                 shortcut: float = 0.9, contrast: float = 0.25, noise: float = 0.03, seed: int = 0,
+                 roi: str = "mask") -> None:
+        n, classes, seed = int(n), int(classes), int(seed)
+        shortcut, contrast, noise = float(shortcut), float(contrast), float(noise)
+        if split not in SPLITS:
+            raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+        if not 2 <= classes <= 8:
+            raise ValueError(f"classes: expected 2..8, got {classes}")
+        if not 0.0 <= shortcut <= 1.0:
+            raise ValueError(f"shortcut: expected a probability in [0, 1], got {shortcut}")
+        if n < 0 or noise < 0 or contrast <= 0:
+            raise ValueError(f"n >= 0, noise >= 0 and contrast > 0 required, got n={n}, noise={noise}, contrast={contrast}")
+        if roi not in ("mask", "boxes"):
+            raise ValueError(f"roi: expected 'mask' or 'boxes', got {roi!r}")
+        if min(size) < 16:
+            raise ValueError(f"size: the shortcut benchmark needs at least 16×16, got {tuple(size)}")
+        options = dict(n=n, split=split, classes=classes, shortcut=shortcut, contrast=contrast, noise=noise,
+                       seed=seed, roi=roi)
+        super().__init__(size, tuple(f"class_{k}" for k in range(classes)), roi, options)
+        self.n, self.split, self.k, self.shortcut = n, split, classes, shortcut
+        self.contrast, self.noise, self.seed, self.roi_kind = contrast, noise, seed, roi
+        self.records = range(n)  # type: ignore[assignment]
+        height, width = self.size
+        self._ys, self._xs = np.meshgrid((np.arange(height) + 0.5) / height, (np.arange(width) + 0.5) / width,
+                                         indexing="ij")
+
+    def load(self, index: int) -> Item:
+        rng = np.random.default_rng([self.seed, SPLITS.index(self.split), int(index)])
+        label = int(rng.integers(self.k))
+        agrees = self.split != "test" and rng.random() < self.shortcut
+        marker = label if agrees else int((label + 1 + rng.integers(self.k - 1)) % self.k)
+        image = self._background(rng)
+        mask, lesion = self._lesion(rng, label)
+        image += lesion
+        self._draw_marker(image, marker)
+        image += rng.normal(0.0, self.noise, image.shape) if self.noise > 0 else 0.0
+        np.clip(image, 0.0, 1.0, out=image)
+        ys, xs = np.nonzero(mask)
+        box = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+        roi = torch.from_numpy(mask) if self.roi_kind == "mask" else torch.tensor([box], dtype=torch.float32)
+        meta: dict[str, Any] = {"split": self.split, "marker_class": marker, "shortcut_agrees": bool(marker == label),
+                                "box": box}
+        return Item(f"synthetic-{self.split}-{index:08d}", torch.from_numpy(image.astype(np.float32))[None], roi,
+                    label, meta)
+
+    def _background(self, rng: np.random.Generator) -> np.ndarray:
+        ys, xs = self._ys, self._xs
+        cx, cy = 0.5 + rng.uniform(-0.05, 0.05), 0.5 + rng.uniform(-0.05, 0.05)
+        rx, ry = rng.uniform(0.36, 0.46), rng.uniform(0.40, 0.48)
+        distance = ((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2
+        body = 1.0 / (1.0 + np.exp(-8.0 * (1.0 - distance)))
+        texture = np.zeros_like(xs)
+        for _ in range(4):
+            fx, fy = rng.uniform(-4, 4, size=2)
+            texture += rng.uniform(0.3, 1.0) * np.sin(2 * math.pi * (fx * xs + fy * ys) + rng.uniform(0, 2 * math.pi))
+        ribs = 0.08 * np.sin(2 * math.pi * rng.uniform(5, 8) * ys + rng.uniform(0, 2 * math.pi)) * body
+        return 0.15 + 0.35 * body + 0.03 * texture + ribs
+
+    def _lesion(self, rng: np.random.Generator, label: int) -> tuple[np.ndarray, np.ndarray]:
+        ys, xs = self._ys, self._xs
+        cx, cy = rng.uniform(0.36, 0.64, size=2)
+        radius = rng.uniform(0.09, 0.13)
+        stretch = rng.uniform(0.8, 1.25)
+        rho = np.sqrt(((xs - cx) / (radius * stretch)) ** 2 + ((ys - cy) * stretch / radius) ** 2)
+        mask = rho <= 1.0
+        if not mask.any():  # a tiny frame can miss every pixel centre: keep the centre pixel
+            mask[int(cy * mask.shape[0]), int(cx * mask.shape[1])] = True
+        pattern = 0.6 + 0.4 * np.cos(math.pi * label * np.minimum(rho, 1.0))
+        return mask, np.where(mask, self.contrast * pattern, 0.0)
+
+    def _draw_marker(self, image: np.ndarray, marker: int) -> None:
+        """A 3×3 bit glyph (bits of ``marker + 1``, so never blank) in corner ``marker % 4``."""
+        height, width = image.shape
+        cell_h, cell_w = max(1, round(0.04 * height)), max(1, round(0.04 * width))
+        rows, cols = _GLYPH
+        top = round(0.03 * height) if marker % 4 in (0, 1) else height - round(0.03 * height) - rows * cell_h
+        left = round(0.03 * width) if marker % 4 in (0, 2) else width - round(0.03 * width) - cols * cell_w
+        code = marker + 1
+        for bit in range(rows * cols):
+            if code >> bit & 1:
+                r, c = divmod(bit, cols)
+                image[top + r * cell_h: top + (r + 1) * cell_h, left + c * cell_w: left + (c + 1) * cell_w] = 0.95
