@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from xal_core.models import build_backbone
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Autouse (imported by each test module): one torch thread per test.
+
+    CI runs the suite with two xdist workers on two cores; a second OpenMP thread per worker only
+    spin-waits for a busy core and made the training tests ~8× slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 TINY_DENSENET = {"densenet_block_config": (2, 2, 2, 2), "densenet_init_features": 16, "densenet_growth_rate": 8}
 

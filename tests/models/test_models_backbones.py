@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_helpers import TINY_DENSENET, tiny_backbone
+from model_helpers import TINY_DENSENET, one_torch_thread, tiny_backbone  # noqa: F401 (autouse fixture)
 
 from xal_core.models import (
     ARCHITECTURES,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from model_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
+
 DOC = Path(__file__).resolve().parents[2] / "docs" / "models.md"
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import torch
+from model_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 
 from xal_core.cli.main import main
 from xal_core.models import ExplainableModel, build_backbone

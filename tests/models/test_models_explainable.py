@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from model_helpers import FlattenHeadNet, minmax, reference_gradcam_weights, tiny_backbone
+from model_helpers import FlattenHeadNet, minmax, one_torch_thread, reference_gradcam_weights, tiny_backbone  # noqa: F401 (autouse fixture)
 
 from xal_core.models import ExplainableModel
 from xal_core.scoring import gradcam_maps

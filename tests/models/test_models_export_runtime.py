@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from model_helpers import FlattenHeadNet, tiny_backbone
+from model_helpers import FlattenHeadNet, one_torch_thread, tiny_backbone  # noqa: F401 (autouse fixture)
 
 from xal_core.models import OUTPUT_NAMES, ExplainableModel, ModelMetadata, Preprocessing, export, xal_version
 from xal_service.runtime import OnnxRuntime, TorchScriptRuntime, load

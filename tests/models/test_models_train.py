@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 from torch.utils.data import TensorDataset
 
 from xal_core.models import build_backbone, load_checkpoint
