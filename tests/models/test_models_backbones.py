@@ -79,13 +79,17 @@ def test_plain_state_dict_loads_and_other_architecture_is_refused(tmp_path, suff
 
         save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
     target = load_weights(build_backbone("resnet18", 1, 3).eval(), path)
+    built = build_backbone("resnet18", 1, 3, weights=path).eval()
     x = torch.randn(1, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(target(x), source(x), rtol=0, atol=0)
+        torch.testing.assert_close(built(x), source(x), rtol=0, atol=0)
     with pytest.raises(ValueError, match=rf"weights{suffix}.*do not fit the resnet34 architecture.*missing keys"):
         load_weights(build_backbone("resnet34", 1, 3), path)
     with pytest.raises(ValueError, match=rf"weights{suffix}.*do not fit the resnet18 architecture.*shape mismatches"):
         load_weights(build_backbone("resnet18", 1, 5), path)
+    with pytest.raises(ValueError, match=rf"weights{suffix}.*do not fit the densenet121 architecture"):
+        build_backbone("densenet121", 1, 3, weights=path)
 
 
 def test_missing_corrupt_and_foreign_weight_files(tmp_path):

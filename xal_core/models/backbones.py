@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from monai.networks import nets
 from torch import nn
@@ -90,8 +91,21 @@ _BUILDERS: dict[str, Callable[[BackboneConfig], nn.Module]] = {
 }
 
 
-def build_backbone(name: str | BackboneConfig, in_channels: int = 1, num_classes: int = 2, **sizes) -> nn.Module:
-    """A freshly initialised 2D backbone (random weights; load trained ones with ``load_weights``).
+def build_backbone(
+    name: str | BackboneConfig,
+    in_channels: int = 1,
+    num_classes: int = 2,
+    *,
+    weights: str | Path | None = None,
+    **sizes,
+) -> nn.Module:
+    """A 2D backbone, randomly initialised or with weights from a local file.
+
+    Args:
+        name: an architecture name or a full ``BackboneConfig``.
+        weights: a local ``.pt``/``.safetensors`` file (state dict or xal checkpoint); never a hub.
+            A file for another architecture raises ``ValueError`` naming it.
+        sizes: DenseNet sizes (``densenet_block_config`` …), for small test models.
 
     The returned module carries its ``BackboneConfig`` as ``.xal_config`` so that checkpoints and
     exports can record it.
@@ -99,4 +113,8 @@ def build_backbone(name: str | BackboneConfig, in_channels: int = 1, num_classes
     config = name if isinstance(name, BackboneConfig) else BackboneConfig(name, in_channels, num_classes, **sizes)
     model = _BUILDERS[config.name](config)
     model.xal_config = config
+    if weights is not None:
+        from .checkpoint import load_weights  # checkpoint imports this module
+
+        load_weights(model, weights)
     return model
