@@ -39,7 +39,8 @@ def test_runtimes_agree_with_eager_torch(exported, batch):
     x = torch.randn(batch, 1, SIZE, SIZE)
     with torch.no_grad():
         expected = ExplainableModel(model)(x)
-    for runtime in (load(onnx_result.path), load(ts_result.path)):
+    bound = OnnxRuntime(onnx_result.path, io_binding=True)  # outputs written into torch-owned tensors
+    for runtime in (load(onnx_result.path), bound, load(ts_result.path)):
         for images in (x, x.numpy()):
             outputs = runtime.run(images)
             assert outputs.logits.shape == (batch, 3)
@@ -47,6 +48,8 @@ def test_runtimes_agree_with_eager_torch(exported, batch):
             torch.testing.assert_close(outputs.logits, expected[0], rtol=0, atol=1e-4)
             torch.testing.assert_close(outputs.features, expected[1], rtol=0, atol=1e-4)
             torch.testing.assert_close(outputs.cam_weights, expected[2], rtol=0, atol=1e-6)
+    fresh = bound.run(-x)  # a second call gets new tensors, not the first call's buffers
+    assert not torch.equal(fresh.logits, bound.run(x).logits)
 
 
 def test_onnx_file_carries_outputs_metadata_and_dynamic_batch(exported):

@@ -1,13 +1,12 @@
 """ONNX Runtime backend: CUDA execution provider when usable, the CPU provider otherwise.
 
-Device residency. On the CPU provider ``session.run`` returns NumPy arrays and ``torch.from_numpy``
-wraps them without a copy. On the CUDA provider this implementation still lets ONNX Runtime copy the
-outputs to host memory (``session.run``), so the features make one device → host trip per batch.
-Keeping them on the GPU for the fused scoring kernel is an IO-binding change confined to
-``OnnxRuntime.run``: ``binding = session.io_binding()``, bind the input from the torch CUDA tensor's
-pointer, ``binding.bind_output(name, "cuda")`` for the three outputs, ``session.run_with_iobinding``,
-then hand each ``OrtValue`` to torch through DLPack. It is not implemented because it cannot be
-tested on a CPU-only CI host; ``device`` says which provider runs.
+Device residency. With IO binding (the default on the CUDA provider) ``run`` allocates the three
+outputs as torch tensors on the session's device and binds their memory to the graph's outputs, so
+ONNX Runtime writes the features straight into tensors the fused scoring kernel can read in place:
+no device → host copy. Without it (the default on the CPU provider) ``session.run`` returns NumPy
+arrays that ``torch.from_numpy`` wraps without a copy. ``io_binding=True`` on the CPU provider runs
+the binding path too, which is how CI tests it; the CUDA variant differs only in the device named
+in the binding and has not been run on a GPU by the tests.
 """
 
 from __future__ import annotations
@@ -33,9 +32,23 @@ def _providers() -> list[str]:
 
 
 class OnnxRuntime:
-    """An exported ONNX model with its xal metadata, run by ONNX Runtime."""
+    """An exported ONNX model with its xal metadata, run by ONNX Runtime.
 
-    def __init__(self, path: str | Path, *, providers: list[str] | None = None, threads: int | None = None) -> None:
+    Args:
+        path: the ``.onnx`` file written by ``xal_core.models.export``.
+        providers: ONNX Runtime execution providers (default: CUDA when usable, else CPU).
+        threads: intra-op threads (default: ONNX Runtime's choice, one per core).
+        io_binding: write outputs into torch tensors on the session's device (default: on CUDA).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+        io_binding: bool | None = None,
+    ) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -57,14 +70,48 @@ class OnnxRuntime:
             dict(self.session.get_modelmeta().custom_metadata_map), source=str(self.path)
         )
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        self.io_binding = self.device == "cuda" if io_binding is None else bool(io_binding)
+        self._item_shapes = self._output_item_shapes() if self.io_binding else {}
 
     def run(self, images: np.ndarray | torch.Tensor) -> RuntimeOutputs:
+        """``(logits, features, cam_weights)`` as float32 torch tensors on ``self.device``."""
         images = check_images(images, self.metadata, self.path)
+        if self.io_binding:
+            return self._run_bound(torch.as_tensor(images))
         if isinstance(images, torch.Tensor):
             images = images.detach().cpu().numpy()
         feed = {INPUT_NAME: np.ascontiguousarray(images, dtype=np.float32)}
         values = self.session.run(list(OUTPUT_NAMES), feed)
         return RuntimeOutputs(*(torch.from_numpy(value) for value in values))
 
+    def _run_bound(self, images: torch.Tensor) -> RuntimeOutputs:
+        device = torch.device(self.device, 0) if self.device == "cuda" else torch.device("cpu")
+        x = images.detach().to(device=device, dtype=torch.float32).contiguous()
+        batch = x.shape[0]
+        outputs = {
+            name: torch.empty((batch, *shape), dtype=torch.float32, device=device)
+            for name, shape in self._item_shapes.items()
+        }
+        index = device.index or 0
+        binding = self.session.io_binding()
+        binding.bind_input(INPUT_NAME, device.type, index, np.float32, tuple(x.shape), x.data_ptr())
+        for name, tensor in outputs.items():
+            binding.bind_output(name, device.type, index, np.float32, tuple(tensor.shape), tensor.data_ptr())
+        if device.type == "cuda":
+            torch.cuda.current_stream(device).synchronize()  # the input copy must be done before ORT reads it
+        binding.synchronize_inputs()
+        self.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        return RuntimeOutputs(*(outputs[name] for name in OUTPUT_NAMES))
+
+    def _output_item_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-item output shapes (all but the batch axis), from the graph or from a probe batch of one."""
+        declared = {output.name: output.shape[1:] for output in self.session.get_outputs()}
+        if all(isinstance(d, int) for shape in declared.values() for d in shape):
+            return {name: tuple(shape) for name, shape in declared.items()}
+        probe = np.zeros((1, self.metadata.channels, *self.metadata.input_size), np.float32)
+        values = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: probe})
+        return {name: tuple(value.shape[1:]) for name, value in zip(OUTPUT_NAMES, values, strict=True)}
+
     def __repr__(self) -> str:
-        return f"OnnxRuntime({str(self.path)!r}, device={self.device!r})"
+        return f"OnnxRuntime({str(self.path)!r}, device={self.device!r}, io_binding={self.io_binding})"
