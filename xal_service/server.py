@@ -23,6 +23,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .auth import TokenInterceptor, read_token
+from .jobs import JobManager
+from .registry import Registry
 from .servicer import ScoringServicer
 from .statistics import Statistics
 from .wire import scoring_pb2 as pb
@@ -65,10 +67,13 @@ class RunningServer:
     health: health.HealthServicer
     statistics: Statistics
     state: Path
+    jobs: JobManager
 
     def stop(self, grace: float = 5.0) -> None:
-        """Graceful shutdown: NOT_SERVING first (so balancers drain), then finish in-flight calls."""
+        """Graceful shutdown: NOT_SERVING first (so balancers drain), then finish in-flight calls.
+        A running job stops where it is; its finished chunks are on disk and it resumes on restart."""
         self.health.enter_graceful_shutdown()
+        self.jobs.stop()
         self.server.stop(grace).wait()
 
 
@@ -105,8 +110,15 @@ def start_server(config: ServerConfig) -> RunningServer:
         interceptors=[TokenInterceptor(token)] if token else [],
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
     )
-    pb_grpc.add_ScoringServicer_to_server(ScoringServicer(statistics), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    registry = Registry(state)
+
+    def set_serving(serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        health_servicer.set(SERVICE_NAME, status)
+
+    jobs = JobManager(state, registry, statistics)
+    pb_grpc.add_ScoringServicer_to_server(ScoringServicer(statistics, registry, jobs, state, set_serving), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     for name in ("", SERVICE_NAME):
@@ -120,6 +132,8 @@ def start_server(config: ServerConfig) -> RunningServer:
     if port == 0:
         raise ValueError(f"--listen {config.listen}: could not bind")
     server.start()
+    registry.restore(log)  # models load while health says NOT_SERVING
+    jobs.start_worker()    # unfinished jobs of an earlier run resume
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -131,7 +145,7 @@ def start_server(config: ServerConfig) -> RunningServer:
             indent=2,
         )
     )
-    return RunningServer(server, port, health_servicer, statistics, state)
+    return RunningServer(server, port, health_servicer, statistics, state, jobs)
 
 
 def serve_forever(config: ServerConfig, announce=print) -> None:

@@ -3,15 +3,18 @@
 Every handler runs through ``_handle``, which turns ``RequestError`` into its status code, any other
 exception into INTERNAL for that call only (the server goes on), and records the call in the
 statistics. Inline scoring (``ScoreBatch``) is the one scoring function of ``xal_core`` behind the
-wire codec, so the service gives exactly the library's numbers.
+wire codec, so the service gives exactly the library's numbers; jobs (``jobs.py``) run the same
+function over registered pools with loaded models (``registry.py``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
@@ -21,7 +24,9 @@ from xal_core.acquisition import score_batch
 from xal_core.scoring import NonFiniteInputWarning, dual_score
 
 from . import codec
-from .errors import RequestError, invalid_argument, unimplemented
+from .errors import RequestError, invalid_argument
+from .jobs import SUCCEEDED, TERMINAL, JobManager, JobSpec
+from .registry import Registry
 from .statistics import Statistics
 from .wire import scoring_pb2 as pb
 from .wire import scoring_pb2_grpc as pb_grpc
@@ -31,16 +36,22 @@ __all__ = ["ScoringServicer"]
 log = logging.getLogger("xal.service")
 Response = TypeVar("Response")
 
-# Parts of the service that wait on other parts of xal. They answer UNIMPLEMENTED with the reason
-# rather than pretending: a client can tell "not yet in this server" from "bad request".
-_NEEDS_RUNTIMES = "model runtimes (ONNX Runtime / TorchScript loading) are not in this server version yet"
-_NEEDS_POOLS = "pool stores (written by `xal ingest`) are not in this server version yet"
-_NEEDS_JOBS = "scoring jobs over pools are not in this server version yet; score inline with ScoreBatch"
-
-
 class ScoringServicer(pb_grpc.ScoringServicer):
-    def __init__(self, statistics: Statistics, *, max_batch: int = 65_536) -> None:
+    def __init__(
+        self,
+        statistics: Statistics,
+        registry: Registry,
+        jobs: JobManager,
+        state: Path,
+        set_serving: Callable[[bool], None],
+        *,
+        max_batch: int = 65_536,
+    ) -> None:
         self.statistics = statistics
+        self.registry = registry
+        self.jobs = jobs
+        self.state = state
+        self.set_serving = set_serving
         self.max_batch = max_batch
 
     # ------------------------------------------------------------------ plumbing
@@ -120,44 +131,147 @@ class ScoringServicer(pb_grpc.ScoringServicer):
     def Statistics(self, request: pb.StatisticsRequest, context: grpc.ServicerContext) -> pb.StatisticsResponse:
         return self._handle("Statistics", context, self.statistics.snapshot)
 
-    # ------------------------------------------------------------------ not in this version yet
-    def _missing(self, name: str, reason: str, context: grpc.ServicerContext):
-        def refuse():
-            raise unimplemented(f"{name}: {reason}")
-
-        return self._handle(name, context, refuse)
-
+    # ------------------------------------------------------------------ models
     def LoadModel(self, request_iterator, context):
-        return self._missing("LoadModel", _NEEDS_RUNTIMES, context)
+        return self._handle("LoadModel", context, lambda: self._load_model(request_iterator))
+
+    def _load_model(self, request_iterator) -> pb.ModelInfo:
+        name, path, upload = "", None, None
+        try:
+            for message in request_iterator:
+                name = name or message.name
+                if message.WhichOneof("source") == "path":
+                    path = Path(message.path)
+                elif message.WhichOneof("source") == "chunk":
+                    if upload is None:
+                        _check_upload_name(name)
+                        (self.state / "models").mkdir(exist_ok=True)
+                        path = self.state / "models" / f"{name}.upload"
+                        upload = open(path, "wb")  # noqa: SIM115 - closed below, after the stream
+                    upload.write(message.chunk)
+        finally:
+            if upload is not None:
+                upload.close()
+        if path is None:
+            raise invalid_argument("source: give a server-side path or stream the file in chunks")
+        self.set_serving(False)  # NOT_SERVING while a model loads
+        try:
+            model = self.registry.load_model(name, path)
+        finally:
+            self.set_serving(True)
+        return _model_info(model)
 
     def ListModels(self, request, context):
-        return self._missing("ListModels", _NEEDS_RUNTIMES, context)
+        return self._handle("ListModels", context, lambda: pb.ListModelsResponse(
+            models=[_model_info(m) for m in list(self.registry.models.values())]))
 
     def ModelMetadata(self, request, context):
-        return self._missing("ModelMetadata", _NEEDS_RUNTIMES, context)
+        return self._handle("ModelMetadata", context, lambda: _model_info(self.registry.model(request.name)))
 
+    # ------------------------------------------------------------------ pools
     def RegisterPool(self, request, context):
-        return self._missing("RegisterPool", _NEEDS_POOLS, context)
+        return self._handle("RegisterPool", context, lambda: _pool_info(self.registry.register_pool(request.name, Path(request.path))))
 
     def ListPools(self, request, context):
-        return self._missing("ListPools", _NEEDS_POOLS, context)
+        return self._handle("ListPools", context, lambda: pb.ListPoolsResponse(
+            pools=[_pool_info(p) for p in list(self.registry.pools.values())]))
 
     def DescribePool(self, request, context):
-        return self._missing("DescribePool", _NEEDS_POOLS, context)
+        return self._handle("DescribePool", context, lambda: _pool_info(self.registry.pool(request.name)))
 
+    # ------------------------------------------------------------------ jobs
     def StartScoring(self, request, context):
-        return self._missing("StartScoring", _NEEDS_JOBS, context)
+        def start():
+            spec = JobSpec(
+                model=request.model, pool=request.pool, config=codec.decode_strategy(request.strategy),
+                k=int(request.k), exclude_ids=tuple(int(i) for i in request.exclude_ids),
+                idempotency_key=request.idempotency_key,
+            )
+            return pb.StartScoringResponse(job_id=self.jobs.submit(spec).id)
+
+        return self._handle("StartScoring", context, start)
 
     def WatchJob(self, request, context):
-        self._missing("WatchJob", _NEEDS_JOBS, context)
-        yield from ()
+        job = self._handle("WatchJob", context, lambda: self.jobs.get(request.job_id))
+        last = None
+        while context.is_active():
+            status = _job_status(job)
+            if status != last:
+                yield status
+                last = status
+            if job.state in TERMINAL:
+                return
+            time.sleep(0.1)
 
     def GetRanking(self, request, context):
-        self._missing("GetRanking", _NEEDS_JOBS, context)
-        yield from ()
+        job = self._handle("GetRanking", context, lambda: self._finished_job(request.job_id))
+        if request.page_size < 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"page_size: must be >= 0, got {request.page_size}")
+        size = request.page_size or 1000
+        ranking, columns = job.ranking, job.ranking.columns
+        items = []
+        for position, item in enumerate(ranking.selection.ids.tolist()):
+            items.append(pb.RankedItem(
+                id=item, rank=position + 1, score=float(ranking.selection.scores[position]),
+                uncertainty=float(columns["uncertainty"][position]), dice=float(columns["dice"][position]),
+                soft_dice=float(columns["soft_dice"][position]), roi_energy=float(columns["roi_energy"][position]),
+                predicted_class=int(columns["predicted_class"][position]),
+                probabilities=columns["probabilities"][position].tolist(), source_id=job.source_ids[position],
+            ))
+            if len(items) == size:
+                yield pb.RankingPage(items=items)
+                items = []
+        if items:
+            yield pb.RankingPage(items=items)
+
+    def _finished_job(self, job_id: str):
+        job = self.jobs.get(job_id)
+        if job.state != SUCCEEDED or job.ranking is None:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, f"job {job_id}: no ranking yet (state {job.state})")
+        return job
 
     def CancelJob(self, request, context):
-        return self._missing("CancelJob", _NEEDS_JOBS, context)
+        return self._handle("CancelJob", context, lambda: _job_status(self.jobs.cancel(request.job_id)))
 
     def ListJobs(self, request, context):
-        return self._missing("ListJobs", _NEEDS_JOBS, context)
+        return self._handle("ListJobs", context, lambda: pb.ListJobsResponse(jobs=[_job_status(j) for j in self.jobs.list()]))
+
+
+_STATES = {"queued": pb.JOB_QUEUED, "running": pb.JOB_RUNNING, "succeeded": pb.JOB_SUCCEEDED,
+           "failed": pb.JOB_FAILED, "cancelled": pb.JOB_CANCELLED}
+
+
+def _check_upload_name(name: str) -> None:
+    if not name or any(c in name for c in "/\\\0") or name.startswith("."):
+        raise invalid_argument(f"name: a plain file-safe name is required to upload a model, got {name!r}")
+
+
+def _job_status(job) -> pb.JobStatus:
+    rate = job.items_per_second
+    remaining = max(job.items_total - job.items_done, 0)
+    return pb.JobStatus(
+        job_id=job.id, state=_STATES[job.state], items_done=job.items_done, items_total=job.items_total,
+        items_per_second=rate, eta_seconds=remaining / rate if rate > 0 else 0.0, error=job.error,
+        item_errors=[pb.ItemError(id=i, reason=r) for i, r in job.item_errors], n_item_errors=job.n_item_errors,
+        model=job.spec.model, pool=job.spec.pool,
+    )
+
+
+def _model_info(model) -> pb.ModelInfo:
+    meta = model.runtime.metadata
+    strings = meta.to_strings()
+    return pb.ModelInfo(
+        name=model.name, format="torchscript" if type(model.runtime).__name__.startswith("TorchScript") else "onnx",
+        runtime=f"{type(model.runtime).__name__}:{getattr(model.runtime, 'device', 'cpu')}",
+        class_names=list(meta.class_names), input_shape=[meta.channels, *meta.input_size],
+        outputs=["logits", "features", "cam_weights"], target_layer=meta.target_layer, xal_version=meta.version,
+        metadata=strings, ready=True,
+    )
+
+
+def _pool_info(pool) -> pb.PoolInfo:
+    store = pool.store
+    manifest = store.manifest
+    kinds = ["mask", "boxes"] if store.roi_format == "boxes" else ["mask"]
+    preprocessing = {key: json.dumps(manifest[key]) for key in ("size", "channels", "classes", "preprocessing") if key in manifest}
+    return pb.PoolInfo(name=pool.name, path=str(pool.path), size=len(store), roi_kinds=kinds, preprocessing=preprocessing)

@@ -213,10 +213,11 @@ def test_oversize_message_is_resource_exhausted(client):
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-def test_rpcs_not_in_this_version_say_so(client):
-    for call in (client.list_models, client.list_pools, client.list_jobs, lambda: client.model_metadata("m")):
+def test_unknown_names_are_not_found(client):
+    for call in (lambda: client.model_metadata("m"), lambda: client.describe_pool("p"), lambda: client.cancel_job("j")):
         code, details = _status(call)
-        assert code == grpc.StatusCode.UNIMPLEMENTED and "not in this server version" in details
+        assert code == grpc.StatusCode.NOT_FOUND and "'" in details
+    assert list(client.list_models().models) == [] and list(client.list_jobs().jobs) == []
 
 
 # -------------------------------------------------------------------------------- many clients

@@ -1,0 +1,157 @@
+"""Scoring jobs end to end: a real pool store, a real exported model, a real server process.
+
+The job's ranking must equal the in-process scorer's on the same pool and model, and a server
+killed with SIGKILL mid-job must, once restarted, finish with exactly the same ranking.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from tests.service import server_process
+from xal_core.acquisition import ScoringConfig, rank_pool, score_batch
+from xal_core.data import open_dataset
+from xal_core.data.ingest import ingest
+from xal_core.data.pool_store import PoolStore
+from xal_core.models import ExplainableModel, build_backbone, export
+from xal_service.client import ScoringClient
+from xal_service.runtime import load
+from xal_service.wire import scoring_pb2 as pb
+
+K = 25
+STRATEGY = pb.Strategy(uncertainty=pb.UNCERTAINTY_MARGIN, weight=0.4, threshold=0.5)
+CONFIG = ScoringConfig(uncertainty="margin", weight=0.4, threshold=0.5)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("assets")
+    dataset = open_dataset("synthetic", size=(32, 32), n=240, seed=7)
+    ingest(dataset, root / "pool", chunk=16, workers=1)
+    torch.manual_seed(0)
+    model = ExplainableModel(build_backbone("resnet18", in_channels=1, num_classes=2)).eval()
+    export(model, root / "model.onnx", "onnx", input_shape=(1, 32, 32), onnx_exporter="legacy")
+    return root / "pool", root / "model.onnx"
+
+
+def in_process_ranking(pool_path: Path, model_path: Path, k: int, exclude: list[int]):
+    runtime = load(model_path)
+    store = PoolStore.open(pool_path)
+
+    def batches():
+        for chunk in store.chunks():
+            outputs = runtime.run(runtime.metadata.normalise(chunk.images))
+            scores = score_batch(chunk.index, *outputs, chunk.roi, CONFIG)
+            keep = ~torch.isin(scores.ids, torch.tensor(exclude, dtype=torch.int64))
+            yield type(scores)(**{name: getattr(scores, name)[keep] for name in scores.__dataclass_fields__})
+
+    return rank_pool(batches(), k, CONFIG)
+
+
+def _run_job(client: ScoringClient, **request) -> str:
+    job_id = client.start_scoring(pb.StartScoringRequest(model="m", pool="p", strategy=STRATEGY, **request)).job_id
+    final = None
+    for status in client.watch_job(job_id):
+        final = status
+    assert final is not None and final.state == pb.JOB_SUCCEEDED, final
+    return job_id
+
+
+def _ranking(client: ScoringClient, job_id: str, page_size: int = 7) -> list:
+    return [item for page in client.get_ranking(job_id, page_size=page_size) for item in page.items]
+
+
+def test_job_ranking_equals_in_process_ranking(assets, tmp_path):
+    pool_path, model_path = assets
+    server = server_process.start(tmp_path / "state")
+    try:
+        with ScoringClient(server.target, timeout=120) as client:
+            info = client.load_model("m", str(model_path))
+            assert list(info.input_shape) == [1, 32, 32] and len(info.class_names) == 2
+            assert client.register_pool("p", str(pool_path)).size == 240
+            exclude = [3, 50, 51, 200]
+            job_id = _run_job(client, k=K, exclude_ids=exclude, idempotency_key="once")
+            items = _ranking(client, job_id)
+            again = client.start_scoring(pb.StartScoringRequest(
+                model="m", pool="p", strategy=STRATEGY, k=K, exclude_ids=exclude, idempotency_key="once"))
+            assert again.job_id == job_id  # idempotent retry
+            stages = client.statistics().stages
+            assert {"read", "forward", "kernel", "rank"} <= set(stages)
+    finally:
+        assert server.stop() == 0
+    expected = in_process_ranking(pool_path, model_path, K, exclude)
+    assert [i.id for i in items] == expected.selection.ids.tolist()
+    assert [i.rank for i in items] == list(range(1, K + 1))
+    torch.testing.assert_close(torch.tensor([i.score for i in items], dtype=torch.float64), expected.selection.scores)
+    assert not set(exclude) & {i.id for i in items}
+    assert all(i.source_id for i in items)
+
+
+def test_killed_server_resumes_the_job_with_the_same_ranking(assets, tmp_path):
+    pool_path, model_path = assets
+    state = tmp_path / "state"
+    server = server_process.start(state)
+    with ScoringClient(server.target, timeout=120) as client:
+        client.load_model("m", str(model_path))
+        client.register_pool("p", str(pool_path))
+        job_id = client.start_scoring(pb.StartScoringRequest(model="m", pool="p", strategy=STRATEGY, k=K)).job_id
+        chunks = state / "jobs" / job_id / "chunks"
+        deadline = time.monotonic() + 120
+        while len(list(chunks.glob("*.npz"))) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    server.process.send_signal(signal.SIGKILL)  # mid-job, no chance to clean up
+    server.process.wait()
+    finished_before = len(list(chunks.glob("[0-9]*.npz")))
+    assert 3 <= finished_before < 15, "the job should have been interrupted part-way"
+
+    server = server_process.start(state)  # same state: registry and job come back
+    try:
+        with ScoringClient(server.target, timeout=120) as client:
+            final = None
+            for status in client.watch_job(job_id):
+                final = status
+            assert final.state == pb.JOB_SUCCEEDED and final.items_done == 240
+            items = _ranking(client, job_id, page_size=1000)
+    finally:
+        assert server.stop() == 0
+    expected = in_process_ranking(pool_path, model_path, K, [])
+    assert [i.id for i in items] == expected.selection.ids.tolist()
+    assert "resumed from disk" in (state / "stdout.log").read_text()
+
+
+def test_job_errors_are_status_codes(assets, tmp_path):
+    pool_path, model_path = assets
+    server = server_process.start(tmp_path / "state")
+    try:
+        with ScoringClient(server.target, timeout=60) as client:
+            def code(call):
+                with pytest.raises(grpc.RpcError) as caught:
+                    call()
+                return caught.value.code(), caught.value.details()
+
+            assert code(lambda: client.model_metadata("nope"))[0] == grpc.StatusCode.NOT_FOUND
+            assert code(lambda: client.cancel_job("nope"))[0] == grpc.StatusCode.NOT_FOUND
+            assert code(lambda: client.register_pool("p", str(tmp_path)))[0] == grpc.StatusCode.INVALID_ARGUMENT
+            assert code(lambda: client.load_model("m", str(tmp_path / "missing.onnx")))[0] == grpc.StatusCode.INVALID_ARGUMENT
+            request = pb.StartScoringRequest(model="m", pool="p", strategy=STRATEGY, k=K)
+            assert code(lambda: client.start_scoring(request))[0] == grpc.StatusCode.NOT_FOUND
+            client.load_model("m", str(model_path))
+            client.register_pool("p", str(pool_path))
+            for bad_k in (0, 10_000):
+                status, details = code(lambda bad_k=bad_k: client.start_scoring(
+                    pb.StartScoringRequest(model="m", pool="p", strategy=STRATEGY, k=bad_k)))
+                assert status == grpc.StatusCode.INVALID_ARGUMENT and "k:" in details
+            status, details = code(lambda: client.start_scoring(pb.StartScoringRequest(
+                model="m", pool="p", strategy=pb.Strategy(weight=2.0), k=K)))
+            assert status == grpc.StatusCode.INVALID_ARGUMENT and "strategy.weight" in details
+            assert client.health() == "SERVING"
+            assert [m.name for m in client.list_models().models] == ["m"]
+            assert [p.name for p in client.list_pools().pools] == ["p"]
+    finally:
+        assert server.stop() == 0
