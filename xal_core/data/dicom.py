@@ -1,0 +1,81 @@
+"""Decode one DICOM X-ray to a float image in ``[0, 1]`` the way a radiologist's viewer shows it.
+
+Steps, in the order the standard defines them: stored values → Modality LUT (rescale slope and
+intercept, or a Modality LUT Sequence) → VOI LUT (a VOI LUT Sequence when present, else the first
+window centre/width) → ``MONOCHROME1`` inverted so that bright always means dense → min-max to
+``[0, 1]``. Any bit depth works because everything after decoding is float64. Colour images
+(rare in these datasets: secondary captures) are averaged to one channel.
+
+Compressed transfer syntaxes decode through pydicom's plugins; JPEG variants that Pillow cannot
+decode (12-bit JPEG Extended, JPEG-LS, lossless JPEG) need the ``jpeg`` extra (pylibjpeg). A file
+that cannot be decoded raises :class:`~xal_core.data.item.ItemError` naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+from .item import ItemError
+
+__all__ = ["DicomImage", "read_dicom", "JPEG_HINT"]
+
+JPEG_HINT = ("install the jpeg extra to decode it: pip install 'xal-ml[jpeg]' (pylibjpeg, pylibjpeg-libjpeg; "
+             "pylibjpeg-openjpeg for JPEG 2000)")
+
+
+@dataclass(frozen=True)
+class DicomImage:
+    pixels: np.ndarray  # float32 [H, W] in [0, 1]
+    shape: tuple[int, int]  # the stored image's (rows, columns): the frame the boxes are drawn in
+    photometric: str
+    bits_stored: int
+
+
+def read_dicom(path: str | Path) -> DicomImage:
+    """Read and decode ``path`` (see the module doc for the steps)."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about harmless VR quirks of real files
+            dataset = pydicom.dcmread(path)
+    except FileNotFoundError:
+        raise ItemError(str(path), "file not found") from None
+    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as error:
+        raise ItemError(str(path), f"not a readable DICOM file ({type(error).__name__}: {error})") from None
+    if "PixelData" not in dataset:
+        raise ItemError(str(path), "DICOM file has no pixel data")
+    try:
+        stored = dataset.pixel_array
+    except (RuntimeError, NotImplementedError) as error:
+        syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", str(syntax))
+        raise ItemError(str(path), f"cannot decode transfer syntax {name!r}: {JPEG_HINT} ({error})") from None
+    except (ValueError, EOFError, AttributeError, KeyError) as error:
+        raise ItemError(str(path), f"corrupt or truncated pixel data ({error})") from None
+    if int(getattr(dataset, "NumberOfFrames", 1) or 1) > 1:
+        stored = stored[0]  # multi-frame X-rays are not expected; the first frame is the image
+    photometric = str(getattr(dataset, "PhotometricInterpretation", "MONOCHROME2")).strip()
+    if stored.ndim == 3:  # colour: average the samples
+        values = stored.astype(np.float64).mean(axis=-1)
+    else:
+        values = apply_modality_lut(stored, dataset)
+        if values.dtype.kind == "f" and np.array_equal(values, np.round(values)):
+            values = values.astype(np.int64)  # a VOI LUT indexes by integers (identity rescale is common)
+        values = apply_voi_lut(values, dataset, prefer_lut=True).astype(np.float64)
+    if values.ndim != 2:
+        raise ItemError(str(path), f"expected a 2D image, got shape {values.shape}")
+    if not np.isfinite(values).all():
+        raise ItemError(str(path), "pixel values are not finite after the LUTs")
+    low, high = float(values.min()), float(values.max())
+    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    if photometric == "MONOCHROME1":
+        scaled = 1.0 - scaled
+    bits = int(getattr(dataset, "BitsStored", 8) or 8)
+    return DicomImage(scaled.astype(np.float32), (int(values.shape[0]), int(values.shape[1])), photometric, bits)
