@@ -10,14 +10,14 @@ from model_helpers import FlattenHeadNet, minmax, one_torch_thread, reference_gr
 from xal_core.models import ExplainableModel
 from xal_core.scoring import gradcam_maps
 
-LAYERS = {"resnet18": "layer4", "densenet121": "class_layers.relu"}
+LAYERS = {"resnet18": "layer4", "resnet50": "layer4", "densenet121": "class_layers.relu"}
 
 
 def _layer(model, name):
     return dict(model.named_modules())[name]
 
 
-@pytest.mark.parametrize("name", ["resnet18", "densenet121"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "densenet121"])
 def test_analytic_weights_equal_autograd_weights(name):
     model = tiny_backbone(name, num_classes=4)
     x = torch.randn(3, 1, 64, 64)

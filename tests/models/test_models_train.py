@@ -65,6 +65,16 @@ def test_early_stopping_restores_the_best_epoch():
         assert torch.equal(value, result.checkpoint.state_dict[key]), key
 
 
+def test_class_weighting_changes_training():
+    images, labels = _data()
+    weighted = fit(_model(), images, labels, config=TrainConfig(epochs=1, **FAST), progress=False)
+    plain = fit(_model(), images, labels, config=TrainConfig(epochs=1, class_weighted=False, **FAST), progress=False)
+    assert not torch.equal(weighted.checkpoint.state_dict["fc.weight"], plain.checkpoint.state_dict["fc.weight"])
+    held_out = 5  # round(24 · 0.2), drawn by a permutation seeded with config.seed
+    train_items = torch.randperm(24, generator=torch.Generator().manual_seed(0))[held_out:]
+    assert weighted.checkpoint.config["class_counts"] == torch.bincount(labels[train_items], minlength=2).tolist()
+
+
 def test_class_weights_are_inverse_frequency():
     weights = class_weights(torch.tensor([30, 10, 0]))
     torch.testing.assert_close(weights, torch.tensor([40 / 60, 40 / 20, 0.0]))
@@ -93,6 +103,8 @@ def test_bad_training_inputs_are_named():
         fit(_model(), images, labels, class_names=["a", "b", "c"], progress=False)
     with pytest.raises(ValueError, match="val_fraction must lie in"):
         TrainConfig(val_fraction=1.0)
+    with pytest.raises(ValueError, match="1 training item"):
+        fit(_model(), images[:2], labels[:2], config=TrainConfig(epochs=1, val_fraction=0.5), progress=False)
     with pytest.raises(ValueError, match="no xal_config"):
         fit(torch.nn.Linear(2, 2), images, labels, progress=False)
 

@@ -78,6 +78,8 @@ def fit(
         train_set, val_set = dataset, as_dataset(val_data, val_labels, "validation data")
     else:
         train_set, val_set = split(dataset, config.val_fraction, config.seed)
+    if len(train_set) < 2:
+        raise ValueError(f"fit: {len(train_set)} training item(s); BatchNorm needs at least 2")
     summary = summarise(train_set, num_classes, config.batch_size)
     if summary.channels != architecture.in_channels:
         raise ValueError(f"fit: images have {summary.channels} channel(s), the model takes {architecture.in_channels}")
