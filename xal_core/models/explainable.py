@@ -26,6 +26,8 @@ class ExplainableModel(nn.Module):
         target_layer: dotted name of the layer whose output is the Grad-CAM feature map. ``None``
             picks the layer before the GAP + linear head of a known backbone (analytic path); any
             other name uses the autograd path.
+            The analytic path registers the trunk and head, which share the backbone's parameters,
+            so this wrapper's ``state_dict`` repeats them; checkpoints store the backbone's.
         method: ``"auto"`` (analytic where possible), ``"analytic"`` (an error where impossible) or
             ``"autograd"`` (always differentiate; the reference the analytic path is tested against).
     """
@@ -55,8 +57,13 @@ class ExplainableModel(nn.Module):
             self.target_layer = split.target_layer
             self.analytic = True
         else:
+            if target_layer is None:
+                raise ValueError(
+                    f"ExplainableModel: {type(backbone).__name__} has no recognised GAP + linear head; "
+                    "name a target_layer for the autograd path"
+                )
             modules = dict(backbone.named_modules())
-            if target_layer is None or target_layer not in modules:
+            if target_layer not in modules:
                 children = ", ".join(name for name, _ in backbone.named_children())
                 raise ValueError(
                     f"ExplainableModel: target_layer {target_layer!r} is not a module of "
@@ -66,7 +73,6 @@ class ExplainableModel(nn.Module):
             self.linear = None
             self.target_layer = target_layer
             self.analytic = False
-            self._layer = modules[target_layer]
 
     def forward(self, x: torch.Tensor, target_class: torch.Tensor | None = None):
         """``(logits [B,K], features [B,C,h,w], cam_weights [B,C])`` for ``target_class`` (default argmax)."""
@@ -93,7 +99,7 @@ class ExplainableModel(nn.Module):
             captured.append(output)
             return output
 
-        handle = self._layer.register_forward_hook(keep)
+        handle = self.backbone.get_submodule(self.target_layer).register_forward_hook(keep)
         try:
             with torch.enable_grad():
                 logits = self.backbone(x)
