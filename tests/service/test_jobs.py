@@ -155,3 +155,57 @@ def test_job_errors_are_status_codes(assets, tmp_path):
             assert [p.name for p in client.list_pools().pools] == ["p"]
     finally:
         assert server.stop() == 0
+
+
+def test_cli_score_writes_the_ranking(assets, tmp_path):
+    import csv
+    import subprocess
+    import sys
+
+    pool_path, model_path = assets
+    server = server_process.start(tmp_path / "state")
+    try:
+        exclude = tmp_path / "labelled.txt"
+        exclude.write_text("0\n1\n2\n")
+        done = subprocess.run(
+            [sys.executable, "-m", "xal_core.cli.main", "score", "--server", server.target, "--model", "m",
+             "--model-path", str(model_path), "--pool", "p", "--pool-path", str(pool_path), "--k", "12",
+             "--strategy", "dual", "--uncertainty", "margin", "--weight", "0.4", "--exclude", str(exclude),
+             "--out", str(tmp_path / "ranking.csv")],
+            capture_output=True, text=True, timeout=300, cwd=server_process.ROOT,
+        )
+        assert done.returncode == 0, done.stderr
+        rows = list(csv.DictReader(open(tmp_path / "ranking.csv")))
+        bad = subprocess.run(
+            [sys.executable, "-m", "xal_core.cli.main", "score", "--server", server.target, "--model", "nope",
+             "--pool", "p", "--out", str(tmp_path / "x.csv")], capture_output=True, text=True, timeout=300,
+            cwd=server_process.ROOT,
+        )
+    finally:
+        assert server.stop() == 0
+    expected = in_process_ranking(pool_path, model_path, 12, [0, 1, 2])
+    assert [int(r["id"]) for r in rows] == expected.selection.ids.tolist()
+    assert [int(r["rank"]) for r in rows] == list(range(1, 13))
+    assert bad.returncode == 2 and "NOT_FOUND" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cancel_a_queued_job(assets, tmp_path):
+    """Jobs run one at a time, so the last of three just submitted is still queued when cancelled."""
+    pool_path, model_path = assets
+    server = server_process.start(tmp_path / "state")
+    try:
+        with ScoringClient(server.target, timeout=120) as client:
+            client.load_model("m", str(model_path))
+            client.register_pool("p", str(pool_path))
+            jobs = [client.start_scoring(pb.StartScoringRequest(model="m", pool="p", strategy=STRATEGY, k=K)).job_id
+                    for _ in range(3)]
+            assert client.cancel_job(jobs[2]).state == pb.JOB_CANCELLED
+            final = {job: list(client.watch_job(job))[-1].state for job in jobs}
+            assert final == {jobs[0]: pb.JOB_SUCCEEDED, jobs[1]: pb.JOB_SUCCEEDED, jobs[2]: pb.JOB_CANCELLED}
+            with pytest.raises(grpc.RpcError) as caught:
+                list(client.get_ranking(jobs[2]))
+            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            states = {j.job_id: j.state for j in client.list_jobs().jobs}
+            assert states[jobs[2]] == pb.JOB_CANCELLED
+    finally:
+        assert server.stop() == 0

@@ -1,0 +1,81 @@
+"""``xal score``: rank a pool on a running scoring service and write the acquisition list as CSV."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+STRATEGY_WEIGHTS = {"dual": None, "uncertainty": 1.0, "misalignment": 0.0}
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("score", help="rank a pool on a scoring service (xal serve) and write a CSV")
+    parser.add_argument("--server", required=True, help="HOST:PORT of `xal serve`")
+    parser.add_argument("--model", required=True, help="name of a loaded model (or load it with --model-path)")
+    parser.add_argument("--pool", required=True, help="name of a registered pool (or register it with --pool-path)")
+    parser.add_argument("--model-path", help="server-side model file to load under --model first")
+    parser.add_argument("--pool-path", help="server-side pool store to register under --pool first")
+    parser.add_argument("--k", type=int, default=40, help="items to acquire (default 40)")
+    parser.add_argument("--strategy", choices=sorted(STRATEGY_WEIGHTS), default="dual",
+                        help="dual = λ·U + (1−λ)·M; uncertainty = U only; misalignment = M only")
+    parser.add_argument("--uncertainty", choices=("entropy", "margin", "least_confidence"), default="entropy")
+    parser.add_argument("--weight", type=float, default=0.5, help="λ for --strategy dual (default 0.5)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="τ (default 0.5)")
+    parser.add_argument("--fusion", choices=("weighted", "rank"), default="weighted")
+    parser.add_argument("--missing-roi", choices=("uncertainty_only", "exclude"), default="uncertainty_only")
+    parser.add_argument("--exclude", type=Path, help="file with one item id (pool row) per line to leave out, e.g. the labelled ones")
+    parser.add_argument("--token-file", type=Path, help="bearer token for the server")
+    parser.add_argument("--tls-ca", type=Path, help="CA certificate of a TLS server")
+    parser.add_argument("--out", type=Path, required=True, help="CSV to write: rank,id,source_id,score,...")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import grpc
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from xal_service import codec
+    from xal_service.client import ScoringClient
+    from xal_service.wire import scoring_pb2 as pb
+
+    weight = STRATEGY_WEIGHTS[args.strategy]
+    weight = args.weight if weight is None else weight
+    exclude = [int(line) for line in args.exclude.read_text().split()] if args.exclude else []
+    token = args.token_file.read_text().strip() if args.token_file else None
+    console = Console(stderr=True)
+    try:
+        with ScoringClient(args.server, token=token, tls_ca=args.tls_ca, timeout=600) as client:
+            if args.model_path:
+                client.load_model(args.model, args.model_path)
+            if args.pool_path:
+                client.register_pool(args.pool, args.pool_path)
+            strategy = codec.encode_strategy(args.uncertainty, weight, args.threshold, args.fusion, args.missing_roi)
+            job_id = client.start_scoring(
+                pb.StartScoringRequest(model=args.model, pool=args.pool, strategy=strategy, k=args.k, exclude_ids=exclude)
+            ).job_id
+            final = None
+            with Progress(TextColumn(f"job {job_id}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                          TimeRemainingColumn(), console=console, transient=True) as progress:
+                task = progress.add_task("scoring", total=None, rate="")
+                for status in client.watch_job(job_id):
+                    progress.update(task, total=status.items_total, completed=status.items_done,
+                                    rate=f"{status.items_per_second:,.0f} items/s")
+                    final = status
+            if final is None or final.state != pb.JOB_SUCCEEDED:
+                state = pb.JobState.Name(final.state) if final else "unknown"
+                console.print(f"xal score: job {job_id} ended {state}: {final.error if final else ''}")
+                return 1
+            rows = [item for page in client.get_ranking(job_id) for item in page.items]
+    except grpc.RpcError as error:
+        raise ValueError(f"{args.server}: {error.code().name}: {error.details()}") from None
+    with open(args.out, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["rank", "id", "source_id", "score", "uncertainty", "dice", "soft_dice", "roi_energy", "predicted_class"])
+        for item in rows:
+            writer.writerow([item.rank, item.id, item.source_id, f"{item.score:.6g}", f"{item.uncertainty:.6g}",
+                             f"{item.dice:.6g}", f"{item.soft_dice:.6g}", f"{item.roi_energy:.6g}", item.predicted_class])
+    console.print(f"xal score: job {job_id}: {final.items_done} items scored, top {len(rows)} written to {args.out}"
+                  + (f"; {final.n_item_errors} item(s) with errors ranked last" if final.n_item_errors else ""))
+    return 0
