@@ -175,7 +175,7 @@ def test_cli_score_writes_the_ranking(assets, tmp_path):
             capture_output=True, text=True, timeout=300, cwd=server_process.ROOT,
         )
         assert done.returncode == 0, done.stderr
-        rows = list(csv.DictReader(open(tmp_path / "ranking.csv")))
+        rows = list(csv.DictReader((tmp_path / "ranking.csv").read_text().splitlines()))
         bad = subprocess.run(
             [sys.executable, "-m", "xal_core.cli.main", "score", "--server", server.target, "--model", "nope",
              "--pool", "p", "--out", str(tmp_path / "x.csv")], capture_output=True, text=True, timeout=300,
