@@ -38,3 +38,17 @@ def test_train_export_load_run(tmp_path, capsys):
 def test_export_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["export", str(tmp_path / "none.pt"), "--out", str(tmp_path / "m.onnx")]) == 2
     assert "none.pt: no such weights file" in capsys.readouterr().err
+
+
+def test_cli_choices_match_the_library_and_import_no_monai():
+    import importlib
+    import subprocess
+    import sys
+
+    cli_export = importlib.import_module("xal_core.cli.export")
+    models_export = importlib.import_module("xal_core.models.export")  # the module, not the function
+
+    assert cli_export.FORMATS == models_export.FORMATS
+    assert cli_export.ONNX_EXPORTERS == models_export.ONNX_EXPORTERS
+    code = "import sys, xal_core.cli.export; print('monai' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

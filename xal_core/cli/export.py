@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rich.console import Console
-
-from xal_core.models import FORMATS, ExplainableModel, ModelMetadata, export, load_checkpoint
-from xal_core.models.export import ONNX_EXPORTERS
+# Copies of xal_core.models.export's constants (a test keeps them equal): importing xal_core.models
+# pulls in MONAI, which would add seconds to every `xal` command, so it is imported only in `run`.
+FORMATS = ("onnx", "torchscript")
+ONNX_EXPORTERS = ("auto", "dynamo", "legacy")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -28,6 +28,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from xal_core.models import ExplainableModel, ModelMetadata, export, load_checkpoint
+
     checkpoint = load_checkpoint(args.checkpoint)
     model = ExplainableModel(checkpoint.build())
     metadata = ModelMetadata(

@@ -1,7 +1,8 @@
 """``fit``: train a backbone with early stopping and write an xal checkpoint.
 
 Mixed precision runs on CUDA only (float16 autocast with gradient scaling); on the CPU training is
-float32 and, with a fixed ``TrainConfig.seed`` and the same initial weights, repeats bit for bit.
+float32 and, with a fixed ``TrainConfig.seed`` and the same initial weights, repeats bit for bit
+(``fit`` seeds torch's global generator with it, for dropout and anything else that draws from it).
 The checkpoint records the architecture, the class names, the preprocessing (input size, channels,
 intensity normalisation: the model is trained on ``(x - mean) / std``) and the training config, so
 ``xal export`` needs nothing else.
