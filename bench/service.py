@@ -3,9 +3,10 @@
 A server subprocess (``xal serve`` on 127.0.0.1, port 0) and 1, 4 and 16 concurrent clients, each
 sending batches of 64 items with 512×7×7 features and 224×224 bit-packed mask ROIs. Reported per
 concurrency: p50/p99 latency, requests/s and items/s, next to the in-process scorer on the same
-batch measured in the same run (the service's overhead is the difference). Peak server memory
-(RSS) is read from ``/proc`` after the run. Job throughput on a pool needs the pool store and jobs,
-which this server version does not have yet: the script says so instead of measuring something else.
+batch measured in the same run (the service's overhead is the difference). Then a scoring job on a
+synthetic pool (``--pool-items``, default 100 000, 32×32 images, an exported ResNet-18 in ONNX
+Runtime): items/s and the server's peak memory (RSS, from ``/proc``), which must not grow with the
+pool because the job streams it chunk by chunk (``--pool-items 10000`` vs 100000 shows it).
 
 Run: ``python bench/service.py`` (``--quick`` for a smoke run). JSON: ``bench/results/service-cpu.json``.
 """
@@ -20,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,12 @@ sys.path.insert(0, str(ROOT))
 
 from tests.service import server_process  # noqa: E402 - the same launcher the tests use
 from xal_core.acquisition import score_batch  # noqa: E402
+from xal_core.data import open_dataset  # noqa: E402
+from xal_core.data.ingest import ingest  # noqa: E402
+from xal_core.models import ExplainableModel, build_backbone, export  # noqa: E402
 from xal_core.scoring import Roi  # noqa: E402
 from xal_service.client import ScoringClient  # noqa: E402
+from xal_service.wire import scoring_pb2 as pb  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -89,9 +94,38 @@ def run_clients(target: str, batch, clients: int, requests: int) -> dict:
     }
 
 
+def run_job(pool_items: int, workdir: Path) -> dict:
+    """Ingest a synthetic pool, export a model, and time one scoring job on a fresh server."""
+    started = time.perf_counter()
+    ingest(open_dataset("synthetic", size=(32, 32), n=pool_items, seed=0), workdir / "pool", chunk=1024)
+    ingest_s = time.perf_counter() - started
+    model = ExplainableModel(build_backbone("resnet18", in_channels=1, num_classes=2)).eval()
+    export(model, workdir / "model.onnx", "onnx", input_shape=(1, 32, 32))
+    server = server_process.start(workdir / "state")
+    try:
+        with ScoringClient(server.target, timeout=3600) as client:
+            client.load_model("m", str(workdir / "model.onnx"))
+            client.register_pool("p", str(workdir / "pool"))
+            rss_idle = peak_rss_mb(server.process.pid)
+            started = time.perf_counter()
+            job = client.start_scoring(pb.StartScoringRequest(model="m", pool="p", k=570)).job_id
+            final = list(client.watch_job(job))[-1]
+            seconds = time.perf_counter() - started
+            stages = {name: {"seconds": c.seconds, "items": c.items} for name, c in client.statistics().stages.items()}
+            rss = peak_rss_mb(server.process.pid)
+    finally:
+        server.stop()
+    return {
+        "pool_items": pool_items, "image": [1, 32, 32], "model": "resnet18 (ONNX Runtime, CPU)",
+        "state": pb.JobState.Name(final.state), "seconds": seconds, "items_per_s": pool_items / seconds,
+        "ingest_seconds": ingest_s, "stages": stages, "peak_server_rss_mb": rss, "server_rss_before_job_mb": rss_idle,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--pool-items", type=int, default=100_000, help="items in the job's pool (default 100000)")
     parser.add_argument("--out", type=Path, default=RESULTS / "service-cpu.json")
     args = parser.parse_args()
     items, requests = (16, 5) if args.quick else (64, 40)
@@ -112,6 +146,9 @@ def main() -> None:
             rss = peak_rss_mb(server.process.pid)
         finally:
             server.stop()
+    pool_items = 2_000 if args.quick else args.pool_items
+    with tempfile.TemporaryDirectory() as workdir:
+        job = run_job(pool_items, Path(workdir))
 
     print(f"ScoreBatch: {items} items, 512×7×7 features, 224² packed masks; {torch.get_num_threads()} CPU threads")
     print(f"in-process score_batch (same batch, same run): median {baseline_ms:.1f} ms")
@@ -121,18 +158,21 @@ def main() -> None:
     for row in rows:
         print(f"{row['clients']:>7} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} {row['requests_per_s']:>8.1f} "
               f"{row['items_per_s']:>9.0f} {row['p50_ms'] / baseline_ms:>16.2f}×")
-    print(f"peak server RSS: {rss:.0f} MB" if rss is not None else "peak server RSS: not readable here")
-    print("job throughput on a 100 000-item pool: not measured — jobs over pool stores are not in this server version")
+    print(f"peak server RSS (ScoreBatch runs): {rss:.0f} MB" if rss is not None else "peak server RSS: not readable here")
+    stage_text = ", ".join(f"{name} {v['seconds']:.1f} s" for name, v in job["stages"].items())
+    print(f"job on a {job['pool_items']:,}-item pool ({job['model']}, 32×32): {job['state']}, {job['seconds']:.1f} s, "
+          f"{job['items_per_s']:,.0f} items/s; stages: {stage_text}; peak server RSS {job['peak_server_rss_mb']:.0f} MB "
+          f"({job['server_rss_before_job_mb']:.0f} MB before the job)")
     record = {
         "benchmark": "service",
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"processor": platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__},
         "quick": args.quick,
         "batch": {"items": items, "features": [512, 7, 7], "roi": "packed masks 224x224"},
         "in_process_median_ms": baseline_ms,
         "score_batch": rows,
         "peak_server_rss_mb": rss,
-        "jobs": "not measured: jobs over pool stores are not in this server version",
+        "job": job,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")

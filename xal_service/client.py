@@ -141,7 +141,19 @@ class ScoringClient:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     def load_model(self, name: str, path: str) -> pb.ModelInfo:
+        """Load a model file that the *server* can read."""
         return self._stub.LoadModel(iter([pb.LoadModelRequest(name=name, path=path)]), timeout=self.timeout, metadata=self._metadata)
+
+    def upload_model(self, name: str, local_path: str | Path, chunk_mb: int = 1) -> pb.ModelInfo:
+        """Stream a local model file to the server in chunks (for servers that cannot see your disk)."""
+        size = chunk_mb * 1024 * 1024
+
+        def messages():
+            with open(local_path, "rb") as handle:
+                while block := handle.read(size):
+                    yield pb.LoadModelRequest(name=name, chunk=block)
+
+        return self._stub.LoadModel(messages(), timeout=self.timeout, metadata=self._metadata)
 
     def list_models(self) -> pb.ListModelsResponse:
         return self._call(self._stub.ListModels, pb.ListModelsRequest())

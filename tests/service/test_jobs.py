@@ -151,7 +151,12 @@ def test_job_errors_are_status_codes(assets, tmp_path):
                 model="m", pool="p", strategy=pb.Strategy(weight=2.0), k=K)))
             assert status == grpc.StatusCode.INVALID_ARGUMENT and "strategy.weight" in details
             assert client.health() == "SERVING"
-            assert [m.name for m in client.list_models().models] == ["m"]
+            uploaded = client.upload_model("streamed", model_path, chunk_mb=1)
+            assert uploaded.name == "streamed" and list(uploaded.input_shape) == [1, 32, 32]
+            assert code(lambda: client.upload_model("../evil", model_path))[0] == grpc.StatusCode.INVALID_ARGUMENT
+            assert sorted(m.name for m in client.list_models().models) == ["m", "streamed"]
+            client.model_metadata("streamed")
+            assert [m.name for m in client.list_models().models if m.name == "m"] == ["m"]
             assert [p.name for p in client.list_pools().pools] == ["p"]
     finally:
         assert server.stop() == 0
