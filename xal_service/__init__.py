@@ -1,8 +1,9 @@
 """The gRPC scoring service: ``xal.v1.Scoring`` (``protos/xal/v1/scoring.proto``).
 
-In this version the server scores caller-computed batches inline (``ScoreBatch``), reports
-``Statistics``, and serves ``grpc.health.v1`` and reflection, with token auth and TLS. Models, pools
-and jobs answer UNIMPLEMENTED with the reason until the model runtimes and pool stores land.
+Models are loaded (``registry``), pools registered, and scoring jobs run over them one at a time
+with durable per-chunk results (``jobs``); callers with their own model score inline with
+``ScoreBatch``. The server (``server``) adds health, reflection, token auth and TLS.
 
-Run it with ``xal serve --state DIR``; call it with ``xal_service.client.ScoringClient``.
+Run it with ``xal serve --state DIR``; call it with ``xal_service.client.ScoringClient`` or
+``xal score``.
 """

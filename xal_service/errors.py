@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import grpc
 
-__all__ = ["RequestError", "invalid_argument", "not_found", "unimplemented"]
+__all__ = ["RequestError", "invalid_argument", "not_found"]
 
 
 class RequestError(Exception):
@@ -26,7 +26,3 @@ def invalid_argument(message: str) -> RequestError:
 
 def not_found(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.NOT_FOUND, message)
-
-
-def unimplemented(message: str) -> RequestError:
-    return RequestError(grpc.StatusCode.UNIMPLEMENTED, message)
