@@ -185,6 +185,7 @@ def test_malformed_tensors_are_invalid_argument_naming_the_field(server, wire):
         "roi: set either masks or boxes": dict(roi=pb.RoiBatch(height=37, width=29)),
         "strategy.threshold": dict(strategy=pb.Strategy(threshold=1.5)),
         "strategy.weight": dict(strategy=pb.Strategy(weight=-0.1)),
+        "strategy.weight: λ must be in [0, 1], got nan": dict(strategy=pb.Strategy(weight=float("nan"))),
         "logits: missing": dict(logits=pb.Tensor()),
     }
     with grpc.insecure_channel(server.target) as channel:
