@@ -214,3 +214,29 @@ def test_cancel_a_queued_job(assets, tmp_path):
             assert states[jobs[2]] == pb.JOB_CANCELLED
     finally:
         assert server.stop() == 0
+
+
+def test_bad_item_is_reported_and_the_job_goes_on(assets, tmp_path):
+    """An image that went bad on disk (NaN) ranks last, is listed in the job's errors, and the rest is scored."""
+    import shutil
+
+    import zarr
+
+    pool_path, model_path = assets
+    broken = tmp_path / "pool"
+    shutil.copytree(pool_path, broken)
+    images = zarr.open_array(str(broken / "scoring" / "images"), mode="r+")
+    images[37] = float("nan")
+    server = server_process.start(tmp_path / "state")
+    try:
+        with ScoringClient(server.target, timeout=120) as client:
+            client.load_model("m", str(model_path))
+            client.register_pool("p", str(broken))
+            job_id = _run_job(client, k=240)
+            final = client.list_jobs().jobs[0]
+            items = _ranking(client, job_id, page_size=1000)
+    finally:
+        assert server.stop() == 0
+    assert final.n_item_errors == 1 and final.item_errors[0].id == 37 and "non-finite" in final.item_errors[0].reason
+    assert items[-1].id == 37 and items[-1].score == float("-inf")
+    assert len(items) == 240 and all(i.score > float("-inf") for i in items[:-1])
