@@ -20,16 +20,22 @@ RUN_EXTRAS := kernels
 DEV_EXTRAS := dev
 endif
 
-.PHONY: demo test install install-dev bench clean
+.PHONY: demo test lint install install-dev bench clean
 
 demo: $(VENV)/.installed-run
 	$(BIN)/xal demo
 
 test: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 --doctest-modules tests xal_core
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/scoring_cpu.py
+	$(BIN)/python bench/kernels.py
+	$(BIN)/python bench/service.py
 
 install: $(VENV)/.installed-run
 install-dev: $(VENV)/.installed-dev
