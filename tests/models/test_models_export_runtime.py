@@ -173,3 +173,29 @@ def test_legacy_onnx_exporter_gives_the_same_outputs(tmp_path):
             torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
     with pytest.raises(ValueError, match="onnx_exporter must be one of"):
         export(model, tmp_path / "x.onnx", "onnx", (1, 32, 32), onnx_exporter="fast")
+
+
+class DataDependent(torch.nn.Module):
+    """Python control flow on a tensor's value: torch.export cannot capture it, tracing keeps one branch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if float(x.amax()) >= 0:  # always true after the block's ReLU
+            return x
+        return -x
+
+
+def test_dynamo_failure_falls_back_to_the_legacy_exporter(tmp_path):
+    model = tiny_backbone("resnet18", num_classes=3)
+    model.layer4 = torch.nn.Sequential(model.layer4, DataDependent())
+    with pytest.raises(Exception, match="torch.export"):
+        export(model, tmp_path / "strict.onnx", "onnx", (1, 32, 32), onnx_exporter="dynamo")
+    result = export(model, tmp_path / "fallback.onnx", "onnx", (1, 32, 32))
+    assert result.exporter == "torchscript-legacy"
+    assert result.fallback_reason.startswith("TorchExportError") and "\x1b" not in result.fallback_reason
+    runtime = load(result.path)
+    assert runtime.metadata.exporter == "torchscript-legacy"
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        expected = ExplainableModel(model)(x)
+    for got, want in zip(runtime.run(x), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-4)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,6 +28,7 @@ from .metadata import INPUT_NAME, OUTPUT_NAMES, ModelMetadata, Preprocessing
 
 FORMATS = ("onnx", "torchscript")
 ONNX_EXPORTERS = ("auto", "dynamo", "legacy")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # torch colours its exporter errors
 TORCHSCRIPT_METADATA_FILE = "xal_metadata.json"
 
 
@@ -155,7 +157,8 @@ def _export_onnx(graph: nn.Module, example: torch.Tensor, path: Path, opset: int
     except Exception as error:  # the dynamo exporter fails in many ways; the legacy one is the fallback
         if which == "dynamo":
             raise
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        first_line = _ANSI.sub("", str(error)).strip().splitlines()[0] if str(error).strip() else ""
+        reason = f"{type(error).__name__}: {first_line}"
     finally:
         registration_log.setLevel(level)
     _export_onnx_legacy(graph, example, path, opset)
