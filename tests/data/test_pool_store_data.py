@@ -129,3 +129,18 @@ def test_cli_bad_arguments_give_one_line(tmp_path, capsys):
 def test_open_missing_pool_is_clear(tmp_path):
     with pytest.raises(ValueError, match="missing manifest.json"):
         PoolStore.open(tmp_path)
+
+
+def test_a_bad_roi_fails_its_item_alone(tmp_path):
+    size = (8, 8)
+    good = Item("good", torch.rand(1, *size), torch.tensor([[0.0, 0.0, 4.0, 4.0]]), 0)
+    outside = Item("outside", torch.rand(1, *size), torch.tensor([[20.0, 20.0, 30.0, 30.0]]), 0)
+    mask = Item("mask", torch.rand(1, *size), torch.ones(*size, dtype=torch.bool), 0)
+    with PoolWriter(tmp_path / "pool", size=size, channels=1, classes=("x",), roi_format="boxes",
+                    source={}, chunk=2) as writer:
+        writer.add(good)
+        with pytest.raises(ValueError, match="outside: .*entirely outside"):
+            writer.add(outside)
+        with pytest.raises(ValueError, match="mask ROI cannot go into a pool of boxes"):
+            writer.add(mask)
+    assert [c.ids for c in PoolStore.open(tmp_path / "pool").chunks()] == [["good"]]

@@ -206,7 +206,7 @@ class PoolWriter:
         self._group = zarr.open_group(str(self.path / "scoring"), mode="r+")
         self._labels = zarr.open_array(str(self.path / "oracle" / "labels"), mode="r+")
         self.count = int(self.manifest["count"])
-        self._buffer: list[Item] = []
+        self._buffer: list[tuple[Item, torch.Tensor]] = []
         self._skipped_before = int(self.manifest.get("skipped", 0))
         self.skipped = 0  # items of this session left out (the ingest report holds why)
 
@@ -241,10 +241,7 @@ class PoolWriter:
         encoded = item.id.encode("utf-8")
         if len(encoded) > ID_BYTES:
             raise ValueError(f"{item.id}: id longer than {ID_BYTES} bytes")
-        if item.roi is not None and item.roi.dtype != torch.bool and item.roi.shape[0] > self.max_boxes:
-            raise ValueError(f"{item.id}: {item.roi.shape[0]} boxes, the pool holds at most {self.max_boxes} "
-                             "(create it with a larger --max-boxes)")
-        self._buffer.append(item)
+        self._buffer.append((item, self._mask(item)))
         rows_to_boundary = self.chunk - (self.count % self.chunk)
         if len(self._buffer) >= rows_to_boundary:
             self.flush()
@@ -262,24 +259,37 @@ class PoolWriter:
         self.count = stop
         self._record_checksums(start, stop, data)
 
-    def _encode(self, items: list[Item], start: int) -> dict[str, np.ndarray]:
+    def _mask(self, item: Item) -> torch.Tensor:
+        """The item's ROI as a dense mask, checked here so a bad ROI fails this item alone."""
         height, width = self.size
+        if item.roi is None:
+            return torch.zeros(height, width, dtype=torch.bool)
+        if item.roi.dtype == torch.bool:
+            if self.roi_format == "boxes":
+                raise ValueError(f"{item.id}: a mask ROI cannot go into a pool of boxes")
+            if tuple(item.roi.shape) != (height, width):
+                raise ValueError(f"{item.id}: ROI mask shape {tuple(item.roi.shape)}, pool expects {(height, width)}")
+            return item.roi
+        if item.roi.dim() != 2 or item.roi.shape[1] != 4:
+            raise ValueError(f"{item.id}: boxes must be [M, 4], got {tuple(item.roi.shape)}")
+        if item.roi.shape[0] > self.max_boxes:
+            raise ValueError(f"{item.id}: {item.roi.shape[0]} boxes, the pool holds at most {self.max_boxes} "
+                             "(create it with a larger --max-boxes)")
+        try:
+            return Roi.from_boxes([item.roi], size=(height, width)).to_masks()[0]
+        except ValueError as error:
+            raise ValueError(f"{item.id}: {error}") from None
+
+    def _encode(self, entries: list[tuple[Item, torch.Tensor]], start: int) -> dict[str, np.ndarray]:
+        items = [item for item, _ in entries]
         known = [item.roi is not None for item in items]
-        masks = []
+        masks = [mask for _, mask in entries]
         boxes = np.zeros((len(items), self.max_boxes, 4), dtype=np.float32)
         counts = np.full(len(items), -1, dtype=np.int32)
         for row, item in enumerate(items):
-            if item.roi is None:
-                masks.append(torch.zeros(height, width, dtype=torch.bool))
-            elif item.roi.dtype == torch.bool:
-                masks.append(item.roi)
-            else:
-                item_boxes = item.roi.to(torch.float64).reshape(-1, 4)
-                boxes[row, : len(item_boxes)] = item_boxes.numpy()
-                counts[row] = len(item_boxes)
-                masks.append(Roi.from_boxes([item_boxes], size=(height, width)).to_masks()[0])
-        if self.roi_format == "boxes" and any(item.roi is not None and item.roi.dtype == torch.bool for item in items):
-            raise ValueError("a mask ROI cannot go into a pool of boxes")
+            if item.roi is not None and item.roi.dtype != torch.bool:
+                boxes[row, : len(item.roi)] = item.roi.to(torch.float32).numpy()
+                counts[row] = len(item.roi)
         ids = np.zeros((len(items), ID_BYTES), dtype=np.uint8)
         for row, item in enumerate(items):
             encoded = item.id.encode("utf-8")
