@@ -35,6 +35,7 @@ lint: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/scoring_cpu.py
 	$(BIN)/python bench/kernels.py
+	$(BIN)/python bench/forward.py
 	$(BIN)/python bench/service.py
 
 install: $(VENV)/.installed-run
