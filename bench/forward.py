@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
+from timing import time_calls  # bench/timing.py (scripts run with bench/ on sys.path)
 
 from xal_core.models import ExplainableModel, build_backbone, export
 from xal_service.runtime import load
@@ -46,16 +47,6 @@ SIZE = 224
 # backbone → (batch, repeats): smaller batches and fewer repeats for the expensive ones
 PLAN = {"resnet18": (8, 5), "resnet34": (8, 3), "resnet50": (4, 3), "densenet121": (4, 3)}
 QUICK_PLAN = {"resnet18": (2, 2)}
-
-
-def time_fn(fn, repeats: int) -> list[float]:
-    fn()  # warm-up: allocator, thread pools, ONNX Runtime's first-run planning
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return times
 
 
 def run_backbone(name: str, batch: int, repeats: int, folder: Path, threads: int) -> dict:
@@ -80,7 +71,7 @@ def run_backbone(name: str, batch: int, repeats: int, folder: Path, threads: int
         for got, want in zip(fn(), expected, strict=True):
             if not torch.allclose(got, want, rtol=0, atol=1e-3):
                 raise AssertionError(f"{name}/{provider}: outputs differ from eager torch by {float((got - want).abs().max())}")
-    times = {provider: time_fn(fn, repeats) for provider, fn in providers.items()}
+    times = {provider: time_calls(fn, repeats) for provider, fn in providers.items()}
     median = {provider: statistics.median(values) for provider, values in times.items()}
     return {
         "backbone": name,

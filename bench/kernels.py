@@ -32,13 +32,13 @@ import os
 import platform
 import re
 import statistics
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timing import time_calls  # bench/timing.py (scripts run with bench/ on sys.path)
 
 from xal_core.scoring import Roi, cam_alignment
 from xal_core.scoring.reference import cam_alignment_dense
@@ -105,29 +105,11 @@ def peer_providers(features, weights, roi) -> tuple[dict[str, Callable[[], objec
     return providers, skipped
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_provider(fn: Callable[[], object], repeats: int, device: torch.device) -> list[float]:
-    fn()  # warm-up: compilation, caches, allocator
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        started = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - started)
-    return times
-
-
 def copy_bandwidth(device: torch.device, n_bytes: int, repeats: int = 5) -> float:
     """(bytes read + bytes written) / s of ``dst.copy_(src)`` on ``device``."""
     src = torch.empty(n_bytes // 4, dtype=torch.float32, device=device).fill_(1.0)
     dst = torch.empty_like(src)
-    best = min(time_provider(lambda: dst.copy_(src), repeats, device))
+    best = min(time_calls(lambda: dst.copy_(src), repeats, device))
     return 2 * n_bytes / best
 
 
@@ -159,7 +141,7 @@ def run_case(case, device, dtype, repeats, wanted, copy_bw) -> dict:
     times: dict[str, list[float]] = {}
     for name, fn in list(providers.items()):
         try:
-            times[name] = time_provider(fn, repeats, device)
+            times[name] = time_calls(fn, repeats, device)
         except Exception as error:  # a provider that cannot run here is reported, never faked
             skipped[name] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
             del providers[name]

@@ -18,12 +18,11 @@ import argparse
 import json
 import platform
 import statistics
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from timing import time_calls  # bench/timing.py (scripts run with bench/ on sys.path)
 
 from xal_core.scoring import Roi, cam_alignment
 from xal_core.scoring.reference import cam_alignment_dense
@@ -45,23 +44,13 @@ def make_inputs(batch: int, channels: int, grid: int, frame: int, roi_kind: str,
     return features, weights, roi
 
 
-def time_provider(fn: Callable[[], object], repeats: int) -> list[float]:
-    fn()  # warm-up: plans, allocator, thread pool
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return times
-
-
 def run_case(batch: int, channels: int, grid: int, frame: int, roi_kind: str, repeats: int) -> dict:
     features, weights, roi = make_inputs(batch, channels, grid, frame, roi_kind)
     providers = {
         "xal-cpu": lambda: cam_alignment(features, weights, roi),
         "torch-eager": lambda: cam_alignment_dense(features, weights, roi, dtype=torch.float32, chunk_size=batch, method="interpolate"),
     }
-    timings = {name: time_provider(fn, repeats) for name, fn in providers.items()}
+    timings = {name: time_calls(fn, repeats) for name, fn in providers.items()}
     ours = cam_alignment(features, weights, roi)
     exact = cam_alignment_dense(features, weights, roi, dtype=torch.float64)
     agreement = {

@@ -1,0 +1,28 @@
+"""Timing shared by the benchmarks: one warm-up call, then wall time per repeat.
+
+On CUDA the device is synchronised around each call so that the time covers the work, not just
+its launch. Benchmarks report medians of what this returns, never a single run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def time_calls(fn: Callable[[], object], repeats: int, device: torch.device | str | None = None) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn`` after one warm-up call (plans, caches, allocator)."""
+    device = torch.device(device) if device is not None else None
+    synchronize = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda *_: None)
+    fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        started = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - started)
+    return times
