@@ -124,6 +124,15 @@ def test_cli_bad_arguments_give_one_line(tmp_path, capsys):
     assert "KEY=VALUE" in capsys.readouterr().err
     assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "p")]) == 2
     assert "cannot tell the dataset kind" in capsys.readouterr().err
+    assert main(["ingest", str(tmp_path / "absent"), "--out", str(tmp_path / "p")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    for kind, missing in (("vindr", "train.csv"), ("siim", "train_study_level.csv"), ("generic", "labels.csv"),
+                          ("brats", "MICCAI_BraTS2020_TrainingData")):
+        assert main(["ingest", str(tmp_path), "--kind", kind, "--out", str(tmp_path / "p")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert missing in err and len(err.splitlines()) == 1
+    assert main(["ingest", "synthetic", "--out", str(tmp_path / "q"), "--option", "colour=red"]) == 2
+    assert "colour" in capsys.readouterr().err
 
 
 def test_open_missing_pool_is_clear(tmp_path):

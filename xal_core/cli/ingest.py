@@ -67,10 +67,7 @@ def run(args: argparse.Namespace) -> int:
         dataset = open_dataset("synthetic", None, size=size, **options)
     else:
         kind = detect_kind(args.source) if args.kind == "auto" else args.kind
-        try:
-            dataset = open_dataset(kind, args.source, size=size, **options)
-        except TypeError as error:  # an unknown --option
-            raise ValueError(f"{kind}: {error}") from None
+        dataset = open_dataset(kind, args.source, size=size, **options)
     console = Console(stderr=True, quiet=args.quiet)
     columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), ItemsPerSecond(),
                TextColumn("skipped {task.fields[skipped]}"), TimeElapsedColumn())

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ def open_dataset(kind: str, root: str | Path | None = None, *, size: tuple[int, 
     if kind == "synthetic":
         from .shortcut import ShortcutBenchmark
 
-        return ShortcutBenchmark(size, **options)
+        return _construct("synthetic", ShortcutBenchmark, size, **options)
     if root is None:
         raise ValueError(f"open_dataset({kind!r}): a root folder is required")
     root = Path(root)
@@ -39,25 +40,37 @@ def open_dataset(kind: str, root: str | Path | None = None, *, size: tuple[int, 
     if kind == "brats":
         from .brats import BraTS
 
-        return BraTS(root, size, **options)
+        return _construct(kind, BraTS, root, size, **options)
     if kind == "vindr":
         from .vindr import VinDrCXR
 
-        return VinDrCXR(root, size, **options)
+        return _construct(kind, VinDrCXR, root, size, **options)
     if kind == "siim":
         from .siim import SiimCovid
 
-        return SiimCovid(root, size, **options)
+        return _construct(kind, SiimCovid, root, size, **options)
     if kind == "generic":
         from .generic import GenericFolder
 
-        return GenericFolder(root, size, **options)
+        return _construct(kind, GenericFolder, root, size, **options)
     raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
+
+
+def _construct(kind: str, adapter: type, *args: Any, **options: Any) -> Dataset:
+    """Call the adapter, turning an unknown option into a ``ValueError`` that lists the known ones."""
+    parameters = inspect.signature(adapter.__init__).parameters
+    known = [name for name, p in parameters.items() if p.kind == p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"{kind}: unknown option(s) {unknown}; options are {known}")
+    return adapter(*args, **options)
 
 
 def detect_kind(root: str | Path) -> str:
     """Guess the dataset kind from the files at ``root`` (``xal ingest --kind auto``)."""
     root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"{root}: dataset root is not a folder (or pass 'synthetic' for the built-in benchmark)")
     if (root / "MICCAI_BraTS2020_TrainingData").is_dir() or any(root.glob("BraTS2021_*")):
         return "brats"
     if (root / "train_study_level.csv").is_file():
