@@ -22,7 +22,8 @@ def _density() -> np.ndarray:
     return density
 
 
-@pytest.mark.parametrize("encoding", ENCODINGS, ids=lambda e: "-".join(map(str, e)))
+@pytest.mark.parametrize("encoding", [*ENCODINGS, (8, "MONOCHROME1", "none"), (10, "MONOCHROME2", "lut")],
+                         ids=lambda e: "-".join(map(str, e)))
 def test_every_encoding_decodes_to_bright_is_dense(tmp_path, encoding):
     bits, photometric, voi = encoding
     write_xray(tmp_path / "x.dcm", _density(), bits=bits, photometric=photometric, voi=voi)
@@ -46,6 +47,11 @@ def test_bundled_ct_and_mr_samples_decode():
     for name, shape in (("CT_small.dcm", (128, 128)), ("MR_small.dcm", (64, 64))):
         decoded = read_dicom(TEST_FILES / name)
         assert decoded.shape == shape and 0.0 <= decoded.pixels.min() < decoded.pixels.max() <= 1.0
+
+
+def test_bundled_jpeg_baseline_colour_sample_decodes_to_one_channel():
+    decoded = read_dicom(TEST_FILES / "SC_rgb_jpeg.dcm")  # JPEG Baseline through Pillow, RGB averaged
+    assert decoded.pixels.ndim == 2 and decoded.shape == (256, 256) and decoded.pixels.max() == 1.0
 
 
 def test_bundled_truncated_file_is_a_clear_item_error():

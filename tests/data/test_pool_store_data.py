@@ -153,3 +153,9 @@ def test_a_bad_roi_fails_its_item_alone(tmp_path):
         with pytest.raises(ValueError, match="mask ROI cannot go into a pool of boxes"):
             writer.add(mask)
     assert [c.ids for c in PoolStore.open(tmp_path / "pool").chunks()] == [["good"]]
+
+
+def test_non_finite_image_is_refused_by_name(tmp_path):
+    with PoolWriter(tmp_path / "pool", size=(4, 4), channels=1, classes=("x",), roi_format="mask",
+                    source={}) as writer, pytest.raises(ValueError, match="nan: image holds NaN"):
+        writer.add(Item("nan", torch.full((1, 4, 4), float("nan")), None, 0))

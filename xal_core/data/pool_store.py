@@ -238,6 +238,8 @@ class PoolWriter:
             raise ValueError(f"{item.id}: image shape {tuple(item.image.shape)}, pool expects {(channels, *self.size)}")
         if not 0 <= item.label < len(self.manifest["classes"]):
             raise ValueError(f"{item.id}: label {item.label} outside 0..{len(self.manifest['classes']) - 1}")
+        if not torch.isfinite(item.image).all():
+            raise ValueError(f"{item.id}: image holds NaN or infinite values")
         encoded = item.id.encode("utf-8")
         if len(encoded) > ID_BYTES:
             raise ValueError(f"{item.id}: id longer than {ID_BYTES} bytes")
