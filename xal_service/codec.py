@@ -7,6 +7,7 @@ that a client in any language can tell what to fix. Nothing here trusts a byte c
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import torch
@@ -65,10 +66,10 @@ def encode_tensor(tensor: torch.Tensor | np.ndarray) -> pb.Tensor:
         tensor = tensor.to(torch.uint8)
     if tensor.dtype not in _TORCH_TO_WIRE:
         raise ValueError(f"tensor dtype {tensor.dtype} has no wire dtype")
-    if tensor.dtype == torch.bfloat16:
-        data = tensor.view(torch.int16).numpy().astype("<i2").tobytes()
-    else:
-        data = tensor.numpy().astype(tensor.numpy().dtype.newbyteorder("<"), copy=False).tobytes()
+    array = tensor.view(torch.int16).numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
+    if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and sys.byteorder == "big"):
+        array = array.astype(array.dtype.newbyteorder("<"))
+    data = array.tobytes()
     return pb.Tensor(dtype=_TORCH_TO_WIRE[tensor.dtype], shape=list(tensor.shape), data=data)
 
 

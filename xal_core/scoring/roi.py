@@ -19,6 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 __all__ = ["Roi"]
@@ -84,9 +85,11 @@ class Roi:
             raise ValueError(f"packed: expected uint8 [B, H, ceil(W/8)], got {got}")
         if width < 1 or packed.shape[2] != math.ceil(width / 8):
             raise ValueError(f"packed: last dim {packed.shape[2]} does not hold width {width} (needs {math.ceil(max(width, 1) / 8)})")
-        shifts = torch.arange(7, -1, -1, device=packed.device, dtype=torch.uint8)
-        bits = (packed[..., None] >> shifts) & 1
-        masks = bits.flatten(2)[..., :width].bool()
+        if packed.device.type == "cpu":  # NumPy's unpackbits is several times faster than the torch ops
+            masks = torch.from_numpy(np.unpackbits(packed.numpy(), axis=-1, count=width).view(np.bool_))
+        else:
+            shifts = torch.arange(7, -1, -1, device=packed.device, dtype=torch.uint8)
+            masks = ((packed[..., None] >> shifts) & 1).flatten(2)[..., :width].bool()
         return cls.from_masks(masks, known)
 
     @classmethod
@@ -205,6 +208,8 @@ class Roi:
     def packed_masks(self) -> torch.Tensor:
         """Bit-packed masks ``uint8 [B, H, ceil(W / 8)]`` (bit order in the module doc)."""
         masks = self.to_masks()
+        if masks.device.type == "cpu":
+            return torch.from_numpy(np.packbits(masks.numpy(), axis=-1))
         width = masks.shape[2]
         padded_width = math.ceil(width / 8) * 8
         padded = torch.zeros(*masks.shape[:2], padded_width, dtype=torch.uint8, device=masks.device)
