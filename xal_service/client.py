@@ -112,13 +112,11 @@ class ScoringClient:
         Returns NumPy arrays ``ids, score, uncertainty, dice, soft_dice, roi_energy, pointing_hit,
         predicted_class, invalid, excluded``.
         """
-        request = pb.ScoreBatchRequest(
-            logits=codec.encode_tensor(torch.as_tensor(logits)),
-            features=codec.encode_tensor(torch.as_tensor(features)),
-            cam_weights=codec.encode_tensor(torch.as_tensor(cam_weights)),
-            roi=codec.encode_roi(roi),
-            strategy=codec.encode_strategy(uncertainty, weight, threshold, fusion, missing_roi),
-        )
+        request = pb.ScoreBatchRequest(strategy=codec.encode_strategy(uncertainty, weight, threshold, fusion, missing_roi))
+        codec.fill_tensor(request.logits, logits)
+        codec.fill_tensor(request.features, features)
+        codec.fill_tensor(request.cam_weights, cam_weights)
+        codec.fill_roi(request.roi, roi)
         if ids is not None:
             request.ids.extend(int(i) for i in np.asarray(ids).reshape(-1))
         reply = self._call(self._stub.ScoreBatch, request, timeout)

@@ -18,7 +18,10 @@ from xal_core.scoring import Roi
 from .errors import invalid_argument
 from .wire import scoring_pb2 as pb
 
-__all__ = ["decode_tensor", "encode_tensor", "decode_roi", "encode_roi", "decode_strategy", "encode_strategy"]
+__all__ = [
+    "decode_tensor", "encode_tensor", "fill_tensor", "decode_roi", "encode_roi", "fill_roi",
+    "decode_strategy", "encode_strategy",
+]
 
 _DTYPES: dict[int, tuple[torch.dtype, np.dtype | None]] = {
     pb.DTYPE_FLOAT16: (torch.float16, np.dtype("<f2")),
@@ -50,17 +53,26 @@ def decode_tensor(message: pb.Tensor, field: str, *, dtypes: tuple[int, ...], nd
     torch_dtype, numpy_dtype = _DTYPES[message.dtype]
     itemsize = torch.empty((), dtype=torch_dtype).element_size()
     expected = math.prod(shape) * itemsize
-    if len(message.data) != expected:
-        raise invalid_argument(f"{field}.data: {len(message.data)} bytes, shape {shape} of {pb.DType.Name(message.dtype)} needs {expected}")
+    data = message.data  # protobuf hands out a fresh bytes object on every access: read it once
+    if len(data) != expected:
+        raise invalid_argument(f"{field}.data: {len(data)} bytes, shape {shape} of {pb.DType.Name(message.dtype)} needs {expected}")
     if numpy_dtype is None:  # bfloat16
-        raw = np.frombuffer(message.data, dtype="<u2").astype(np.int16, copy=False)
-        return torch.from_numpy(raw.copy()).view(torch.bfloat16).reshape(shape)
-    array = np.frombuffer(message.data, dtype=numpy_dtype).astype(numpy_dtype.newbyteorder("="), copy=True)
+        raw = np.frombuffer(data, dtype="<i2").astype(np.int16)  # the one copy: writable, native order
+        return torch.from_numpy(raw).view(torch.bfloat16).reshape(shape)
+    array = np.frombuffer(data, dtype=numpy_dtype).astype(numpy_dtype.newbyteorder("="))  # the one copy
     return torch.from_numpy(array).reshape(shape)
 
 
 def encode_tensor(tensor: torch.Tensor | np.ndarray) -> pb.Tensor:
     """A ``Tensor`` message (raw little-endian bytes) from a tensor or array."""
+    message = pb.Tensor()
+    fill_tensor(message, tensor)
+    return message
+
+
+def fill_tensor(message: pb.Tensor, tensor: torch.Tensor | np.ndarray) -> None:
+    """Write ``tensor`` into ``message`` in place: building a request field by field spares the
+    copy that passing a finished sub-message to a constructor makes (megabytes for features)."""
     tensor = torch.as_tensor(tensor).detach().cpu().contiguous()
     if tensor.dtype == torch.bool:
         tensor = tensor.to(torch.uint8)
@@ -69,8 +81,9 @@ def encode_tensor(tensor: torch.Tensor | np.ndarray) -> pb.Tensor:
     array = tensor.view(torch.int16).numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
     if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and sys.byteorder == "big"):
         array = array.astype(array.dtype.newbyteorder("<"))
-    data = array.tobytes()
-    return pb.Tensor(dtype=_TORCH_TO_WIRE[tensor.dtype], shape=list(tensor.shape), data=data)
+    message.dtype = _TORCH_TO_WIRE[tensor.dtype]
+    message.shape[:] = list(tensor.shape)
+    message.data = array.tobytes()
 
 
 def decode_roi(message: pb.RoiBatch, batch: int, field: str = "roi") -> Roi:
@@ -101,12 +114,20 @@ def decode_roi(message: pb.RoiBatch, batch: int, field: str = "roi") -> Roi:
 
 
 def encode_roi(roi: Roi) -> pb.RoiBatch:
-    height, width = roi.size
+    message = pb.RoiBatch()
+    fill_roi(message, roi)
+    return message
+
+
+def fill_roi(message: pb.RoiBatch, roi: Roi) -> None:
+    """Write ``roi`` into ``message`` in place (see :func:`fill_tensor`)."""
+    message.height, message.width = roi.size
     if roi.masks is not None:
-        masks = pb.PackedMasks(packed=encode_tensor(roi.packed_masks()), known=roi.known.tolist())
-        return pb.RoiBatch(height=height, width=width, masks=masks)
-    boxes = pb.Boxes(boxes=encode_tensor(roi.boxes), counts=encode_tensor(roi.counts))
-    return pb.RoiBatch(height=height, width=width, boxes=boxes)
+        fill_tensor(message.masks.packed, roi.packed_masks())
+        message.masks.known[:] = roi.known.tolist()
+    else:
+        fill_tensor(message.boxes.boxes, roi.boxes)
+        fill_tensor(message.boxes.counts, roi.counts)
 
 
 _UNCERTAINTY = {
