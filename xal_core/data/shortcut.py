@@ -21,9 +21,10 @@ its own and a pool of any size streams in constant memory.
 The lesion sits in the central 30–70 % of the frame and the marker within 3–15 % of a corner, so
 the two never overlap whatever the size.
 
-Calibration (choosing ``contrast``, ``noise`` and ``shortcut`` so that a small CNN learns the
-shortcut at a stated rate) needs the trainer of ``xal_core/train`` and is not done yet; the
-defaults are reasonable starting values, not calibrated ones (docs/data.md).
+Calibration (choosing ``contrast``, ``noise`` and ``shortcut`` so that a ResNet-18 trained on 570
+random labels still leans on the marker, test accuracy <= 85 %, while marker-free training reaches
+>= 95 %) is measured by ``bench/calibrate_shortcut.py``; no setting of its first grid met both, so
+the defaults are starting values, not calibrated ones (docs/data.md has the numbers).
 """
 
 from __future__ import annotations
