@@ -28,7 +28,7 @@ from functools import lru_cache
 
 import torch
 
-from .bilinear import AxisSampling, axis_sampling, interpolation_matrix
+from .bilinear import axis_sampling, interpolation_matrix
 from .reference import RANGE_NOISE
 from .results import AlignmentScores, empty_scores
 from .roi import Roi
@@ -48,9 +48,6 @@ CHUNK_FOR_BOXES = 128
 class ColumnPlan:
     """Everything about the ``w → W`` column resampling that does not depend on the image."""
 
-    sampling: AxisSampling
-    group: torch.Tensor  # int64 [g]: the lo index j of each non-empty column group
-    group_hi: torch.Tensor  # int64 [g]: the hi index paired with j
     start: torch.Tensor  # int32 [g]: first column of the group
     end: torch.Tensor  # int32 [g]: one past its last column
     group_f: torch.Tensor  # ROW_DTYPE [g]: j as a float, the group's source-coordinate origin
@@ -81,9 +78,6 @@ def column_plan(w: int, width: int, device: torch.device) -> ColumnPlan:
     ends[group, torch.arange(len(group), device=device)] = 1.0
     ends[group_hi, len(group) + torch.arange(len(group), device=device)] = 1.0
     return ColumnPlan(
-        sampling=sampling,
-        group=group,
-        group_hi=group_hi,
         start=start.to(torch.int32),
         end=end.to(torch.int32),
         group_f=group.to(ROW_DTYPE),
