@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
+import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -51,9 +53,9 @@ MARKER_FREE_MIN_ACCURACY = 0.95  # marker-free training: test accuracy at least 
 FULL = dict(size=64, pool=20000, val=200, test=500, budgets=(170, 570), marker_free_labels=2000, epochs=12,
             marker_free_epochs=8, patience=3,
             pairs=((0.25, 0.03), (0.15, 0.05)),  # (contrast, noise): the current default and a harder one
-            shortcuts=(0.9, 0.98))
+            shortcuts=(0.9, 0.98), marker_scales=(1.0,))
 QUICK = dict(size=32, pool=200, val=16, test=16, budgets=(8, 16), marker_free_labels=24, epochs=1,
-             marker_free_epochs=1, patience=1, pairs=((0.25, 0.03),), shortcuts=(0.9,))
+             marker_free_epochs=1, patience=1, pairs=((0.25, 0.03),), shortcuts=(0.9,), marker_scales=(1.0,))
 
 
 def _images(data, indices):
@@ -69,13 +71,17 @@ def run_one(job: dict) -> dict:
     import torch
 
     torch.set_num_threads(job["threads"])
+    if job["device"] == "cuda":  # fp32 maths as on the CPU: no TF32, no autocast
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     from xal_core.data.shortcut import ShortcutBenchmark
     from xal_core.models import build_backbone
     from xal_core.train import TrainConfig, fit
 
     started = time.perf_counter()
     size, seed = (job["size"], job["size"]), job["seed"]
-    common = dict(classes=2, contrast=job["contrast"], noise=job["noise"], seed=seed)
+    common = dict(classes=2, contrast=job["contrast"], noise=job["noise"], seed=seed,
+                  marker_scale=job["marker_scale"])
     pool = ShortcutBenchmark(size, n=job["pool"], split="pool", shortcut=job["train_shortcut"], **common)
     val = ShortcutBenchmark(size, n=job["val"], split="val", shortcut=job["train_shortcut"], **common)
     test = ShortcutBenchmark(size, n=job["test"], split="test", shortcut=job["train_shortcut"], **common)
@@ -86,17 +92,20 @@ def run_one(job: dict) -> dict:
     agrees = float(np.mean([pool[int(i)].meta["shortcut_agrees"] for i in chosen]))
     torch.manual_seed(seed)
     model = build_backbone("resnet18", 1, 2)
-    config = TrainConfig(epochs=job["epochs"], patience=job["patience"], seed=seed, device="cpu")
+    config = TrainConfig(epochs=job["epochs"], patience=job["patience"], seed=seed, device=job["device"], amp=False)
     result = fit(model, x, y, config=config, val_data=vx, val_labels=vy, progress=False)
+    device = next(result.model.parameters()).device
     with torch.inference_mode():
-        mean = torch.tensor(result.checkpoint.preprocessing.mean)[:, None, None]
-        std = torch.tensor(result.checkpoint.preprocessing.std)[:, None, None]
-        predicted = torch.cat([result.model((tx[i:i + 128] - mean) / std).argmax(1) for i in range(0, len(tx), 128)])
+        mean = torch.tensor(result.checkpoint.preprocessing.mean, device=device)[:, None, None]
+        std = torch.tensor(result.checkpoint.preprocessing.std, device=device)[:, None, None]
+        predicted = torch.cat([result.model((tx[i:i + 128].to(device) - mean) / std).argmax(1).cpu()
+                               for i in range(0, len(tx), 128)])
     markers = torch.tensor([test[i].meta["marker_class"] for i in range(job["test"])])
     best = result.history[result.best_epoch - 1]
     return {
         "kind": job["kind"], "shortcut": job["shortcut"], "train_shortcut": job["train_shortcut"],
-        "contrast": job["contrast"], "noise": job["noise"], "labels": job["labels"],
+        "contrast": job["contrast"], "noise": job["noise"], "marker_scale": job["marker_scale"],
+        "seed": seed, "labels": job["labels"],
         "labels_marker_agrees": round(agrees, 4),
         "test_accuracy": round(float((predicted == ty).float().mean()), 4),
         "test_follows_marker": round(float((predicted == markers).float().mean()), 4),
@@ -106,37 +115,50 @@ def run_one(job: dict) -> dict:
     }
 
 
-def jobs_for(plan: dict, seed: int, threads: int) -> list[dict]:
-    base = dict(size=plan["size"], pool=plan["pool"], val=plan["val"], test=plan["test"], seed=seed,
-                threads=threads, patience=plan["patience"])
+def jobs_for(plan: dict, seeds: list[int], threads: int, device: str) -> list[dict]:
+    base = dict(size=plan["size"], pool=plan["pool"], val=plan["val"], test=plan["test"], threads=threads,
+                patience=plan["patience"], device=device)
     jobs = []
-    for contrast, noise in plan["pairs"]:
-        jobs.append(dict(base, kind="marker_free", shortcut=None, train_shortcut=0.5, contrast=contrast, noise=noise,
-                         labels=plan["marker_free_labels"], epochs=plan["marker_free_epochs"]))
-        for shortcut in plan["shortcuts"]:
-            for labels in plan["budgets"]:
-                jobs.append(dict(base, kind="random", shortcut=shortcut, train_shortcut=shortcut, contrast=contrast,
-                                 noise=noise, labels=labels, epochs=plan["epochs"]))
-    # the longest first, so the two workers finish together
+    for seed in seeds:
+        for scale in plan["marker_scales"]:
+            for contrast, noise in plan["pairs"]:
+                jobs.append(dict(base, seed=seed, kind="marker_free", shortcut=None, train_shortcut=0.5,
+                                 contrast=contrast, noise=noise, marker_scale=scale,
+                                 labels=plan["marker_free_labels"], epochs=plan["marker_free_epochs"]))
+                for shortcut in plan["shortcuts"]:
+                    for labels in plan["budgets"]:
+                        jobs.append(dict(base, seed=seed, kind="random", shortcut=shortcut, train_shortcut=shortcut,
+                                         contrast=contrast, noise=noise, marker_scale=scale, labels=labels,
+                                         epochs=plan["epochs"]))
+    # the longest first, so the workers finish together
     return sorted(jobs, key=lambda job: -job["labels"] * job["epochs"])
 
 
+def _spread(values: list[float]) -> dict:
+    return {"mean": round(statistics.fmean(values), 4), "min": min(values), "max": max(values), "runs": values}
+
+
 def summarise(plan: dict, runs: list[dict]) -> list[dict]:
+    """One row per setting: each criterion judged on the mean over seeds (min/max reported)."""
     settings = []
     low, high = plan["budgets"]
-    for contrast, noise in plan["pairs"]:
-        free = next(r for r in runs if r["kind"] == "marker_free" and (r["contrast"], r["noise"]) == (contrast, noise))
-        for shortcut in plan["shortcuts"]:
-            acc = {r["labels"]: r["test_accuracy"] for r in runs
-                   if r["kind"] == "random" and (r["shortcut"], r["contrast"], r["noise"]) == (shortcut, contrast, noise)}
-            settings.append({
-                "shortcut": shortcut, "contrast": contrast, "noise": noise,
-                f"test_accuracy_{low}": acc[low], f"test_accuracy_{high}": acc[high],
-                "marker_free_test_accuracy": free["test_accuracy"],
-                "shortcut_bites": acc[high] <= SHORTCUT_MAX_ACCURACY,
-                "lesion_learnable": free["test_accuracy"] >= MARKER_FREE_MIN_ACCURACY,
-            })
-            settings[-1]["meets_both"] = settings[-1]["shortcut_bites"] and settings[-1]["lesion_learnable"]
+    for scale in plan["marker_scales"]:
+        for contrast, noise in plan["pairs"]:
+            free = [r["test_accuracy"] for r in runs if r["kind"] == "marker_free"
+                    and (r["contrast"], r["noise"], r["marker_scale"]) == (contrast, noise, scale)]
+            for shortcut in plan["shortcuts"]:
+                key = (shortcut, contrast, noise, scale)
+
+                def accuracy(labels: int, key: tuple = key) -> list[float]:
+                    return [r["test_accuracy"] for r in runs if r["kind"] == "random" and r["labels"] == labels
+                            and (r["shortcut"], r["contrast"], r["noise"], r["marker_scale"]) == key]
+                row = {"shortcut": shortcut, "contrast": contrast, "noise": noise, "marker_scale": scale,
+                       f"test_accuracy_{low}": _spread(accuracy(low)), f"test_accuracy_{high}": _spread(accuracy(high)),
+                       "marker_free_test_accuracy": _spread(free)}
+                row["shortcut_bites"] = row[f"test_accuracy_{high}"]["mean"] <= SHORTCUT_MAX_ACCURACY
+                row["lesion_learnable"] = row["marker_free_test_accuracy"]["mean"] >= MARKER_FREE_MIN_ACCURACY
+                row["meets_both"] = row["shortcut_bites"] and row["lesion_learnable"]
+                settings.append(row)
     return settings
 
 
@@ -146,52 +168,93 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/…)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds; each criterion uses the mean over them")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="where to train (cuda: fp32, TF32 and autocast off, so the maths match the CPU's)")
     parser.add_argument("--pairs", default=None,
                         help="(contrast, noise) pairs to try instead of the default grid, e.g. 0.1:0.05,0.08:0.06")
     parser.add_argument("--shortcuts", default=None, help="shortcut values instead of the default grid, e.g. 0.98,0.99")
+    parser.add_argument("--marker-scales", default=None, help="marker glyph scales to try, e.g. 1,1.5 (default 1)")
+    parser.add_argument("--epochs", type=int, default=None, help="epoch bound of the random-label runs")
+    parser.add_argument("--marker-free-epochs", type=int, default=None, help="epoch bound of the marker-free runs")
     args = parser.parse_args(argv)
     plan = dict(QUICK if args.quick else FULL)
     if args.pairs:
         plan["pairs"] = tuple(tuple(float(v) for v in pair.split(":")) for pair in args.pairs.split(","))
     if args.shortcuts:
         plan["shortcuts"] = tuple(float(v) for v in args.shortcuts.split(","))
+    if args.marker_scales:
+        plan["marker_scales"] = tuple(float(v) for v in args.marker_scales.split(","))
+    if args.epochs:
+        plan["epochs"] = args.epochs
+    if args.marker_free_epochs:
+        plan["marker_free_epochs"] = args.marker_free_epochs
+    seeds = [int(v) for v in args.seeds.split(",")]
     out = args.out or ROOT / "bench" / "results" / ("shortcut_calibration-quick.json" if args.quick
                                                      else "shortcut_calibration.json")
-    jobs = jobs_for(plan, args.seed, args.threads)
+    jobs = jobs_for(plan, seeds, args.threads, args.device)
     load = os.getloadavg()[0]
     started = time.perf_counter()
+    partial = out.with_suffix(".partial.jsonl")  # each finished run at once: a cut-off grid keeps its runs
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_text("")
+    runs = []
+
+    def keep(run: dict) -> None:
+        runs.append(run)
+        with partial.open("a") as stream:
+            stream.write(json.dumps(run) + "\n")
+
     if args.workers <= 1:
-        runs = [run_one(job) for job in jobs]
+        for job in jobs:
+            keep(run_one(job))
     else:
-        with ProcessPoolExecutor(args.workers) as executor:
-            runs = list(executor.map(run_one, jobs))
+        context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+        with ProcessPoolExecutor(args.workers, mp_context=context) as executor:
+            for future in as_completed([executor.submit(run_one, job) for job in jobs]):
+                keep(future.result())
+    runs.sort(key=lambda r: (r["kind"], r["marker_scale"], r["contrast"], r["noise"], str(r["shortcut"]),
+                             r["labels"], r["seed"]))
     elapsed = time.perf_counter() - started
     settings = summarise(plan, runs)
 
     low, high = plan["budgets"]
-    print(f"{'shortcut':>8} {'contrast':>8} {'noise':>6} {f'test@{low}':>9} {f'test@{high}':>9} "
-          f"{'marker-free':>11}  meets")
+    device = args.device
+    if device == "cuda":
+        import torch
+
+        device = torch.cuda.get_device_name(0)
+    print(f"mean over seeds {seeds} (min–max); device: {device}")
+    print(f"{'marker':>6} {'shortcut':>8} {'contrast':>8} {'noise':>6} {f'test@{low}':>17} {f'test@{high}':>17} "
+          f"{'marker-free':>17}  meets")
+
+    def cell(spread: dict) -> str:
+        return f"{spread['mean']:.3f} ({spread['min']:.2f}–{spread['max']:.2f})"
+
     for s in settings:
-        print(f"{s['shortcut']:>8} {s['contrast']:>8} {s['noise']:>6} {s[f'test_accuracy_{low}']:>9.3f} "
-              f"{s[f'test_accuracy_{high}']:>9.3f} {s['marker_free_test_accuracy']:>11.3f}  {s['meets_both']}")
+        print(f"{s['marker_scale']:>6} {s['shortcut']:>8} {s['contrast']:>8} {s['noise']:>6} "
+              f"{cell(s[f'test_accuracy_{low}']):>17} {cell(s[f'test_accuracy_{high}']):>17} "
+              f"{cell(s['marker_free_test_accuracy']):>17}  {s['meets_both']}")
     print(f"{len(runs)} runs in {elapsed:.0f} s ({args.workers} workers × {args.threads} thread(s))")
     meeting = [s for s in settings if s["meets_both"]]
     report = {
         "benchmark": "shortcut_calibration", "quick": args.quick,
         "command": "python bench/calibrate_shortcut.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"), "host": platform.node(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"), "host": platform.node(), "device": device,
         "cpu_count": os.cpu_count(), "load_average_at_start": round(load, 2),
-        "workers": args.workers, "threads_per_worker": args.threads, "seed": args.seed,
+        "workers": args.workers, "threads_per_worker": args.threads, "seeds": seeds,
         "criteria": {f"test_accuracy_{high}_max": SHORTCUT_MAX_ACCURACY,
-                     "marker_free_test_accuracy_min": MARKER_FREE_MIN_ACCURACY},
+                     "marker_free_test_accuracy_min": MARKER_FREE_MIN_ACCURACY,
+                     "rule": "each criterion on the mean over seeds"},
         "plan": {key: value for key, value in plan.items()},
         "model": "resnet18, 1 input channel, 2 classes, random init",
-        "train": "xal_core.train.fit, TrainConfig defaults except epochs/patience/seed; early stopping on the val split",
+        "train": "xal_core.train.fit, TrainConfig defaults except epochs/patience/seed, amp off; "
+                 "early stopping on the val split",
         "runs": runs, "settings": settings, "meeting_both": meeting, "seconds": round(elapsed, 1),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
+    partial.unlink()
     print(f"wrote {out}")
     return 0
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from xal_core.data import open_dataset
+from xal_core.data.shortcut import ShortcutBenchmark
 
 
 def test_deterministic_and_independent_of_order():
@@ -57,3 +58,19 @@ def test_bad_parameters_are_rejected(bad):
     size = bad.pop("size", (32, 32))
     with pytest.raises(ValueError):
         open_dataset("synthetic", size=size, n=2, **bad)
+
+
+@pytest.mark.parametrize("size, scale", [((16, 16), 2.5), ((64, 64), 2.5), ((97, 131), 3.0), ((64, 64), 1.0)])
+def test_lesion_never_touches_the_marker_glyph(size, scale):
+    """The ROI stays clear of the marker's box at every size and glyph scale (lesions are redrawn)."""
+    data = ShortcutBenchmark(size, n=300, split="pool", marker_scale=scale, seed=7)
+    for index in range(len(data)):
+        item = data[index]
+        rows, cols = data._marker_box(item.meta["marker_class"])
+        assert item.roi.any(), f"item {index}: empty lesion"
+        assert not item.roi[rows, cols].any(), f"item {index}: lesion overlaps the marker at {size}, scale {scale}"
+
+
+def test_marker_scale_is_validated():
+    with pytest.raises(ValueError, match="marker_scale"):
+        ShortcutBenchmark((64, 64), n=1, marker_scale=5.0)

@@ -10,10 +10,12 @@ pixel within ``eps`` of the maximum has the same ROI value as the reference peak
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import os
 import sys
+import types
 from dataclasses import dataclass
 
 # Triton reads TRITON_INTERPRET when @triton.jit decorates a function, i.e. when a kernel module is
@@ -50,6 +52,65 @@ INTERPRETER_NOISE = "ignore:invalid value encountered:RuntimeWarning"
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 if INTERPRETED:
     _reload_compiled_kernel_modules()
+
+# Where the kernels run. CI: the interpreter on CPU tensors. On a GPU host the same tests run the
+# compiled kernels on the card with ``TRITON_INTERPRET=0 XAL_KERNEL_TEST_DEVICE=cuda``: inputs are
+# built on the CPU as always (same seeds, same float64 reference) and moved to the device at the
+# op's boundary, results moved back (``on_device``).
+DEVICE = torch.device(os.environ.get("XAL_KERNEL_TEST_DEVICE", "cpu"))
+if DEVICE.type == "cuda" and INTERPRETED:
+    raise RuntimeError("XAL_KERNEL_TEST_DEVICE=cuda needs TRITON_INTERPRET=0 (compiled kernels)")
+
+
+def moved(value, device: torch.device):
+    """``value`` with every tensor (in Rois, dataclasses, tuples, lists, dicts) on ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, Roi):
+        return value.to(device)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {f.name: moved(getattr(value, f.name), device) for f in dataclasses.fields(value) if f.init}
+        return dataclasses.replace(value, **changes)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(moved(v, device) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(moved(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: moved(v, device) for k, v in value.items()}
+    return value
+
+
+class _OnDevice(types.ModuleType):
+    """A kernel module whose public functions take CPU inputs, run on ``DEVICE``, return CPU results.
+
+    Private names (``_buffer``…) resolve to the module itself, so ``monkeypatch`` patches and restores
+    the real module.
+    """
+
+    def __init__(self, module: types.ModuleType) -> None:
+        super().__init__(module.__name__)
+        object.__setattr__(self, "_module", module)
+
+    def __getattr__(self, name: str):
+        value = getattr(object.__getattribute__(self, "_module"), name)
+        if name.startswith("_") or not callable(value) or isinstance(value, type):
+            return value
+
+        def on_device(*args, **kwargs):
+            return moved(value(*moved(args, DEVICE), **moved(kwargs, DEVICE)), torch.device("cpu"))
+
+        return on_device
+
+    def __setattr__(self, name: str, value) -> None:
+        setattr(object.__getattribute__(self, "_module"), name, value)
+
+    def __delattr__(self, name: str) -> None:
+        delattr(object.__getattribute__(self, "_module"), name)
+
+
+def on_device(module: types.ModuleType) -> types.ModuleType:
+    """``module`` itself on the CPU; a proxy that runs its functions on ``DEVICE`` otherwise."""
+    return module if DEVICE.type == "cpu" else _OnDevice(module)
 
 # Per input dtype: a multiplier of the fp32 rounding bound (fp64 inputs are also rounded to fp32 on
 # load; fp16/bf16/fp32 inputs convert exactly) and the absolute tolerance of the soft metrics.

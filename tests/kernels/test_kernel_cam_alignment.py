@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.interpreter, pytest.mark.filterwarnings(kc.INTERPRETER
 
 from xal_kernels import cam_alignment as kmod  # noqa: E402  (the routed function)
 
-op = importlib.import_module("xal_kernels.cam_alignment")  # the op module
+op = kc.on_device(importlib.import_module("xal_kernels.cam_alignment"))  # the op module
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
 

@@ -18,13 +18,15 @@ reason*. This benchmark builds the wrong reason in. Each 2D single-channel image
 Every item is drawn from ``(seed, split, index)`` alone, so any item or chunk is reproducible on
 its own and a pool of any size streams in constant memory.
 
-The lesion sits in the central 30–70 % of the frame and the marker within 3–15 % of a corner, so
-the two never overlap whatever the size.
+The lesion's centre sits in the central 36–64 % of the frame and the marker's glyph in a corner
+(3 % from the edges, cells of 4 % × ``marker_scale``); a lesion that would touch the glyph's box
+is redrawn, so the marker is always outside the ROI.
 
-Calibration (choosing ``contrast``, ``noise`` and ``shortcut`` so that a ResNet-18 trained on 570
-random labels still leans on the marker, test accuracy <= 85 %, while marker-free training reaches
->= 95 %) is measured by ``bench/calibrate_shortcut.py``; no setting of its first grid met both, so
-the defaults are starting values, not calibrated ones (docs/data.md has the numbers).
+Calibration: the defaults (``shortcut`` 0.99, ``contrast`` 0.14, ``noise`` 0.05,
+``marker_scale`` 2.5) were chosen with ``bench/calibrate_shortcut.py`` on random sampling alone,
+before any strategy was compared: over 3 seeds, a ResNet-18 trained on 570 random labels scores
+67 % on the test split (every seed <= 77 %, criterion <= 85 %) while marker-free training reaches
+98.7 % (every seed >= 98 %, criterion >= 95 %). docs/data.md has the grids and the numbers.
 """
 
 from __future__ import annotations
@@ -56,13 +58,15 @@ class ShortcutBenchmark(IndexedDataset):
         noise: standard deviation of additive Gaussian noise.
         seed: the benchmark's identity; equal arguments give equal images.
         roi: ``"mask"`` (the lesion's mask) or ``"boxes"`` (its bounding box).
+        marker_scale: size of the marker glyph's cells relative to the default (4 % of the frame
+            per cell); a larger glyph is a more salient shortcut without making the lesion fainter.
     """
 
     kind = "synthetic"
 
     def __init__(self, size: tuple[int, int] = (64, 64), *, n: int = 1000, split: str = "pool", classes: int = 2,
-                 shortcut: float = 0.9, contrast: float = 0.25, noise: float = 0.03, seed: int = 0,
-                 roi: str = "mask") -> None:
+                 shortcut: float = 0.99, contrast: float = 0.14, noise: float = 0.05, seed: int = 0,
+                 roi: str = "mask", marker_scale: float = 2.5) -> None:
         n, classes, seed = int(n), int(classes), int(seed)
         shortcut, contrast, noise = float(shortcut), float(contrast), float(noise)
         if split not in SPLITS:
@@ -73,15 +77,19 @@ class ShortcutBenchmark(IndexedDataset):
             raise ValueError(f"shortcut: expected a probability in [0, 1], got {shortcut}")
         if n < 0 or noise < 0 or contrast <= 0:
             raise ValueError(f"n >= 0, noise >= 0 and contrast > 0 required, got n={n}, noise={noise}, contrast={contrast}")
+        marker_scale = float(marker_scale)
+        if not 0.25 <= marker_scale <= 3.0:
+            raise ValueError(f"marker_scale: expected a factor in [0.25, 3], got {marker_scale}")
         if roi not in ("mask", "boxes"):
             raise ValueError(f"roi: expected 'mask' or 'boxes', got {roi!r}")
         if min(size) < 16:
             raise ValueError(f"size: the shortcut benchmark needs at least 16×16, got {tuple(size)}")
         options = dict(n=n, split=split, classes=classes, shortcut=shortcut, contrast=contrast, noise=noise,
-                       seed=seed, roi=roi)
+                       seed=seed, roi=roi, marker_scale=marker_scale)
         super().__init__(size, tuple(f"class_{k}" for k in range(classes)), roi, options)
         self.n, self.split, self.k, self.shortcut = n, split, classes, shortcut
         self.contrast, self.noise, self.seed, self.roi_kind = contrast, noise, seed, roi
+        self.marker_scale = marker_scale
         self.records = range(n)  # type: ignore[assignment]
         height, width = self.size
         self._ys, self._xs = np.meshgrid((np.arange(height) + 0.5) / height, (np.arange(width) + 0.5) / width,
@@ -93,7 +101,7 @@ class ShortcutBenchmark(IndexedDataset):
         agrees = self.split != "test" and rng.random() < self.shortcut
         marker = label if agrees else int((label + 1 + rng.integers(self.k - 1)) % self.k)
         image = self._background(rng)
-        mask, lesion = self._lesion(rng, label)
+        mask, lesion = self._lesion(rng, label, self._marker_box(marker))
         image += lesion
         self._draw_marker(image, marker)
         image += rng.normal(0.0, self.noise, image.shape) if self.noise > 0 else 0.0
@@ -119,25 +127,43 @@ class ShortcutBenchmark(IndexedDataset):
         ribs = 0.08 * np.sin(2 * math.pi * rng.uniform(5, 8) * ys + rng.uniform(0, 2 * math.pi)) * body
         return 0.15 + 0.35 * body + 0.03 * texture + ribs
 
-    def _lesion(self, rng: np.random.Generator, label: int) -> tuple[np.ndarray, np.ndarray]:
+    def _lesion(self, rng: np.random.Generator, label: int,
+                marker_box: tuple[slice, slice]) -> tuple[np.ndarray, np.ndarray]:
+        """The lesion's mask and intensity; a lesion that would touch the marker's box is redrawn.
+
+        Redrawing continues the item's own random stream, so items whose first lesion is clear of
+        the marker (about 99 % at 64², the calibrated default) are unchanged by the rule.
+        """
         ys, xs = self._ys, self._xs
-        cx, cy = rng.uniform(0.36, 0.64, size=2)
-        radius = rng.uniform(0.09, 0.13)
-        stretch = rng.uniform(0.8, 1.25)
-        rho = np.sqrt(((xs - cx) / (radius * stretch)) ** 2 + ((ys - cy) * stretch / radius) ** 2)
-        mask = rho <= 1.0
+        for _ in range(100):
+            cx, cy = rng.uniform(0.36, 0.64, size=2)
+            radius = rng.uniform(0.09, 0.13)
+            stretch = rng.uniform(0.8, 1.25)
+            rho = np.sqrt(((xs - cx) / (radius * stretch)) ** 2 + ((ys - cy) * stretch / radius) ** 2)
+            mask = rho <= 1.0
+            if not mask[marker_box].any():
+                break
         if not mask.any():  # a tiny frame can miss every pixel centre: keep the centre pixel
             mask[int(cy * mask.shape[0]), int(cx * mask.shape[1])] = True
         pattern = 0.6 + 0.4 * np.cos(math.pi * label * np.minimum(rho, 1.0))
         return mask, np.where(mask, self.contrast * pattern, 0.0)
 
-    def _draw_marker(self, image: np.ndarray, marker: int) -> None:
-        """A 3×3 bit glyph (bits of ``marker + 1``, so never blank) in corner ``marker % 4``."""
-        height, width = image.shape
-        cell_h, cell_w = max(1, round(0.04 * height)), max(1, round(0.04 * width))
+    def _marker_box(self, marker: int) -> tuple[slice, slice]:
+        """The glyph's rows and columns: corner ``marker % 4``, cells of 4 % × ``marker_scale``."""
+        height, width = self.size
+        cell = 0.04 * self.marker_scale
+        cell_h, cell_w = max(1, round(cell * height)), max(1, round(cell * width))
         rows, cols = _GLYPH
         top = round(0.03 * height) if marker % 4 in (0, 1) else height - round(0.03 * height) - rows * cell_h
         left = round(0.03 * width) if marker % 4 in (0, 2) else width - round(0.03 * width) - cols * cell_w
+        return slice(top, top + rows * cell_h), slice(left, left + cols * cell_w)
+
+    def _draw_marker(self, image: np.ndarray, marker: int) -> None:
+        """A 3×3 bit glyph (bits of ``marker + 1``, so never blank) in corner ``marker % 4``."""
+        box_rows, box_cols = self._marker_box(marker)
+        top, left = box_rows.start, box_cols.start
+        rows, cols = _GLYPH
+        cell_h, cell_w = (box_rows.stop - top) // rows, (box_cols.stop - left) // cols
         code = marker + 1
         for bit in range(rows * cols):
             if code >> bit & 1:
