@@ -1,0 +1,415 @@
+"""Pool scorers: the unlabeled part of a pool store, scored with an exported model, as a ScoreTable.
+
+One interface, two implementations that give identical tables (and so identical acquisitions):
+
+* :class:`InProcessScorer` runs the model here (``xal_service.runtime``) chunk by chunk through
+  :func:`xal_core.acquisition.pool_scoring.score_chunk`;
+* :class:`ServiceScorer` asks a running scoring service (``xal serve``) through a
+  :class:`~xal_service.client.ScoringClient`: ``RegisterPool``, ``LoadModel``, ``StartScoring`` over
+  every unlabeled item, ``WatchJob``, ``GetRanking``. The service runs the same ``score_chunk``
+  steps, so the numbers are the same.
+
+Both return a :class:`ScoredPool`: the strategies' :class:`ScoreTable` (rows by ascending id:
+``ids``, ``probabilities``, ``dice``, ``soft_dice``, ``invalid``; no MC passes nor embeddings, which
+the service does not compute), each item's source id, and the per-item columns a ledger records
+(``uncertainty``, ``roi_energy``, ``predicted_class``). Values pass through float32 in both, the
+precision of the wire.
+
+>>> with InProcessScorer("pool/") as scorer:                                  # doctest: +SKIP
+...     scored = scorer.score(Path("model.onnx"), exclude=labelled)
+...     make_strategy("dual").select(scored.table, 40, rng)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from xal_core.acquisition.batch_scoring import BatchScores, ScoringConfig
+from xal_core.acquisition.pool_scoring import keep_rows, score_chunk
+from xal_core.acquisition.strategies.table import ScoreTable
+from xal_core.data.pool_store import PoolStore
+
+if TYPE_CHECKING:
+    from xal_service.client import ScoringClient
+
+__all__ = ["EXTRA_COLUMNS", "InProcessScorer", "PoolScorer", "ScoredPool", "ServiceScorer"]
+
+#: Per-item columns of a :class:`ScoredPool` besides the table, aligned with ``table.ids``.
+#: (``pointing_hit`` is not among them: the service's ``RankedItem`` does not carry it.)
+EXTRA_COLUMNS = ("uncertainty", "roi_energy", "predicted_class")
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, eq=False)
+class ScoredPool:
+    """The unlabeled pool as scored by one model.
+
+    Attributes:
+        table: what the strategies read (rows by ascending id).
+        source_ids: item id → the item's id in the pool's source (e.g. ``"case_012/slice_077"``).
+        columns: ``uncertainty`` and ``roi_energy`` (float64, NaN for invalid items where the
+            scoring function says so) and ``predicted_class`` (int64), aligned with ``table.ids``.
+    """
+
+    table: ScoreTable
+    source_ids: dict[int, str] = field(default_factory=dict)
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def row(self, item: int) -> dict[str, Any]:
+        """Everything known about one item, e.g. for the ledger's "scores at selection time"."""
+        position = int(np.searchsorted(self.table.ids, item))
+        if position >= len(self.table) or self.table.ids[position] != item:
+            raise KeyError(f"item {item} is not in this scored pool")
+        out: dict[str, Any] = {
+            "id": int(item),
+            "source_id": self.source_ids[int(item)],
+            "probabilities": self.table.probabilities[position].tolist(),
+            "dice": float(self.table.dice[position]),
+            "soft_dice": float(self.table.soft_dice[position]) if self.table.soft_dice is not None else float("nan"),
+            "invalid": bool(self.table.invalid_mask[position]),
+        }
+        for name, values in self.columns.items():
+            out[name] = values[position].item()
+        return out
+
+
+class PoolScorer(ABC):
+    """Scores the unlabeled part of a pool store with an exported model: the strategies' ScoreTable.
+
+    Args:
+        pool_path: a pool store written by ``xal ingest`` (item ids are its row numbers).
+    """
+
+    def __init__(self, pool_path: str | Path) -> None:
+        self.pool_path = Path(pool_path).resolve()
+        self.store = PoolStore.open(self.pool_path)
+
+    @abstractmethod
+    def score(
+        self,
+        model_path: Path,
+        *,
+        exclude: Sequence[int],
+        config: ScoringConfig = ScoringConfig(),
+        progress: Progress | None = None,
+    ) -> ScoredPool:
+        """Score every pool item not in ``exclude`` (the labelled ones).
+
+        Args:
+            model_path: an exported model (ONNX or TorchScript, ``xal export``).
+            exclude: item ids left out of the table; each must be an id of the pool.
+            config: the scoring parameters; ``threshold`` decides the Dice and ``uncertainty`` the
+                ``uncertainty`` column. (``weight``, ``fusion`` and ``missing_roi`` only shape the
+                service's own ranking score, which the table does not carry.)
+            progress: called with ``(items done, items total)`` over the whole pool as chunks finish.
+
+        Raises:
+            ValueError: no such model file; an excluded id outside the pool; a model that does not
+                take the pool's images (the service's INVALID_ARGUMENT errors).
+            RuntimeError: the scoring failed (the service's job error, or another RPC error).
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the scorer holds (a loaded model)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ shared by both
+    def _unlabeled(self, exclude: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted unique excluded ids, sorted unlabeled ids), checked against the pool."""
+        excluded = np.unique(np.asarray(list(exclude), dtype=np.int64))
+        n = len(self.store)
+        if excluded.size and (excluded[0] < 0 or excluded[-1] >= n):
+            bad = int(excluded[0] if excluded[0] < 0 else excluded[-1])
+            raise ValueError(f"exclude: id {bad} is not an item of the pool {self.pool_path} (ids 0..{n - 1})")
+        unlabeled = np.setdiff1d(np.arange(n, dtype=np.int64), excluded, assume_unique=True)
+        return excluded, unlabeled
+
+    @staticmethod
+    def _model_file(model_path: str | Path) -> Path:
+        path = Path(model_path).resolve()
+        if not path.is_file():
+            raise ValueError(f"{path}: no such model file")
+        return path
+
+
+def _empty(classes: int) -> ScoredPool:
+    table = ScoreTable(ids=np.zeros(0, np.int64), probabilities=np.zeros((0, classes)), dice=np.zeros(0),
+                       soft_dice=np.zeros(0), invalid=np.zeros(0, bool))
+    columns = {"uncertainty": np.zeros(0), "roi_energy": np.zeros(0), "predicted_class": np.zeros(0, np.int64)}
+    return ScoredPool(table, {}, columns)
+
+
+def _check_shapes(store: PoolStore, metadata: Any, path: Path) -> None:
+    """The service's check before a job: the model must take the pool's images as they are."""
+    expected = (metadata.channels, *metadata.input_size)
+    held = (int(store.manifest.get("channels", expected[0])), *store.size)
+    if tuple(held) != tuple(expected):
+        raise ValueError(f"pool {store.path} holds {held[0]}×{held[1]}×{held[2]} images, model {path} takes "
+                         f"{expected[0]}×{expected[1]}×{expected[2]}")
+
+
+def _wire_float(values: np.ndarray) -> np.ndarray:
+    """float64 through float32: the precision both scorers report (the service's wire is float32)."""
+    return np.asarray(values, dtype=np.float32).astype(np.float64)
+
+
+class InProcessScorer(PoolScorer):
+    """Runs the model in this process, chunk by chunk (memory: a few chunks, whatever the pool size).
+
+    Args:
+        pool_path: the pool store.
+        runtime_options: passed to ``xal_service.runtime.load`` (e.g. ``threads``, ``providers``).
+    """
+
+    def __init__(self, pool_path: str | Path, *, runtime_options: dict[str, Any] | None = None) -> None:
+        super().__init__(pool_path)
+        self.runtime_options = dict(runtime_options or {})
+        self._runtime: Any = None
+        self._runtime_key: tuple | None = None
+
+    def _load(self, path: Path):
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key != self._runtime_key:
+            from xal_service.runtime import load  # ONNX Runtime / TorchScript only when a model is scored
+
+            self._runtime, self._runtime_key = None, None
+            self._runtime = load(path, **self.runtime_options)
+            self._runtime_key = key
+        return self._runtime
+
+    def score(
+        self,
+        model_path: Path,
+        *,
+        exclude: Sequence[int],
+        config: ScoringConfig = ScoringConfig(),
+        progress: Progress | None = None,
+    ) -> ScoredPool:
+        path = self._model_file(model_path)
+        excluded, unlabeled = self._unlabeled(exclude)
+        runtime = self._load(path)
+        _check_shapes(self.store, runtime.metadata, path)
+        if unlabeled.size == 0:
+            return _empty(len(runtime.metadata.class_names))
+        excluded_t = torch.from_numpy(excluded)
+        batches: list[BatchScores] = []
+        source_ids: dict[int, str] = {}
+        done, total = 0, len(self.store)
+        for chunk in self.store.chunks():
+            # The whole chunk goes through the model, as in a service job: same batches, same numbers.
+            scores = score_chunk(runtime, chunk, config)
+            keep = ~torch.isin(scores.ids, excluded_t)
+            batches.append(keep_rows(scores, keep))
+            source_ids.update((i, s) for i, s, k in zip(chunk.index.tolist(), chunk.ids, keep.tolist(), strict=True) if k)
+            done += len(chunk.index)
+            if progress is not None:
+                progress(done, total)
+        merged = {name: torch.cat([getattr(b, name) for b in batches]).numpy()
+                  for name in ("ids", "probabilities", "dice", "soft_dice", "invalid", *EXTRA_COLUMNS)}
+        order = np.argsort(merged["ids"], kind="stable")
+        table = ScoreTable(
+            ids=merged["ids"][order],
+            probabilities=_wire_float(merged["probabilities"][order]),
+            dice=_wire_float(merged["dice"][order]),
+            soft_dice=_wire_float(merged["soft_dice"][order]),
+            invalid=merged["invalid"][order].astype(bool),
+        )
+        columns = {
+            "uncertainty": _wire_float(merged["uncertainty"][order]),
+            "roi_energy": _wire_float(merged["roi_energy"][order]),
+            "predicted_class": merged["predicted_class"][order].astype(np.int64),
+        }
+        return ScoredPool(table, {int(i): source_ids[int(i)] for i in table.ids}, columns)
+
+    def close(self) -> None:
+        self._runtime, self._runtime_key = None, None
+
+
+class ServiceScorer(PoolScorer):
+    """Scores through a scoring service that can read this machine's files (a local ``xal serve``).
+
+    The pool is registered under ``pool_name`` (default: the folder's name and a hash of its
+    absolute path) on first use; each model file is loaded once under a name made of its stem and a
+    hash of its bytes (reused when the server already has it, e.g. after a restart with the same
+    ``--state``). Each :meth:`score` is one ``StartScoring`` job over every unlabeled item (``k`` =
+    their number) with an idempotency key derived from the model, the pool, the exclusions and the
+    config, so a learner that restarts mid-job re-attaches to the running job instead of starting
+    another. A job that ends FAILED or CANCELLED raises ``RuntimeError`` with the job's error; the
+    next :meth:`score` of the same scorer then starts a fresh job.
+
+    Invalid items (a non-finite image or model output) are the ones the service ranks with score
+    ``-inf``. The job is always run with ``fusion="weighted"`` and ``missing_roi="uncertainty_only"``
+    so that every unlabeled item is in its ranking (those two change only the ranking score, not
+    the table's columns).
+
+    Args:
+        client: a connected client; the scorer does not close it unless ``close_client``.
+        pool_path: the pool store, as a path the server can read (it is sent absolute).
+        pool_name: the name to register the pool under.
+        page_size: items per ``GetRanking`` page.
+    """
+
+    def __init__(
+        self,
+        client: ScoringClient,
+        pool_path: str | Path,
+        *,
+        pool_name: str | None = None,
+        page_size: int = 4096,
+        close_client: bool = False,
+    ) -> None:
+        super().__init__(pool_path)
+        self.client = client
+        self.pool_name = pool_name or f"{self.pool_path.name}-{_short_hash(str(self.pool_path).encode())}"
+        self.page_size = page_size
+        self.close_client = close_client
+        self._pool_registered = False
+        self._model_names: dict[tuple, str] = {}  # (path, size, mtime) → name
+        self._loaded: dict[str, int] = {}  # model name → number of classes
+        self._attempts: dict[str, int] = {}  # idempotency key → failed jobs seen with it
+
+    # ------------------------------------------------------------------ setup on first use
+    def _model_name(self, path: Path) -> str:
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key not in self._model_names:
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+            self._model_names[key] = f"{path.stem[:100]}-{digest.hexdigest()[:12]}"
+        return self._model_names[key]
+
+    def _ensure_model(self, path: Path) -> tuple[str, int]:
+        name = self._model_name(path)
+        if name not in self._loaded:
+            known = {m.name: m for m in self.client.list_models().models}
+            info = known.get(name) or self.client.load_model(name, str(path))
+            self._loaded[name] = len(info.class_names)
+        return name, self._loaded[name]
+
+    def _ensure_pool(self) -> None:
+        if not self._pool_registered:
+            info = self.client.register_pool(self.pool_name, str(self.pool_path))
+            if info.size != len(self.store):
+                raise RuntimeError(f"pool {self.pool_path}: the service sees {info.size} items, this process {len(self.store)}")
+            self._pool_registered = True
+
+    # ------------------------------------------------------------------ scoring
+    def score(
+        self,
+        model_path: Path,
+        *,
+        exclude: Sequence[int],
+        config: ScoringConfig = ScoringConfig(),
+        progress: Progress | None = None,
+    ) -> ScoredPool:
+        import grpc
+
+        path = self._model_file(model_path)
+        excluded, unlabeled = self._unlabeled(exclude)
+        try:
+            for attempt in (0, 1):
+                try:
+                    model, classes = self._ensure_model(path)
+                    if unlabeled.size == 0:
+                        return _empty(classes)
+                    self._ensure_pool()
+                    return self._run_job(model, excluded, unlabeled, config, progress)
+                except grpc.RpcError as error:
+                    if attempt or error.code() != grpc.StatusCode.NOT_FOUND:
+                        raise
+                    # A server restarted without its state forgot the model or the pool: set up again.
+                    self._loaded.clear()
+                    self._pool_registered = False
+            raise AssertionError("unreachable")
+        except grpc.RpcError as error:
+            code = error.code()
+            message = f"scoring service: {code.name if code is not None else 'UNKNOWN'}: {error.details()}"
+            if code == grpc.StatusCode.INVALID_ARGUMENT:  # e.g. a model that does not take the pool's images
+                raise ValueError(message) from error
+            raise RuntimeError(message) from error
+
+    def _run_job(self, model: str, excluded: np.ndarray, unlabeled: np.ndarray, config: ScoringConfig,
+                 progress: Progress | None) -> ScoredPool:
+        from xal_service import codec
+        from xal_service.wire import scoring_pb2 as pb
+
+        job_config = dataclasses.replace(config, fusion="weighted", missing_roi="uncertainty_only")
+        k = int(unlabeled.size)
+        base_key = _idempotency_key(model, self.pool_name, len(self.store), excluded, job_config)
+        attempt = self._attempts.get(base_key, 0)
+        key = base_key if attempt == 0 else f"{base_key}-retry{attempt}"
+        request = pb.StartScoringRequest(
+            model=model, pool=self.pool_name, k=k, exclude_ids=excluded.tolist(), idempotency_key=key,
+            strategy=codec.encode_strategy(job_config.uncertainty, job_config.weight, job_config.threshold,
+                                           job_config.fusion, job_config.missing_roi),
+        )
+        job_id = self.client.start_scoring(request).job_id
+        final = None
+        for status in self.client.watch_job(job_id):
+            final = status
+            if progress is not None:
+                progress(int(status.items_done), int(status.items_total))
+        if final is None or final.state != pb.JOB_SUCCEEDED:
+            self._attempts[base_key] = attempt + 1
+            state = pb.JobState.Name(final.state) if final is not None else "unknown"
+            error = final.error if final is not None and final.error else "no error reported"
+            raise RuntimeError(f"scoring job {job_id} (model {model}, pool {self.pool_name}) ended {state}: {error}")
+
+        items = [item for page in self.client.get_ranking(job_id, page_size=self.page_size) for item in page.items]
+        ids = np.asarray([item.id for item in items], dtype=np.int64)
+        if ids.size != k or not np.array_equal(np.sort(ids), unlabeled):
+            raise RuntimeError(f"scoring job {job_id}: the ranking holds {ids.size} items, expected the {k} unlabeled ones")
+        order = np.argsort(ids, kind="stable")
+        items = [items[i] for i in order]
+        score = np.asarray([item.score for item in items], dtype=np.float64)
+        table = ScoreTable(
+            ids=ids[order],
+            probabilities=_wire_float([list(item.probabilities) for item in items]),
+            dice=_wire_float([item.dice for item in items]),
+            soft_dice=_wire_float([item.soft_dice for item in items]),
+            invalid=score == -np.inf,  # the service's mark of an item with non-finite inputs
+        )
+        columns = {
+            "uncertainty": _wire_float([item.uncertainty for item in items]),
+            "roi_energy": _wire_float([item.roi_energy for item in items]),
+            "predicted_class": np.asarray([item.predicted_class for item in items], dtype=np.int64),
+        }
+        return ScoredPool(table, {int(item.id): item.source_id for item in items}, columns)
+
+    def close(self) -> None:
+        if self.close_client:
+            self.client.close()
+
+
+def _short_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:8]
+
+
+def _idempotency_key(model: str, pool: str, pool_size: int, excluded: np.ndarray, config: ScoringConfig) -> str:
+    record = {
+        "model": model, "pool": pool, "pool_size": pool_size, "config": dataclasses.asdict(config),
+        "exclude": hashlib.sha256(excluded.astype("<i8").tobytes()).hexdigest(),
+    }
+    return "xal-loop-" + hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:32]
