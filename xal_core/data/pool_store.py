@@ -143,6 +143,33 @@ class PoolStore:
                     next_number += 1
                 yield pending.pop(0).result()
 
+    def images(self, index: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """float32 ``[n, C, H, W]`` images of the given items, in the order given.
+
+        What a trainer reads for the items acquired so far: a coordinate selection, so only the
+        chunks that hold them are decompressed, whatever the pool size.
+        """
+        rows = np.asarray(index, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"item index out of range 0..{len(self) - 1}")
+        array = self._group["images"]
+        if not rows.size:
+            return torch.zeros((0, *array.shape[1:]), dtype=torch.float32)
+        order = np.argsort(rows, kind="stable")  # sorted reads touch each chunk once
+        data = np.empty((rows.size, *array.shape[1:]), dtype=array.dtype)
+        data[order] = array.get_orthogonal_selection((rows[order],))
+        return torch.from_numpy(data).to(torch.float32)
+
+    def source_ids(self, index: torch.Tensor | Sequence[int]) -> list[str]:
+        """The source ids (e.g. ``BraTS20_Training_001/slice_077``) of the given items, in order."""
+        rows = np.asarray(index, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"item index out of range 0..{len(self) - 1}")
+        if not rows.size:
+            return []
+        raw = self._group["ids"].get_orthogonal_selection((rows,))
+        return [bytes(row).rstrip(b"\0").decode("utf-8") for row in raw]
+
     def oracle_labels(self, index: torch.Tensor | Sequence[int]) -> torch.Tensor:
         """The labels of the given items: what the oracle reveals once they are acquired."""
         labels = zarr.open_array(str(self.path / "oracle" / "labels"), mode="r")

@@ -17,7 +17,7 @@ from pathlib import Path
 from monai.networks import nets
 from torch import nn
 
-ARCHITECTURES = ("densenet121", "resnet18", "resnet34", "resnet50")
+ARCHITECTURES = ("densenet121", "resnet10", "resnet18", "resnet34", "resnet50")
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,7 @@ def _resnet(factory: Callable[..., nn.Module]) -> Callable[[BackboneConfig], nn.
 
 _BUILDERS: dict[str, Callable[[BackboneConfig], nn.Module]] = {
     "densenet121": _densenet,
+    "resnet10": _resnet(nets.resnet10),
     "resnet18": _resnet(nets.resnet18),
     "resnet34": _resnet(nets.resnet34),
     "resnet50": _resnet(nets.resnet50),

@@ -1,0 +1,142 @@
+"""``xal run``: the active-learning experiment, strategies × seeds, to a label budget.
+
+    xal run --dataset synthetic --strategies random,entropy,dual --seeds 5 --out runs/synthetic
+
+writes ``RUN_DIR/ledger.sqlite`` (every acquisition and annotation), ``metrics.csv`` (one row per
+strategy, seed and round), ``report.html`` with its PNGs, and the models of the last rounds. Run
+the same command again after an interruption and it continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from xal_core.acquisition.strategies import DIVERSITY_MODES, STRATEGY_NAMES
+from xal_core.models.backbones import ARCHITECTURES
+from xal_core.scoring import UNCERTAINTY_KINDS
+
+EXIT_NEEDS_LABELS = 3  # a person must label the items in to_label.csv, then rerun
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("run", help="run the active-learning experiment (strategies × seeds) and report",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=("synthetic", "brats", "vindr", "siim", "generic"), default="synthetic")
+    data.add_argument("--data-dir", type=Path, default=None, help="the dataset's folder (not for synthetic)")
+    data.add_argument("--out", type=Path, default=None, help="the run folder (default runs/<dataset>)")
+    data.add_argument("--size", type=int, default=64, help="model input frame, pixels per side (default 64)")
+    data.add_argument("--pool-size", type=int, default=5000, help="synthetic pool items (default 5000)")
+    data.add_argument("--val-size", type=int, default=200, help="synthetic validation items (default 200)")
+    data.add_argument("--test-size", type=int, default=500, help="synthetic test items (default 500)")
+    data.add_argument("--test-fraction", type=float, default=0.2,
+                      help="share of cases held out for testing (brats, vindr, siim; default 0.2)")
+    data.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                      help="an adapter option, e.g. modality=t1ce (repeatable; values parsed as JSON when they can be)")
+    protocol = parser.add_argument_group("protocol")
+    protocol.add_argument("--strategies", default="random,entropy,dual",
+                          help=f"comma-separated, from {','.join(STRATEGY_NAMES)} (default random,entropy,dual)")
+    protocol.add_argument("--seeds", default="1", help="a count N (seeds 0..N-1) or a comma-separated list (default 1)")
+    protocol.add_argument("--initial", type=int, default=50, help="random initial labels (default 50)")
+    protocol.add_argument("--rounds", type=int, default=13, help="acquisition rounds (default 13)")
+    protocol.add_argument("--per-round", type=int, default=40, help="labels acquired per round (default 40)")
+    protocol.add_argument("--weight", type=float, default=0.5, help="λ of the dual score (default 0.5)")
+    protocol.add_argument("--threshold", type=float, default=0.5, help="τ binarising the CAM (default 0.5)")
+    protocol.add_argument("--uncertainty", choices=UNCERTAINTY_KINDS, default="entropy")
+    protocol.add_argument("--missing-roi", choices=("uncertainty_only", "exclude"), default="uncertainty_only")
+    protocol.add_argument("--diversity", choices=DIVERSITY_MODES, default=None, help="batch-diversity mode (default none)")
+    train = parser.add_argument_group("training")
+    train.add_argument("--architecture", choices=ARCHITECTURES, default="resnet18")
+    train.add_argument("--epochs", type=int, default=12)
+    train.add_argument("--patience", type=int, default=3)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    scoring = parser.add_argument_group("scoring and annotation")
+    scoring.add_argument("--scorer", choices=("service", "inprocess"), default="service",
+                         help="score through the gRPC service (default) or in this process; same rankings")
+    scoring.add_argument("--server", default="auto",
+                         help="auto: start a local `xal serve` for the run (default); or HOST:PORT of a running one")
+    scoring.add_argument("--token-file", type=Path, default=None, help="bearer token for --server HOST:PORT")
+    scoring.add_argument("--export-format", choices=("onnx", "torchscript"), default="onnx")
+    scoring.add_argument("--oracle", choices=("simulated", "file"), default="simulated",
+                         help="simulated: labels from the dataset; file: a CSV a person fills in (--labels)")
+    scoring.add_argument("--labels", type=Path, default=None,
+                         help="the file oracle's CSV (default RUN_DIR/to_label.csv, written when labels are needed)")
+    parser.add_argument("--overlay-images", type=int, default=8, help="test images in the report's CAM grid")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    parser.set_defaults(run=run)
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        if "," not in text:
+            count = int(text)
+            if count < 1:
+                raise ValueError
+            return tuple(range(count))
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"--seeds: expected a count >= 1 or a comma-separated list of seeds, got {text!r}") from None
+
+
+def _options(pairs: list[str]) -> dict:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option: expected KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def build_protocol(args: argparse.Namespace):
+    from xal_core.loop.protocol import Protocol, TrainRecipe
+
+    recipe = TrainRecipe(architecture=args.architecture, epochs=args.epochs, patience=args.patience,
+                         batch_size=args.batch_size, lr=args.lr)
+    return Protocol(strategies=tuple(s.strip() for s in args.strategies.split(",") if s.strip()),
+                    seeds=_seeds(args.seeds), initial=args.initial, rounds=args.rounds, per_round=args.per_round,
+                    weight=args.weight, threshold=args.threshold, uncertainty=args.uncertainty,
+                    missing_roi=args.missing_roi, diversity=args.diversity, export_format=args.export_format,
+                    train=recipe)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from xal_core.loop.session import RunSession
+
+    console = Console(stderr=False)
+    protocol = build_protocol(args)
+    out = args.out or Path("runs") / args.dataset
+    session = RunSession(
+        out, protocol, dataset=args.dataset, data_dir=args.data_dir, size=(args.size, args.size),
+        pool_size=args.pool_size, val_size=args.val_size, test_size=args.test_size,
+        test_fraction=args.test_fraction, options=_options(args.option), scorer=args.scorer, server=args.server,
+        token_file=args.token_file, oracle=args.oracle, labels=args.labels, device=args.device,
+        overlay_images=args.overlay_images, console=console, progress=not args.no_progress,
+    )
+    started = time.perf_counter()
+    outcome = session.run()
+    if outcome.needs_labels is not None:
+        console.print(f"[yellow]{outcome.needs_labels}[/yellow]")
+        return EXIT_NEEDS_LABELS
+    console.print(f"\n[bold]Final round ({protocol.budget} labels), mean ± 95% CI over {len(protocol.seeds)} "
+                  f"seed(s)[/bold]  ({time.perf_counter() - started:.0f} s)")
+    console.print(outcome.final_table, markup=False, highlight=False)
+    console.print(f"\nreport: {outcome.report}\nmetrics: {outcome.metrics}\nledger: {outcome.ledger}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from xal_core.cli.main import main
+
+    sys.exit(main(["run", *sys.argv[1:]]))

@@ -1,0 +1,232 @@
+"""The data of one run: a pool store to acquire from, a held-out test split, a validation split.
+
+Built once per run folder (``RUN_DIR/data/``) and reused when the run resumes, so the pool a
+resumed run scores is byte for byte the one it started with. Splits:
+
+* ``synthetic`` and ``generic``: the dataset's own ``pool`` / ``val`` / ``test`` splits;
+* ``brats``, ``vindr``, ``siim``: a deterministic ``test_fraction`` of *groups* goes to the test
+  split (a group is the part of the item id before the first ``/``: a BraTS case, a SIIM study, a
+  VinDr image), so the slices of one patient never sit on both sides; early stopping then holds
+  out ``val_fraction`` of the labeled items (the recipe's).
+
+The test split lives in memory (it is evaluated every round); the pool never does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from xal_core.data import ItemError, PoolStore, PoolWriter, open_dataset
+from xal_core.data.item import Item
+from xal_core.scoring import Roi
+
+__all__ = ["ExperimentData", "prepare_data", "DATASETS"]
+
+DATASETS = ("synthetic", "brats", "vindr", "siim", "generic")
+_NATIVE_SPLITS = ("synthetic", "generic")
+
+
+@dataclass
+class HeldOut:
+    """A split held in memory: images ``[n,C,H,W]``, labels ``[n]``, ROIs, source ids."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    roi: Roi
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    def save(self, path: Path) -> None:
+        masks = self.roi.to_masks().numpy()
+        np.savez_compressed(path, images=self.images.numpy(), labels=self.labels.numpy(),
+                            masks=np.packbits(masks, axis=-1), known=self.roi.known.numpy(),
+                            width=np.int64(masks.shape[-1]), ids=np.asarray(self.ids, dtype=np.str_))
+
+    @classmethod
+    def load(cls, path: Path) -> HeldOut:
+        with np.load(path) as data:
+            width = int(data["width"])
+            masks = np.unpackbits(data["masks"], axis=-1, count=width).astype(bool)
+            roi = Roi.from_masks(torch.from_numpy(masks), known=torch.from_numpy(data["known"]))
+            return cls(torch.from_numpy(data["images"]), torch.from_numpy(data["labels"]), roi,
+                       data["ids"].tolist())
+
+    @classmethod
+    def from_items(cls, items: list[Item], size: tuple[int, int], channels: int) -> HeldOut:
+        if not items:
+            return cls(torch.zeros(0, channels, *size), torch.zeros(0, dtype=torch.int64),
+                       Roi.from_masks(torch.zeros(0, *size, dtype=torch.bool)), [])
+        rois = [item.roi for item in items]
+        if all(r is None or r.dtype == torch.bool for r in rois):
+            masks = torch.stack([r if r is not None else torch.zeros(size, dtype=torch.bool) for r in rois])
+            roi = Roi.from_masks(masks, known=[r is not None for r in rois])
+        else:  # boxes: rasterised by the contract's pixel-centre rule
+            roi = Roi.from_boxes([None if r is None else r.double() for r in rois], size=size)
+            roi = Roi.from_masks(roi.to_masks(), known=roi.known)
+        return cls(torch.stack([item.image for item in items]).float(),
+                   torch.tensor([item.label for item in items], dtype=torch.int64), roi, [item.id for item in items])
+
+
+@dataclass
+class ExperimentData:
+    """What a run reads: the pool store (scored each round), the test split, the validation split."""
+
+    root: Path
+    pool_path: Path
+    class_names: tuple[str, ...]
+    size: tuple[int, int]
+    channels: int
+    test: HeldOut
+    val: HeldOut | None
+    description: dict[str, Any]
+
+    @property
+    def pool(self) -> PoolStore:
+        return PoolStore.open(self.pool_path)
+
+    @classmethod
+    def load(cls, root: Path) -> ExperimentData:
+        record = json.loads((root / "data.json").read_text())
+        val = HeldOut.load(root / "val.npz") if (root / "val.npz").is_file() else None
+        return cls(root, root / "pool", tuple(record["class_names"]), tuple(record["size"]), record["channels"],
+                   HeldOut.load(root / "test.npz"), val, record)
+
+
+def prepare_data(
+    root: str | Path,
+    dataset: str,
+    data_dir: str | Path | None = None,
+    *,
+    size: tuple[int, int] = (64, 64),
+    pool_size: int = 5000,
+    val_size: int = 200,
+    test_size: int = 500,
+    test_fraction: float = 0.2,
+    options: dict[str, Any] | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> ExperimentData:
+    """Build (or reopen) the run's data under ``root``.
+
+    Args:
+        root: ``RUN_DIR/data``; reused as is when complete, so a resumed run sees the same pool.
+        dataset: one of ``DATASETS``.
+        data_dir: the dataset's root folder (not used by ``synthetic``).
+        size: the model's input frame ``(H, W)``.
+        pool_size, val_size, test_size: split sizes of the synthetic benchmark.
+        test_fraction: share of groups held out for testing (brats, vindr, siim).
+        options: the adapter's own options (``open_dataset``), e.g. the benchmark's ``shortcut``.
+        on_progress: ``(phase, done, total)`` while items are written.
+    """
+    root = Path(root)
+    options = dict(options or {})
+    wanted = {"dataset": dataset, "data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
+              "size": list(size), "options": options}
+    if dataset == "synthetic":
+        wanted.update(pool_size=pool_size, val_size=val_size, test_size=test_size)
+    elif dataset not in _NATIVE_SPLITS:
+        wanted["test_fraction"] = test_fraction
+    if (root / "data.json").is_file():
+        record = json.loads((root / "data.json").read_text())
+        stored = {key: record.get(key) for key in wanted}
+        if stored != json.loads(json.dumps(wanted)):
+            raise ValueError(f"{root}: holds the data of another configuration ({stored}), asked for {wanted}; "
+                             "use a new run folder")
+        return ExperimentData.load(root)
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset: expected one of {DATASETS}, got {dataset!r}")
+    if dataset != "synthetic" and data_dir is None:
+        raise ValueError(f"dataset {dataset!r} needs --data-dir (the folder of the dataset's files)")
+    if root.exists() and any(root.iterdir()):
+        raise ValueError(f"{root}: an unfinished data folder (no data.json) is in the way; delete it and rerun")
+    root.mkdir(parents=True, exist_ok=True)
+    progress = on_progress or (lambda phase, done, total: None)
+
+    if dataset in _NATIVE_SPLITS:
+        def split(name: str, n: int):
+            extra = {"n": n} if dataset == "synthetic" else {}
+            return open_dataset(dataset, data_dir, size=size, split=name, **extra, **options)
+
+        pool_source = split("pool", pool_size)
+        channels = int(getattr(pool_source, "channels", 1))
+        _write_pool(root / "pool", pool_source, range(len(pool_source)), progress)
+        test = _held_out(split("test", test_size), "test", progress)
+        val_source = split("val", val_size)
+        val = _held_out(val_source, "val", progress) if len(val_source) else None
+        if not len(test):
+            raise ValueError(f"{data_dir}: the dataset has no test split (rows with split=test); the loop "
+                             "evaluates every round on it")
+        class_names, description = pool_source.classes, pool_source.describe()
+    else:
+        source = open_dataset(dataset, data_dir, size=size, **options)
+        channels = int(getattr(source, "channels", 1))
+        test_items: list[Item] = []
+
+        def is_test(item: Item) -> bool:
+            group = item.id.split("/")[0]
+            digest = hashlib.sha256(group.encode()).digest()
+            return int.from_bytes(digest[:8], "little") / 2**64 < test_fraction
+
+        _write_pool(root / "pool", source, range(len(source)), progress, divert=is_test, diverted=test_items)
+        test = HeldOut.from_items(test_items, size, channels)
+        if not len(test):
+            raise ValueError(f"{data_dir}: no item fell in the test split (test_fraction {test_fraction}); "
+                             "the dataset is too small for a held-out evaluation")
+        val = None
+        class_names, description = source.classes, source.describe()
+
+    test.save(root / "test.npz")
+    if val is not None:
+        val.save(root / "val.npz")
+    record = {**wanted, "class_names": list(class_names), "channels": channels, "source": description,
+              "pool_items": len(PoolStore.open(root / "pool")), "test_items": len(test),
+              "val_items": 0 if val is None else len(val)}
+    scratch = root / "data.json.tmp"
+    scratch.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    scratch.replace(root / "data.json")  # the commit point: data.json present = data complete
+    return ExperimentData.load(root)
+
+
+def _write_pool(path: Path, source: Any, indices: range, progress: Callable[[str, int, int], None], *,
+                divert: Callable[[Item], bool] | None = None, diverted: list[Item] | None = None) -> None:
+    """Write ``source``'s items into a new pool store (corrupt items skipped with a report line)."""
+    report = path.parent / "skipped.tsv"
+    with PoolWriter(path, size=source.size, channels=int(getattr(source, "channels", 1)), classes=source.classes,
+                    roi_format=source.roi_format, source=source.describe()) as writer, \
+            report.open("w", encoding="utf-8") as skipped:
+        for skip in getattr(source, "skipped", []):
+            skipped.write(f"{skip.path}\t{skip.reason}\n")
+        for done, index in enumerate(indices, start=1):
+            try:
+                item = source[index]
+            except ItemError as error:
+                skipped.write(f"{error.path}\t{error.reason}\n")
+                continue
+            if divert is not None and divert(item):
+                diverted.append(item)  # type: ignore[union-attr]
+            else:
+                try:
+                    writer.add(item)
+                except ValueError as error:
+                    skipped.write(f"{item.id}\t{error}\n")
+            progress("pool", done, len(indices))
+
+
+def _held_out(source: Any, name: str, progress: Callable[[str, int, int], None]) -> HeldOut:
+    items = []
+    for index in range(len(source)):
+        try:
+            items.append(source[index])
+        except ItemError:
+            continue
+        progress(name, index + 1, len(source))
+    return HeldOut.from_items(items, source.size, int(getattr(source, "channels", 1)))

@@ -1,0 +1,305 @@
+"""``ActiveLearner``: rounds of train → evaluate → export → score the pool → acquire → annotate.
+
+The ledger is the run's memory, and every step starts by reading it, so a run killed at any point
+continues where it stopped when started again:
+
+* acquisitions recorded but not annotated go back to the oracle, never re-selected;
+* a round whose metrics are recorded is not evaluated again; its model is reloaded from the
+  round's checkpoint, or retrained bit for bit (training is a function of the labeled set and
+  seeds alone) if the process died before the checkpoint was written;
+* a round whose next acquisitions are recorded is skipped entirely.
+
+Each arm (strategy × seed) starts from the same initial labels for a given seed, and its round-r
+model from the same initial weights, so arms differ only in what they acquired.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xal_core.acquisition import ScoringConfig
+from xal_core.acquisition.strategies import Acquisition, NoRoiWarning, make_strategy
+from xal_core.models import ExplainableModel, ModelMetadata, build_backbone, export, load_checkpoint
+from xal_core.train import TrainConfig, fit
+
+from .experiment import ExperimentData
+from .ledger import AcquisitionRow, Arm, Ledger
+from .metrics import METRICS_COLUMNS, RoundMetrics, evaluate
+from .oracle import Oracle, write_labelling_sheet
+from .protocol import INITIAL_STRATEGY, Protocol, derived_seed
+from .report.overlays import overlay_path, write_overlays
+from .scorers import PoolScorer
+
+__all__ = ["ActiveLearner", "NeedsAnnotations", "RoundEvent"]
+
+
+class NeedsAnnotations(RuntimeError):
+    """The oracle has not answered every acquired item yet (a person is labelling them)."""
+
+    def __init__(self, sheet: Path, count: int) -> None:
+        super().__init__(f"{count} acquired item(s) await labels: fill in {sheet} and run the same command again")
+        self.sheet, self.count = sheet, count
+
+
+@dataclass(frozen=True)
+class RoundEvent:
+    """What the learner reports to a progress display: an arm, a round, a phase."""
+
+    arm: Arm
+    round: int
+    phase: str  # "annotate", "train", "evaluate", "export", "score", "acquire", "done"
+    done: int = 0
+    total: int = 0
+
+
+class ActiveLearner:
+    """Run every arm of a protocol to its label budget, durably.
+
+    Args:
+        run_dir: the run folder: ``ledger.sqlite``, ``models/``, ``overlays/``, ``metrics.csv``.
+        protocol: strategies, seeds, budget, training recipe.
+        data: the pool store and the held-out splits (``prepare_data``).
+        scorer: scores the unlabeled pool with each round's exported model (in-process or through
+            the gRPC service; the rankings are identical).
+        oracle: reveals labels (simulated) or imports them from a sheet a person filled in.
+        ledger: the open ledger (``Ledger.open(run_dir / "ledger.sqlite", run_config=...)``).
+        device: where models train and are evaluated (default: CUDA when available).
+        overlay_images: test images in the report's Grad-CAM grid (the first of the test split).
+        on_event: progress callback.
+    """
+
+    def __init__(self, run_dir: str | Path, protocol: Protocol, data: ExperimentData, scorer: PoolScorer,
+                 oracle: Oracle, ledger: Ledger, *, device: str | None = None, overlay_images: int = 8,
+                 on_event: Callable[[RoundEvent], None] | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.protocol, self.data, self.scorer, self.oracle, self.ledger = protocol, data, scorer, oracle, ledger
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.overlay_images = overlay_images
+        self.on_event = on_event or (lambda event: None)
+        self.pool = data.pool
+        if protocol.labels_at(0) > len(self.pool):
+            raise ValueError(f"initial: {protocol.initial} labels asked of a pool of {len(self.pool)} items")
+        self._warned_no_roi = False
+
+    # ------------------------------------------------------------------ the whole run
+    def arms(self) -> list[Arm]:
+        """Seed-major, so the first seed's comparison of every strategy is complete first."""
+        return [Arm(strategy, seed) for seed in self.protocol.seeds for strategy in self.protocol.strategies]
+
+    def run(self) -> list[dict]:
+        """Every arm to its budget; returns the metrics rows (``metrics.csv``), also written."""
+        for arm in self.arms():
+            self.run_arm(arm)
+        return self.write_metrics()
+
+    def metrics_rows(self) -> list[dict]:
+        rows = []
+        for arm in self.arms():
+            for record in self.ledger.rounds(arm):
+                rows.append({"strategy": arm.strategy, "seed": arm.seed, "round": record.round,
+                             "labels": record.labels, **{k: record.metrics.get(k, float("nan"))
+                                                         for k in METRICS_COLUMNS[4:]}})
+        return rows
+
+    def write_metrics(self) -> list[dict]:
+        """``metrics.csv`` rebuilt from the ledger (the source of truth), written atomically."""
+        from .metrics import append_metrics_csv
+
+        rows = self.metrics_rows()
+        target = self.run_dir / "metrics.csv"
+        scratch = target.with_name("metrics.csv.tmp")
+        scratch.unlink(missing_ok=True)
+        append_metrics_csv(scratch, rows)
+        os.replace(scratch, target)
+        return rows
+
+    # ------------------------------------------------------------------ one arm
+    def run_arm(self, arm: Arm) -> None:
+        protocol = self.protocol
+        if not self.ledger.acquisitions(arm, round=0):
+            self._acquire_initial(arm)
+        for round in range(protocol.rounds + 1):
+            self._annotate(arm, round)
+            recorded = {record.round for record in self.ledger.rounds(arm)}
+            last = round == protocol.rounds or self._pool_exhausted(arm)
+            acquired_next = last or bool(self.ledger.acquisitions(arm, round=round + 1))
+            if round in recorded and acquired_next:
+                if last:
+                    self._overlays(arm, round)
+                    break
+                continue
+            checkpoint, version = self._model(arm, round)
+            if round not in recorded:
+                self._evaluate(arm, round, checkpoint, version)
+            if last:
+                self._overlays(arm, round)
+                break
+            self._acquire(arm, round, checkpoint, version)
+        self.on_event(RoundEvent(arm, protocol.rounds, "done"))
+
+    def _pool_exhausted(self, arm: Arm) -> bool:
+        return len(self.ledger.labeled(arm)) + len(self.ledger.pending(arm)) >= len(self.pool)
+
+    # ------------------------------------------------------------------ steps
+    def _acquire_initial(self, arm: Arm) -> None:
+        """The seed's random initial labels: the same items for every strategy of this seed."""
+        rng = np.random.default_rng(derived_seed("initial", arm.seed))
+        ids = rng.choice(len(self.pool), size=self.protocol.initial, replace=False)
+        sources = self._source_ids(ids)
+        rows = [AcquisitionRow(item_id=int(i), source_id=sources[int(i)], rank=rank) for rank, i in enumerate(ids)]
+        self.ledger.record_acquisitions(arm, 0, rows, model_version=INITIAL_STRATEGY)
+
+    def _annotate(self, arm: Arm, round: int) -> None:
+        pending = self.ledger.pending(arm)
+        if not pending:
+            return
+        self.on_event(RoundEvent(arm, round, "annotate", 0, len(pending)))
+        answer = self.oracle.annotate(pending)
+        if answer.annotations:
+            self.ledger.record_annotations(arm, answer.annotations)
+        if answer.missing:
+            sheet = self.run_dir / "to_label.csv"
+            write_labelling_sheet(sheet, answer.missing, self._source_ids(answer.missing), self.data.class_names)
+            raise NeedsAnnotations(sheet, len(answer.missing))
+
+    def _model(self, arm: Arm, round: int) -> tuple[Path, str]:
+        """The round's checkpoint (trained now unless already on disk) and its version string."""
+        path = self._arm_dir(arm) / f"round-{round:02d}.pt"
+        if not path.is_file():
+            self._train(arm, round, path)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        return path, f"{arm.strategy}/seed-{arm.seed}/round-{round}@{digest}"
+
+    def _train(self, arm: Arm, round: int, path: Path) -> None:
+        labeled = self.ledger.labeled(arm)
+        self.on_event(RoundEvent(arm, round, "train", 0, len(labeled)))
+        ids = np.fromiter(labeled.keys(), dtype=np.int64, count=len(labeled))
+        labels = torch.tensor(list(labeled.values()), dtype=torch.int64)
+        images = self.pool.images(ids)
+        recipe = self.protocol.train
+        torch.manual_seed(derived_seed("weights", arm.seed, round))  # same start for every strategy
+        backbone = build_backbone(recipe.architecture, self.data.channels, len(self.data.class_names))
+        config = TrainConfig(epochs=recipe.epochs, patience=recipe.patience, batch_size=recipe.batch_size,
+                             lr=recipe.lr, val_fraction=recipe.val_fraction, seed=derived_seed("fit", arm.seed, round),
+                             device=self.device, amp=False)
+        val = self.data.val
+        scratch = path.with_name(path.name + ".tmp.pt")
+        fit(backbone, images, labels, config=config, class_names=self.data.class_names,
+            val_data=None if val is None else val.images, val_labels=None if val is None else val.labels,
+            checkpoint_path=scratch, progress=False)
+        os.replace(scratch, path)  # a checkpoint on disk is always a whole one
+        for older in self._arm_dir(arm).glob("round-*.pt"):
+            if older != path and older.name < path.name:
+                older.unlink()  # only the newest round's model is ever needed again
+
+    def _explainable(self, checkpoint: Path) -> tuple[ExplainableModel, object]:
+        saved = load_checkpoint(checkpoint)
+        model = ExplainableModel(saved.build()).to(self.device).eval()
+        return model, saved
+
+    def _evaluate(self, arm: Arm, round: int, checkpoint: Path, version: str) -> RoundMetrics:
+        self.on_event(RoundEvent(arm, round, "evaluate", 0, len(self.data.test)))
+        model, saved = self._explainable(checkpoint)
+        test = self.data.test
+        metrics = evaluate(model, test.images, test.labels, test.roi, threshold=self.protocol.threshold,
+                           normalise=saved.preprocessing)
+        labels = len(self.ledger.labeled(arm))
+        row = metrics.to_row(strategy=arm.strategy, seed=arm.seed, round=round, labels=labels)
+        self.ledger.record_round(arm, round, labels, {k: float(row[k]) for k in METRICS_COLUMNS[4:]}, version)
+        self.write_metrics()
+        return metrics
+
+    def _acquire(self, arm: Arm, round: int, checkpoint: Path, version: str) -> None:
+        protocol = self.protocol
+        saved = load_checkpoint(checkpoint)
+        model = ExplainableModel(saved.build())
+        metadata = ModelMetadata(class_names=saved.class_names, preprocessing=saved.preprocessing,
+                                 target_layer=model.target_layer, architecture=saved.architecture.to_dict())
+        suffix = ".onnx" if protocol.export_format == "onnx" else ".ts"
+        exported = checkpoint.with_suffix(suffix)
+        self.on_event(RoundEvent(arm, round, "export"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice, once per round
+            export(model, exported, protocol.export_format, metadata=metadata, onnx_exporter="legacy")
+        exclude = sorted(set(self.ledger.labeled(arm)) | set(self.ledger.pending(arm)))
+        config = ScoringConfig(uncertainty=protocol.uncertainty, weight=protocol.weight,
+                               threshold=protocol.threshold, missing_roi=protocol.missing_roi)
+
+        def progress(done: int, total: int) -> None:
+            self.on_event(RoundEvent(arm, round, "score", done, total))
+
+        scored = self.scorer.score(exported, exclude=exclude, config=config, progress=progress)
+        exported.unlink(missing_ok=True)
+        self.on_event(RoundEvent(arm, round, "acquire"))
+        strategy = make_strategy(arm.strategy, **protocol.strategy_params(arm.strategy))
+        rng = np.random.default_rng(derived_seed("acquire", arm.strategy, arm.seed, round + 1))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NoRoiWarning)
+            chosen = strategy.select(scored.table, protocol.per_round, rng)
+        for warning in caught:
+            if issubclass(warning.category, NoRoiWarning) and not self._warned_no_roi:
+                self._warned_no_roi = True
+                warnings.warn(str(warning.message), NoRoiWarning, stacklevel=2)
+        if len(chosen.ids) == 0:
+            raise RuntimeError(f"{arm}: round {round + 1} acquired nothing: every unlabeled item was excluded "
+                               f"(missing-ROI policy {protocol.missing_roi!r} on a pool without ROIs?)")
+        self.ledger.record_acquisitions(arm, round + 1, self._rows(scored, chosen), model_version=version)
+
+    def _rows(self, scored, chosen: Acquisition) -> list[AcquisitionRow]:
+        """The selected items with their scores at selection time (what the ledger keeps)."""
+        table = scored.table
+        where = {int(i): n for n, i in enumerate(table.ids.tolist())}
+        rows = []
+        for rank, (item, score) in enumerate(zip(chosen.ids.tolist(), chosen.scores.tolist(), strict=True)):
+            n = where[int(item)]
+            columns = {name: values[n] for name, values in scored.columns.items()}
+            rows.append(AcquisitionRow(
+                item_id=int(item), source_id=scored.source_ids[int(item)], rank=rank, score=_finite(score),
+                uncertainty=_finite(columns.get("uncertainty")), dice=_finite(table.dice[n]),
+                soft_dice=_finite(None if table.soft_dice is None else table.soft_dice[n]),
+                roi_energy=_finite(columns.get("roi_energy")), pointing_hit=_finite(columns.get("pointing_hit")),
+                predicted_class=int(np.argmax(table.probabilities[n])) if np.isfinite(table.probabilities[n]).all()
+                else None,
+                probabilities=tuple(float(p) for p in table.probabilities[n]),
+            ))
+        return rows
+
+    def _overlays(self, arm: Arm, round: int) -> None:
+        """The final model's Grad-CAM on the first test images (first seed only: one row per strategy)."""
+        if arm.seed != self.protocol.seeds[0] or self.overlay_images <= 0:
+            return
+        target = overlay_path(self.run_dir / "overlays", arm.strategy)
+        if target.is_file():
+            return
+        checkpoint, _ = self._model(arm, round)
+        model, saved = self._explainable(checkpoint)
+        test = self.data.test
+        n = min(self.overlay_images, len(test))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_overlays(target, model, test.images[:n], test.roi[:n], test.labels[:n], self.data.class_names,
+                       np.arange(n), normalise=saved.preprocessing)
+
+    # ------------------------------------------------------------------ helpers
+    def _arm_dir(self, arm: Arm) -> Path:
+        path = self.run_dir / "models" / arm.strategy / f"seed-{arm.seed}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _source_ids(self, ids: Sequence[int] | np.ndarray) -> dict[int, str]:
+        ids = [int(i) for i in ids]
+        return dict(zip(ids, self.pool.source_ids(ids), strict=True))
+
+
+def _finite(value) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if np.isfinite(value) else None

@@ -1,0 +1,131 @@
+"""The active-learning protocol: how many labels, in how many rounds, trained how.
+
+The defaults are the paper's budget: 50 random initial labels, then 13 rounds of 40 acquisitions,
+570 labels in all. Everything that decides *what* a run measures lives here and is recorded in the
+ledger's ``run_config``; a resumed run with a different protocol is refused (``Ledger.open``), so a
+ledger never mixes two experiments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+
+from xal_core.acquisition.strategies import DIVERSITY_MODES, STRATEGY_NAMES
+from xal_core.models.backbones import ARCHITECTURES
+from xal_core.scoring import UNCERTAINTY_KINDS
+
+__all__ = ["Protocol", "TrainRecipe", "INITIAL_STRATEGY"]
+
+INITIAL_STRATEGY = "initial"  # the strategy name recorded for round 0's random labels
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """How each round's model is trained (``xal_core.train.fit`` from scratch on the labels so far).
+
+    From scratch rather than fine-tuned: the usual AL protocol (and the paper's), and it keeps a
+    round's model a function of its labeled set and seed alone, which is what makes a resumed run
+    retrain bit for bit the model it lost.
+    """
+
+    architecture: str = "resnet18"
+    epochs: int = 12
+    patience: int = 3
+    batch_size: int = 32
+    lr: float = 1e-3
+    val_fraction: float = 0.2  # used when the dataset has no validation split of its own
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture: expected one of {ARCHITECTURES}, got {self.architecture!r}")
+        if self.epochs < 1 or self.patience < 1 or self.batch_size < 2:
+            raise ValueError(f"epochs and patience must be >= 1 and batch_size >= 2, got {self.epochs}, "
+                             f"{self.patience}, {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"lr: must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One experiment: strategies × seeds, each run for the same label budget.
+
+    Attributes:
+        strategies: names from ``xal_core.acquisition.strategies.STRATEGY_NAMES``.
+        seeds: one arm per strategy and seed; a seed fixes the initial labels (shared by every
+            strategy of that seed), the weight initialisations and the random strategies' draws.
+        initial: random labels before the first round.
+        rounds, per_round: acquisition rounds and labels acquired in each.
+        weight, threshold, uncertainty, missing_roi, diversity: the strategies' parameters
+            (λ, τ, the uncertainty measure, the missing-ROI policy, an optional batch-diversity mode).
+        export_format: how each round's model reaches the scorer (``onnx`` or ``torchscript``).
+        train: the training recipe.
+    """
+
+    strategies: tuple[str, ...] = ("random", "entropy", "dual")
+    seeds: tuple[int, ...] = (0,)
+    initial: int = 50
+    rounds: int = 13
+    per_round: int = 40
+    weight: float = 0.5
+    threshold: float = 0.5
+    uncertainty: str = "entropy"
+    missing_roi: str = "uncertainty_only"
+    diversity: str | None = None
+    export_format: str = "onnx"
+    train: TrainRecipe = field(default_factory=TrainRecipe)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "strategies", tuple(self.strategies))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        unknown = [s for s in self.strategies if s not in STRATEGY_NAMES]
+        if unknown or not self.strategies:
+            raise ValueError(f"strategies: expected some of {', '.join(STRATEGY_NAMES)}, got {list(self.strategies)}")
+        if len(set(self.strategies)) != len(self.strategies) or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("strategies and seeds must not repeat")
+        if not self.seeds:
+            raise ValueError("seeds: at least one")
+        if self.initial < 2 or self.rounds < 0 or self.per_round < 1:
+            raise ValueError(f"initial >= 2, rounds >= 0 and per_round >= 1 required, got {self.initial}, "
+                             f"{self.rounds}, {self.per_round}")
+        if not 0.0 <= self.weight <= 1.0:
+            raise ValueError(f"weight: expected λ in [0, 1], got {self.weight}")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold: expected τ in (0, 1], got {self.threshold}")
+        if self.uncertainty not in UNCERTAINTY_KINDS:
+            raise ValueError(f"uncertainty: expected one of {UNCERTAINTY_KINDS}, got {self.uncertainty!r}")
+        if self.missing_roi not in ("uncertainty_only", "exclude"):
+            raise ValueError(f"missing_roi: expected 'uncertainty_only' or 'exclude', got {self.missing_roi!r}")
+        if self.diversity is not None and self.diversity not in DIVERSITY_MODES:
+            raise ValueError(f"diversity: expected one of {DIVERSITY_MODES} or none, got {self.diversity!r}")
+        if self.export_format not in ("onnx", "torchscript"):
+            raise ValueError(f"export_format: expected 'onnx' or 'torchscript', got {self.export_format!r}")
+
+    @property
+    def budget(self) -> int:
+        """Labels at the end: ``initial + rounds · per_round`` (570 by default)."""
+        return self.initial + self.rounds * self.per_round
+
+    def labels_at(self, round: int) -> int:
+        return self.initial + round * self.per_round
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def strategy_params(self, name: str) -> dict:
+        """The keyword arguments ``make_strategy(name, ...)`` takes for this protocol."""
+        params: dict = {}
+        if name in ("misalignment", "dual", "dual_rank"):
+            params.update(uncertainty=self.uncertainty, missing_roi=self.missing_roi)
+        if name == "dual":
+            params["weight"] = self.weight
+        if self.diversity is not None and name != "random":
+            params["diversity"] = self.diversity
+        return params
+
+
+def derived_seed(*parts: object) -> int:
+    """A 31-bit seed from named parts (stable across processes and Python versions, unlike ``hash``)."""
+    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFF_FFFF

@@ -1,0 +1,152 @@
+"""One ``xal run``: data, ledger, scorer (a local gRPC service by default), oracle, learner, report.
+
+The pieces are built in the order a failure is cheapest to report: the protocol and data first,
+then the ledger (a corrupt ledger stops the run before anything else happens), then the service.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .experiment import ExperimentData, prepare_data
+from .learner import ActiveLearner, NeedsAnnotations, RoundEvent
+from .ledger import Ledger
+from .oracle import FileOracle, Oracle, SimulatedOracle
+from .protocol import Protocol
+from .report.final_table import final_table_markdown
+from .report.html import write_report
+from .scorers import InProcessScorer, ServiceScorer
+
+__all__ = ["RunSession", "RunOutcome"]
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    report: Path | None
+    metrics: Path
+    ledger: Path
+    final_table: str
+    rows: list[dict]
+    needs_labels: str | None = None
+
+
+class RunSession:
+    """Everything ``xal run`` needs, from arguments; :meth:`run` does the experiment."""
+
+    def __init__(self, run_dir: str | Path, protocol: Protocol, *, dataset: str = "synthetic",
+                 data_dir: str | Path | None = None, size: tuple[int, int] = (64, 64), pool_size: int = 5000,
+                 val_size: int = 200, test_size: int = 500, test_fraction: float = 0.2,
+                 options: dict[str, Any] | None = None, scorer: str = "service", server: str = "auto",
+                 token_file: Path | None = None, oracle: str = "simulated", labels: Path | None = None,
+                 device: str | None = None, overlay_images: int = 8, console: Console | None = None,
+                 progress: bool = True) -> None:
+        if scorer not in ("service", "inprocess"):
+            raise ValueError(f"scorer: expected 'service' or 'inprocess', got {scorer!r}")
+        if oracle not in ("simulated", "file"):
+            raise ValueError(f"oracle: expected 'simulated' or 'file', got {oracle!r}")
+        self.run_dir = Path(run_dir)
+        self.protocol = protocol
+        self.data_args = dict(dataset=dataset, data_dir=data_dir, size=size, pool_size=pool_size, val_size=val_size,
+                              test_size=test_size, test_fraction=test_fraction, options=options or {})
+        self.scorer_kind, self.server, self.token_file = scorer, server, token_file
+        self.oracle_kind, self.labels = oracle, labels
+        self.device, self.overlay_images = device, overlay_images
+        self.console = console or Console()
+        self.progress = progress
+
+    # ------------------------------------------------------------------ pieces
+    def prepare(self) -> ExperimentData:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        args = dict(self.data_args)
+        with self._bar("preparing data") as (bar, task):
+            def on_progress(phase: str, done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total, description=f"writing the {phase} split")
+            return prepare_data(self.run_dir / "data", args.pop("dataset"), args.pop("data_dir"), **args,
+                                on_progress=on_progress)
+
+    def run_config(self, data: ExperimentData) -> dict:
+        """What the ledger pins: a resumed run must be the same experiment."""
+        return {"protocol": self.protocol.to_dict(),
+                "data": {key: data.description.get(key) for key in
+                         ("dataset", "data_dir", "size", "options", "pool_size", "val_size", "test_size",
+                          "test_fraction", "pool_items", "test_items")}}
+
+    def _oracle(self, data: ExperimentData) -> Oracle:
+        if self.oracle_kind == "simulated":
+            return SimulatedOracle.from_pool(data.pool_path)
+        sheet = self.labels or self.run_dir / "to_label.csv"
+        return FileOracle.for_pool(sheet, data.pool_path)
+
+    @contextlib.contextmanager
+    def _scorer(self, data: ExperimentData):
+        if self.scorer_kind == "inprocess":
+            with InProcessScorer(data.pool_path) as scorer:
+                yield scorer
+            return
+        from xal_service.client import ScoringClient
+        from xal_service.process import LocalServer
+
+        token = self.token_file.read_text().strip() if self.token_file is not None else None
+        if self.server == "auto":
+            state = self.run_dir / "service"
+            self.console.print(f"starting the scoring service (state {state}) …")
+            with LocalServer.start(state) as server, ScoringClient(server.target) as client, \
+                    ServiceScorer(client, data.pool_path) as scorer:
+                self.console.print(f"scoring through gRPC at {server.target}")
+                yield scorer
+        else:
+            with ScoringClient(self.server, token=token) as client, ServiceScorer(client, data.pool_path) as scorer:
+                yield scorer
+
+    @contextlib.contextmanager
+    def _bar(self, description: str):
+        bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=self.console,
+                       disable=not self.progress, transient=False)
+        with bar:
+            task = bar.add_task(description, total=None, detail="")
+            yield bar, task
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> RunOutcome:
+        data = self.prepare()
+        ledger_path = self.run_dir / "ledger.sqlite"
+        with Ledger.open(ledger_path, run_config=self.run_config(data)) as ledger, self._scorer(data) as scorer:
+            learner = ActiveLearner(self.run_dir, self.protocol, data, scorer, self._oracle(data), ledger,
+                                    device=self.device, overlay_images=self.overlay_images)
+            needs = self._learn(learner)
+            rows = learner.write_metrics()
+        report = None
+        if rows and needs is None:
+            report = write_report(self.run_dir, title=f"xal run — {data.description.get('dataset')}",
+                                  config=self.run_config(data), metrics_rows=rows,
+                                  overlays_dir=self.run_dir / "overlays")
+        table = final_table_markdown(rows) if rows else "(no round finished yet)"
+        return RunOutcome(report, self.run_dir / "metrics.csv", ledger_path, table, rows, needs)
+
+    def _learn(self, learner: ActiveLearner) -> str | None:
+        """Run the learner under a progress bar of rounds evaluated (all arms); the message if labels are due."""
+        protocol = self.protocol
+        arms = learner.arms()
+        with self._bar("rounds") as (bar, task):
+            bar.update(task, total=len(arms) * (protocol.rounds + 1))
+
+            def on_event(event: RoundEvent) -> None:
+                done = sum(len(learner.ledger.rounds(arm)) for arm in arms)
+                detail = f"{event.arm}  round {event.round}: {event.phase}"
+                if event.total:
+                    detail += f" {event.done}/{event.total}"
+                bar.update(task, completed=done, detail=detail)
+
+            learner.on_event = on_event
+            try:
+                learner.run()
+            except NeedsAnnotations as waiting:
+                return str(waiting)
+        return None
