@@ -98,6 +98,8 @@ def score_batch(
         raise ValueError(f"ids: expected a 1-D integer tensor, got {ids.dtype} {tuple(ids.shape)}")
     if logits.dim() != 2 or logits.shape[0] != ids.shape[0]:
         raise ValueError(f"logits: expected shape [{ids.shape[0]}, K], got {tuple(logits.shape)}")
+    if roi.device != features.device:  # pool ROIs are read on the host; the model may run on a GPU
+        roi = roi.to(features.device)
     alignment = xal_kernels.cam_alignment(features, cam_weights, roi, threshold=config.threshold)
     u, fused = xal_kernels.uncertainty_and_dual_score(
         logits, alignment, kind=config.uncertainty, weight=config.weight, method="weighted",

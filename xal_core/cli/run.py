@@ -41,6 +41,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     protocol.add_argument("--strategies", default="random,entropy,dual",
                           help=f"comma-separated, from {','.join(STRATEGY_NAMES)} (default random,entropy,dual)")
     protocol.add_argument("--seeds", default="1", help="a count N (seeds 0..N-1) or a comma-separated list (default 1)")
+    protocol.add_argument("--seed", type=int, action="append", default=None, metavar="S",
+                          help="run exactly this seed (repeatable; overrides --seeds), e.g. one seed per process")
     protocol.add_argument("--initial", type=int, default=50, help="random initial labels (default 50)")
     protocol.add_argument("--rounds", type=int, default=13, help="acquisition rounds (default 13)")
     protocol.add_argument("--per-round", type=int, default=40, help="labels acquired per round (default 40)")
@@ -103,7 +105,7 @@ def build_protocol(args: argparse.Namespace):
     recipe = TrainRecipe(architecture=args.architecture, epochs=args.epochs, patience=args.patience,
                          batch_size=args.batch_size, lr=args.lr)
     return Protocol(strategies=tuple(s.strip() for s in args.strategies.split(",") if s.strip()),
-                    seeds=_seeds(args.seeds), initial=args.initial, rounds=args.rounds, per_round=args.per_round,
+                    seeds=tuple(args.seed) if args.seed else _seeds(args.seeds), initial=args.initial, rounds=args.rounds, per_round=args.per_round,
                     weight=args.weight, threshold=args.threshold, uncertainty=args.uncertainty,
                     missing_roi=args.missing_roi, diversity=args.diversity, export_format=args.export_format,
                     train=recipe)

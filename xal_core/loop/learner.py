@@ -82,6 +82,9 @@ class ActiveLearner:
         self.run_dir = Path(run_dir)
         self.protocol, self.data, self.scorer, self.oracle, self.ledger = protocol, data, scorer, oracle, ledger
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda"):  # fp32 training as on the CPU (and as the calibration ran)
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         self.overlay_images = overlay_images
         self.on_event = on_event or (lambda event: None)
         self.pool = data.pool

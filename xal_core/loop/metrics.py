@@ -268,7 +268,7 @@ def evaluate(
     probabilities, dice, soft_dice, energy = [], [], [], []
     for items, logits, features, cam_weights in forward_batches(model, images, batch_size=batch_size,
                                                                 normalise=normalise):
-        scores = cam_alignment(features, cam_weights, roi[items], threshold=threshold)
+        scores = cam_alignment(features, cam_weights, roi[items].to(features.device), threshold=threshold)
         probabilities.append(torch.softmax(logits.double(), dim=1).cpu().numpy())
         dice.append(scores.dice.cpu().numpy())
         soft_dice.append(scores.soft_dice.cpu().numpy())
