@@ -50,17 +50,20 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or args.runs[0]
     rows, config = merge_runs(args.runs)
     overlays = out / "overlays"
-    if out not in args.runs:  # the first run's CAM grids stand for the merged report
+    if out not in args.runs:  # each strategy's CAM grid from the first run that has one
         out.mkdir(parents=True, exist_ok=True)
-        source = args.runs[0] / "overlays"
-        if source.is_dir() and not overlays.exists():
-            shutil.copytree(source, overlays)
+        overlays.mkdir(exist_ok=True)
+        for run_dir in args.runs:
+            for grid in sorted((run_dir / "overlays").glob("*.npz")):
+                if not (overlays / grid.name).exists():
+                    shutil.copyfile(grid, overlays / grid.name)
         from xal_core.loop.metrics import append_metrics_csv
 
         (out / "metrics.csv").unlink(missing_ok=True)
         append_metrics_csv(out / "metrics.csv", rows)
+    grids = overlays if overlays.is_dir() and any(overlays.glob("*.npz")) else None
     report = write_report(out, title=args.title or f"xal report — {len(args.runs)} run(s)", config=config,
-                          metrics_rows=rows, overlays_dir=overlays if overlays.is_dir() else None)
+                          metrics_rows=rows, overlays_dir=grids)
     print(final_table_markdown(rows))
     print(f"\nreport: {report}")
     return 0
