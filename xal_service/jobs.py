@@ -28,6 +28,7 @@ import torch
 from xal_core.acquisition import BatchScores, PoolRanking, ScoringConfig, rank_pool, score_batch
 from xal_core.scoring import NonFiniteInputWarning
 
+from .engines.ray.config import RayEngineConfig
 from .errors import RequestError, invalid_argument, not_found
 from .registry import Registry
 from .statistics import Statistics
@@ -100,7 +101,11 @@ class Job:
 
 
 class JobManager:
-    def __init__(self, state: Path, registry: Registry, statistics: Statistics) -> None:
+    """Jobs queued and run one at a time: in this process, or on a Ray cluster when ``ray`` is given."""
+
+    def __init__(self, state: Path, registry: Registry, statistics: Statistics,
+                 ray: RayEngineConfig | None = None) -> None:
+        self.ray = ray
         self.root = state / "jobs"
         self.root.mkdir(parents=True, exist_ok=True)
         self.registry = registry
@@ -201,6 +206,9 @@ class JobManager:
         return done
 
     def _run(self, job: Job) -> None:
+        if self.ray is not None:
+            self._run_on_ray(job)
+            return
         spec = job.spec
         runtime = self.registry.model(spec.model).runtime
         store = self.registry.pool(spec.pool).store
@@ -239,6 +247,38 @@ class JobManager:
         job.state = SUCCEEDED
         log.info("job %s: %d items (%d resumed from disk)", job.id, job.items_done, resumed_done)
 
+    def _run_on_ray(self, job: Job) -> None:
+        """The same job on a Ray cluster (``xal_service.engines.ray``); WatchJob sees every merged block.
+
+        A job resumed after a restart starts over on Ray: its per-item Parquet files are rewritten.
+        """
+        from .engines.ray import ScoringCancelled, score_pool_on_ray
+
+        spec = job.spec
+        job.state, job.started, job.items_done = RUNNING, time.monotonic(), 0
+        job.save()
+
+        def on_block(block) -> None:
+            for stage in ("read", "forward", "kernel"):
+                self.statistics.record_stage(stage, getattr(block, f"{stage}_s"), items=block.n_items)
+            job.items_done += block.n_items
+            job.save()
+
+        try:
+            result = score_pool_on_ray(
+                self.registry.pool(spec.pool).path, self.registry.model(spec.model).path, k=spec.k,
+                scores_dir=job.directory / "scores", config=spec.config, engine=self.ray,
+                exclude_ids=spec.exclude_ids, on_block=on_block, should_stop=job.cancel_requested.is_set,
+            )
+        except ScoringCancelled:
+            job.state = CANCELLED
+            return
+        job.item_errors = [(item, "non-finite image or model outputs: ranked last") for item in result.invalid_ids]
+        job.n_item_errors = result.n_invalid_items
+        self._save_ranking(job, result.ranking, result.source_ids)
+        job.state = SUCCEEDED
+        log.info("job %s: %d items on Ray (%d workers)", job.id, job.items_done, len(result.workers))
+
     def _write_chunk(self, job: Job, number: int, scores: BatchScores, source_ids: list[str], excluded: torch.Tensor) -> None:
         arrays = {name: getattr(scores, name).numpy() for name in _BATCH_FIELDS}
         arrays["requested_exclusion"] = excluded.numpy()
@@ -265,8 +305,11 @@ class JobManager:
                 yield batch
 
         ranking = rank_pool(batches(), job.spec.k, job.spec.config)
+        self._save_ranking(job, ranking, [sources[i] for i in ranking.selection.ids.tolist()])
+
+    def _save_ranking(self, job: Job, ranking: PoolRanking, source_ids: list[str]) -> None:
         job.ranking = ranking
-        job.source_ids = [sources[i] for i in ranking.selection.ids.tolist()]
+        job.source_ids = source_ids
         arrays = {"ids": ranking.selection.ids.numpy(), "scores": ranking.selection.scores.numpy(),
                   "source_ids": np.asarray(job.source_ids, dtype=np.str_)}
         arrays.update({f"column_{name}": value.numpy() for name, value in ranking.columns.items()})

@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .auth import TokenInterceptor, read_token
+from .engines.ray.config import RayEngineConfig
 from .jobs import JobManager
 from .registry import Registry
 from .servicer import ScoringServicer
@@ -48,6 +49,8 @@ class ServerConfig:
         tls_cert, tls_key: PEM files to serve TLS.
         max_message_mb: largest request/response; larger ones get RESOURCE_EXHAUSTED.
         workers: handler threads (inline calls run concurrently on them).
+        ray: run scoring jobs on this Ray cluster (``xal_service.engines.ray``) instead of the
+            server's own job thread; None (the default) keeps them in-process.
     """
 
     listen: str = "127.0.0.1:50051"
@@ -58,6 +61,7 @@ class ServerConfig:
     tls_key: Path | None = None
     max_message_mb: int = 64
     workers: int = 16
+    ray: RayEngineConfig | None = None
 
 
 @dataclass
@@ -102,6 +106,10 @@ def start_server(config: ServerConfig) -> RunningServer:
         raise ValueError("--tls-cert and --tls-key go together")
     state = Path(config.state)
     state.mkdir(parents=True, exist_ok=True)
+    if config.ray is not None:  # fail at start, not at the first job, when Ray is missing or unreachable
+        from .engines.ray import connect
+
+        connect(config.ray.address)
 
     limit = config.max_message_mb * 1024 * 1024
     statistics = Statistics()
@@ -117,7 +125,7 @@ def start_server(config: ServerConfig) -> RunningServer:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         health_servicer.set(SERVICE_NAME, status)
 
-    jobs = JobManager(state, registry, statistics)
+    jobs = JobManager(state, registry, statistics, ray=config.ray)
     pb_grpc.add_ScoringServicer_to_server(ScoringServicer(statistics, registry, jobs, state, set_serving), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -155,6 +163,9 @@ def serve_forever(config: ServerConfig, announce=print) -> None:
     scheme = "TLS" if config.tls_cert else "plaintext"
     auth = "bearer-token auth" if config.token_file else "NO auth"
     announce(f"xal serve: listening on {host}:{running.port} ({scheme}, {auth}); state in {running.state}")
+    if config.ray is not None:
+        announce(f"xal serve: scoring jobs run on Ray (address {config.ray.address}, {config.ray.workers} worker(s), "
+                 f"{config.ray.gpus_per_worker:g} GPU each)")
     if not config.token_file:
         announce("xal serve: no --token-file: " + ("loopback only" if _is_loopback(host) else "REMOTE CLIENTS CAN CONNECT WITHOUT A TOKEN"))
     stopping = threading.Event()

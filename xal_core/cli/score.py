@@ -1,4 +1,9 @@
-"""``xal score``: rank a pool on a running scoring service and write the acquisition list as CSV."""
+"""``xal score``: rank a pool and write the acquisition list as CSV.
+
+On a running scoring service (``--engine service``, the default), or directly on a Ray cluster
+(``--engine ray``: this process is the Ray driver; the model, the pool and ``--scores-dir`` must be
+paths every node of the cluster can read).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,20 @@ import argparse
 import csv
 from pathlib import Path
 
+from .serve import add_ray_arguments, ray_engine_config
+
 STRATEGY_WEIGHTS = {"dual": None, "uncertainty": 1.0, "misalignment": 0.0}
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("score", help="rank a pool on a scoring service (xal serve) and write a CSV")
-    parser.add_argument("--server", required=True, help="HOST:PORT of `xal serve`")
-    parser.add_argument("--model", required=True, help="name of a loaded model (or load it with --model-path)")
-    parser.add_argument("--pool", required=True, help="name of a registered pool (or register it with --pool-path)")
-    parser.add_argument("--model-path", help="server-side model file to load under --model first")
-    parser.add_argument("--pool-path", help="server-side pool store to register under --pool first")
+    parser.add_argument("--server", help="HOST:PORT of `xal serve` (--engine service)")
+    parser.add_argument("--model", help="name of a loaded model (or load it with --model-path); --engine service")
+    parser.add_argument("--pool", help="name of a registered pool (or register it with --pool-path); --engine service")
+    parser.add_argument("--model-path", help="server-side model file to load under --model first; with --engine ray "
+                                             "the model file the Ray workers load")
+    parser.add_argument("--pool-path", help="server-side pool store to register under --pool first; with --engine ray "
+                                            "the pool store the Ray workers read")
     parser.add_argument("--k", type=int, default=40, help="items to acquire (default 40)")
     parser.add_argument("--strategy", choices=sorted(STRATEGY_WEIGHTS), default="dual",
                         help="dual = λ·U + (1−λ)·M; uncertainty = U only; misalignment = M only")
@@ -28,10 +37,78 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--token-file", type=Path, help="bearer token for the server")
     parser.add_argument("--tls-ca", type=Path, help="CA certificate of a TLS server")
     parser.add_argument("--out", type=Path, required=True, help="CSV to write: rank,id,source_id,score,...")
+    parser.add_argument("--scores-dir", type=Path,
+                        help="--engine ray: where the per-item Parquet files go (default: OUT.scores/ beside --out)")
+    add_ray_arguments(parser, engine_default="service")
     parser.set_defaults(run=run)
 
 
+CSV_HEADER = ["rank", "id", "source_id", "score", "uncertainty", "dice", "soft_dice", "roi_energy", "predicted_class"]
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.engine == "ray":
+        return run_on_ray(args)
+    missing = [f"--{name}" for name in ("server", "model", "pool") if not getattr(args, name)]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} required with --engine service")
+    return run_on_service(args)
+
+
+def _strategy(args: argparse.Namespace):
+    from xal_core.acquisition import ScoringConfig
+
+    weight = STRATEGY_WEIGHTS[args.strategy]
+    return ScoringConfig(uncertainty=args.uncertainty, weight=args.weight if weight is None else weight,
+                         threshold=args.threshold, fusion=args.fusion, missing_roi=args.missing_roi)
+
+
+def run_on_ray(args: argparse.Namespace) -> int:
+    """Be the Ray driver: the pool scored by actors on the cluster, the top-k merged here."""
+    import logging
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if not args.model_path or not args.pool_path:
+        raise ValueError("--model-path and --pool-path are required with --engine ray")
+    try:
+        from xal_service.engines.ray import score_pool_on_ray
+    except ImportError as error:
+        raise ValueError(str(error)) from None
+    from xal_core.data.pool_store import PoolStore
+
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    exclude = [int(line) for line in args.exclude.read_text().split()] if args.exclude else []
+    total = len(PoolStore.open(args.pool_path))
+    console = Console(stderr=True)
+    with Progress(TextColumn("ray"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
+                  transient=True) as progress:
+        task = progress.add_task("scoring", total=total)
+        try:
+            result = score_pool_on_ray(
+                args.pool_path, args.model_path, k=args.k, config=_strategy(args), engine=ray_engine_config(args),
+                scores_dir=args.scores_dir or args.out.with_name(args.out.name + ".scores"), exclude_ids=exclude,
+                on_block=lambda block: progress.advance(task, block.n_items),
+            )
+        except ImportError as error:
+            raise ValueError(str(error)) from None
+    ranking, columns = result.ranking, result.ranking.columns
+    with open(args.out, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_HEADER)
+        for position, item in enumerate(ranking.selection.ids.tolist()):
+            writer.writerow([position + 1, item, result.source_ids[position], f"{float(ranking.selection.scores[position]):.6g}",
+                             *(f"{float(columns[name][position]):.6g}" for name in ("uncertainty", "dice", "soft_dice",
+                                                                                    "roi_energy")),
+                             int(columns["predicted_class"][position])])
+    console.print(f"xal score: {total} items scored on Ray by {len(result.workers)} worker(s) in {result.wall_s:.1f} s, "
+                  f"top {len(ranking.selection.ids)} written to {args.out}; per-item scores in {result.scores_dir}"
+                  + (f"; {result.n_invalid_items} item(s) with errors ranked last" if result.n_invalid_items else ""))
+    return 0
+
+
+def run_on_service(args: argparse.Namespace) -> int:
     import grpc
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -72,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.server}: {error.code().name}: {error.details()}") from None
     with open(args.out, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["rank", "id", "source_id", "score", "uncertainty", "dice", "soft_dice", "roi_energy", "predicted_class"])
+        writer.writerow(CSV_HEADER)
         for item in rows:
             writer.writerow([item.rank, item.id, item.source_id, f"{item.score:.6g}", f"{item.uncertainty:.6g}",
                              f"{item.dice:.6g}", f"{item.soft_dice:.6g}", f"{item.roi_energy:.6g}", item.predicted_class])

@@ -20,7 +20,29 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--allow-remote-without-token", action="store_true",
         help="serve a non-loopback address without --token-file (not recommended)",
     )
+    add_ray_arguments(parser, engine_default="in-process")
     parser.set_defaults(run=run)
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser, engine_default: str) -> None:
+    """The options of the Ray engine, shared by `xal serve` and `xal score` (docs/distributed.md)."""
+    engines = ("in-process", "ray") if engine_default == "in-process" else ("service", "ray")
+    parser.add_argument("--engine", choices=engines, default=engine_default,
+                        help=f"where scoring runs (default {engine_default}); ray = on a Ray cluster (xal-ml[ray])")
+    parser.add_argument("--ray-address", default="auto",
+                        help="auto = the cluster this host joined with `ray start`; local = a private one-node "
+                             "cluster; or HOST:PORT / ray://HOST:PORT (default auto)")
+    parser.add_argument("--ray-workers", type=int, default=2, help="scorer actors, each loads the model once (default 2)")
+    parser.add_argument("--ray-cpus-per-worker", type=float, default=1.0, help="CPUs per actor (default 1)")
+    parser.add_argument("--ray-gpus-per-worker", type=float, default=0.0, help="GPUs per actor: 0 on CPU hosts, 1 on GPU nodes")
+
+
+def ray_engine_config(args: argparse.Namespace):
+    """``RayEngineConfig`` from the parsed options (``ValueError`` on bad values)."""
+    from xal_service.engines.ray.config import RayEngineConfig
+
+    return RayEngineConfig(address=args.ray_address, workers=args.ray_workers, cpus_per_worker=args.ray_cpus_per_worker,
+                           gpus_per_worker=args.ray_gpus_per_worker)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         max_message_mb=args.max_message_mb,
         workers=args.workers,
+        ray=ray_engine_config(args) if args.engine == "ray" else None,
     )
     serve_forever(config, announce=lambda line: print(line, flush=True))
     return 0

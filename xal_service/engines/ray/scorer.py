@@ -1,0 +1,139 @@
+"""The Ray Data actor that scores pool blocks: the same steps as the in-process job worker.
+
+Per block: the model's normalisation → runtime forward → ``score_batch`` (DESIGN.md §1: the one
+scoring function) → the block's per-item scores written as Parquet → the block's own top-k sent
+back to the driver, which merges them into the pool's top-k. The model is loaded once per actor
+(``__init__``), not per block: loading an ONNX session costs as much as scoring thousands of items.
+
+What goes back to the driver is small whatever the pool: at most ``k`` candidate rows (plus ties
+at the k-th score) and one summary row per block, so the driver's memory does not grow with the
+pool and the network carries scores, not images or feature maps.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xal_core.acquisition import BatchScores, ScoringConfig, score_batch
+from xal_core.scoring import NonFiniteInputWarning, Roi, TopK
+
+from .item_scores import write_item_scores
+
+__all__ = ["PoolScorer", "CANDIDATE_COLUMNS", "SUMMARY_COLUMNS"]
+
+# Columns of a candidate row (one of a block's top-k items) that the ranking reports.
+CANDIDATE_COLUMNS = ("uncertainty", "dice", "soft_dice", "roi_energy", "pointing_hit", "predicted_class",
+                     "probabilities")
+# Columns of a block's summary row: its rows, counts, where it ran and what each stage cost.
+_SUMMARY_TYPES = {"n_items": np.int64, "n_scored": np.int64, "n_invalid": np.int64, "n_excluded": np.int64,
+                  "n_invalid_items": np.int64, "worker_pid": np.int64, "node": object, "read_s": np.float64, "forward_s": np.float64,
+                  "kernel_s": np.float64, "write_s": np.float64}
+SUMMARY_COLUMNS = tuple(_SUMMARY_TYPES)
+
+
+def _roi(batch: dict[str, np.ndarray], roi_format: str, size: tuple[int, int]) -> Roi:
+    """The block's ROIs, decoded exactly as ``PoolStore.read_chunk`` decodes a chunk's."""
+    known = torch.from_numpy(batch["roi_known"].astype(bool))
+    if roi_format == "boxes":
+        counts = torch.from_numpy(batch["roi_counts"].astype(np.int64))
+        return Roi.from_padded_boxes(torch.from_numpy(_writable(batch["roi_boxes"])), counts, size=size)
+    return Roi.from_packed_masks(torch.from_numpy(_writable(batch["roi_packed"])), size[1], known)
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    """Ray hands tensor columns over as read-only views; torch wants memory it may write (copy if so)."""
+    return np.require(array, requirements="W")
+
+
+class PoolScorer:
+    """Callable class for ``Dataset.map_batches`` with an ``ActorPoolStrategy``.
+
+    Args:
+        model_path: an exported xal model (ONNX or TorchScript) every node can read.
+        config: the scoring strategy, as ``dataclasses.asdict(ScoringConfig)``.
+        k: the size of the acquisition list (each block sends back its own top-``k``).
+        scores_dir: where the per-item Parquet files go (shared by all nodes).
+        roi_format, size: the pool's ROI format (``"mask"`` or ``"boxes"``) and ROI frame.
+        exclude_ids: items to score but leave out of the ranking (e.g. already labelled).
+        threads: intra-op threads of the runtime (the CPUs Ray reserved for this actor).
+    """
+
+    def __init__(self, model_path: str, config: dict, k: int, scores_dir: str, roi_format: str,
+                 size: tuple[int, int], exclude_ids: np.ndarray, threads: int = 1) -> None:
+        from xal_service.runtime import load
+
+        torch.set_num_threads(threads)
+        # ONNX Runtime sizes its own thread pool (one per core unless told): tell it what Ray gave us.
+        self.runtime = load(model_path) if zipfile.is_zipfile(model_path) else load(model_path, threads=threads)
+        self.config = ScoringConfig(**config)
+        self.k = int(k)
+        self.scores_dir = Path(scores_dir)
+        self.roi_format = roi_format
+        self.size = (int(size[0]), int(size[1]))
+        self.exclude_ids = np.asarray(exclude_ids, dtype=np.int64)
+        self.worker = (os.getpid(), socket.gethostname())
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ids = _writable(np.asarray(batch["index"], dtype=np.int64))
+        first, stop = int(ids[0]), int(ids[-1]) + 1
+        if not np.array_equal(ids, np.arange(first, stop)):
+            raise ValueError(f"pool block {first}..{stop - 1}: item ids are not the contiguous pool rows")
+        started = time.perf_counter()
+        images = self.runtime.metadata.normalise(torch.from_numpy(batch["images"].astype(np.float32)))
+        logits, features, cam_weights = self.runtime.run(images)
+        forward_s = time.perf_counter() - started
+        started = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NonFiniteInputWarning)  # counted per item below
+            scores = score_batch(torch.from_numpy(ids), logits, features, cam_weights,
+                                 _roi(batch, self.roi_format, self.size), self.config)
+        kernel_s = time.perf_counter() - started
+        requested = np.isin(ids, self.exclude_ids)
+        started = time.perf_counter()
+        write_item_scores(self.scores_dir, scores, batch["source_id"], requested)
+        write_s = time.perf_counter() - started
+        ranked = ~requested
+        summary = {
+            "n_items": len(ids), "n_scored": int(ranked.sum()),
+            "n_invalid": int(scores.invalid.numpy()[ranked].sum()),
+            "n_excluded": int(scores.excluded.numpy()[ranked].sum()),
+            "n_invalid_items": int(scores.invalid.sum()),  # requested exclusions included: the job's item errors
+            "worker_pid": self.worker[0], "node": self.worker[1], "read_s": float(np.sum(batch["read_s"])),
+            "forward_s": forward_s, "kernel_s": kernel_s, "write_s": write_s,
+        }
+        return self._rows(first, stop, scores, batch["source_id"], ranked, summary)
+
+    def _rows(self, first: int, stop: int, scores: BatchScores, source_ids: np.ndarray, ranked: np.ndarray,
+              summary: dict) -> dict[str, np.ndarray]:
+        """The block's top-k candidate rows followed by its summary row, in one table."""
+        keep = torch.from_numpy(ranked)
+        if self.config.fusion == "weighted":
+            top = TopK(self.k)
+            top.push(scores.ids[keep], scores.score[keep], {name: value[keep] for name, value in scores.columns().items()})
+            chosen, columns = top.result(), top.selected_columns()
+        else:  # rank fusion needs every item's U and M: the driver ranks from the Parquet files
+            chosen = TopK(1).result()
+            columns = {name: value[:0] for name, value in scores.columns().items()}
+        n = int(chosen.ids.numel())
+        width = scores.probabilities.shape[1]
+        rows: dict[str, np.ndarray] = {
+            "first": np.full(n + 1, first, dtype=np.int64), "stop": np.full(n + 1, stop, dtype=np.int64),
+            "summary": np.array([False] * n + [True]),
+            "id": np.append(chosen.ids.numpy(), -1), "score": np.append(chosen.scores.numpy(), np.nan),
+            "source_id": np.append(source_ids[chosen.ids.numpy() - first], "").astype(object),
+        }
+        for name in CANDIDATE_COLUMNS:
+            value = columns[name].numpy()
+            rows[name] = np.concatenate([value, np.zeros((1, width) if name == "probabilities" else 1, value.dtype)])
+        for name, dtype in _SUMMARY_TYPES.items():
+            rows[name] = np.full(n + 1, "", dtype=object) if dtype is object else np.zeros(n + 1, dtype=dtype)
+            rows[name][-1] = summary[name]
+        return rows
