@@ -19,11 +19,48 @@ from .errors import RequestError, invalid_argument, not_found
 __all__ = ["LoadedModel", "RegisteredPool", "Registry"]
 
 
-@dataclass
 class LoadedModel:
-    name: str
-    path: Path
-    runtime: object  # xal_service.runtime.Runtime
+    """A model by name. Its runtime is kept in memory only while it is among the most recently used.
+
+    Why: an ONNX Runtime session keeps its memory arena (hundreds of MB for a batch of a thousand
+    images) for as long as it lives, and an active-learning run loads a new model every round; a
+    server that kept every session would grow without bound. An evicted model is reloaded from its
+    file on its next use; ``metadata`` and the runtime's kind stay known without reloading.
+    """
+
+    def __init__(self, name: str, path: Path, runtime: object, loader, on_reload=None) -> None:
+        self.name, self.path = name, Path(path)
+        self._runtime: object | None = runtime
+        self._loader = loader
+        self._on_reload = on_reload
+        self._lock = threading.Lock()
+        self.metadata = runtime.metadata  # type: ignore[attr-defined]
+        self.runtime_kind = type(runtime).__name__
+        self.device = getattr(runtime, "device", "cpu")
+
+    @property
+    def loaded(self) -> bool:
+        return self._runtime is not None
+
+    @property
+    def runtime(self) -> object:
+        reloaded = False
+        with self._lock:
+            if self._runtime is None:
+                try:
+                    self._runtime = self._loader(self.path)
+                except ValueError as error:
+                    raise invalid_argument(f"model {self.name!r} was unloaded to save memory and cannot be "
+                                           f"reloaded ({error}); LoadModel it again") from None
+                reloaded = True
+            runtime = self._runtime
+        if reloaded and self._on_reload is not None:
+            self._on_reload()  # another model makes room
+        return runtime
+
+    def unload(self) -> None:
+        with self._lock:
+            self._runtime = None
 
 
 @dataclass
@@ -39,10 +76,15 @@ def _check_name(name: str, what: str) -> None:
 
 
 class Registry:
-    def __init__(self, state: Path) -> None:
+    """Models and pools by name. At most ``max_loaded`` model runtimes are held in memory (LRU)."""
+
+    def __init__(self, state: Path, *, max_loaded: int = 4) -> None:
+        if max_loaded < 1:
+            raise ValueError(f"max_loaded: must be >= 1, got {max_loaded}")
         self.state = state
+        self.max_loaded = max_loaded
         self._lock = threading.Lock()
-        self.models: dict[str, LoadedModel] = {}
+        self.models: dict[str, LoadedModel] = {}  # least recently used first
         self.pools: dict[str, RegisteredPool] = {}
 
     # ------------------------------------------------------------------ models
@@ -54,17 +96,33 @@ class Registry:
             runtime = load(path)
         except ValueError as error:
             raise invalid_argument(f"path: {error}") from None
-        model = LoadedModel(name, Path(path), runtime)
+        model = LoadedModel(name, Path(path), runtime, load, self._make_room)
         with self._lock:
+            self.models.pop(name, None)
             self.models[name] = model
+            self._evict()
             self._save()
         return model
 
     def model(self, name: str) -> LoadedModel:
+        """The model, marked as just used (a job or a call is about to run it)."""
         with self._lock:
             if name not in self.models:
                 raise not_found(f"model {name!r} is not loaded (LoadModel first)")
-            return self.models[name]
+            model = self.models.pop(name)
+            self.models[name] = model
+            self._evict()
+            return model
+
+    def _make_room(self) -> None:
+        with self._lock:
+            self._evict()
+
+    def _evict(self) -> None:
+        """Unload the runtimes of all but the ``max_loaded`` most recently used models."""
+        live = [m for m in self.models.values() if m.loaded]
+        for model in live[: max(0, len(live) - self.max_loaded)]:
+            model.unload()
 
     # ------------------------------------------------------------------ pools
     def register_pool(self, name: str, path: Path) -> RegisteredPool:

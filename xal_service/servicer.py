@@ -258,11 +258,11 @@ def _job_status(job) -> pb.JobStatus:
 
 
 def _model_info(model) -> pb.ModelInfo:
-    meta = model.runtime.metadata
+    meta = model.metadata
     strings = meta.to_strings()
     return pb.ModelInfo(
-        name=model.name, format="torchscript" if type(model.runtime).__name__.startswith("TorchScript") else "onnx",
-        runtime=f"{type(model.runtime).__name__}:{getattr(model.runtime, 'device', 'cpu')}",
+        name=model.name, format="torchscript" if model.runtime_kind.startswith("TorchScript") else "onnx",
+        runtime=f"{model.runtime_kind}:{model.device}",
         class_names=list(meta.class_names), input_shape=[meta.channels, *meta.input_size],
         outputs=["logits", "features", "cam_weights"], target_layer=meta.target_layer, xal_version=meta.version,
         metadata=strings, ready=True,
