@@ -18,7 +18,7 @@ def _xal(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_demo_prints_ranking_and_summary() -> None:
-    done = _xal("demo", "--items", "1500", "--k", "60", "--show", "7", "--seed", "4")
+    done = _xal("rank-demo", "--items", "1500", "--k", "60", "--show", "7", "--seed", "4")
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "Acquisition list: top 7 of 60" in out
@@ -30,14 +30,14 @@ def test_demo_prints_ranking_and_summary() -> None:
 
 
 def test_demo_rank_fusion_and_exclude_policy() -> None:
-    done = _xal("demo", "--items", "800", "--k", "20", "--fusion", "rank", "--missing-roi", "exclude", "--show", "3")
+    done = _xal("rank-demo", "--items", "800", "--k", "20", "--fusion", "rank", "--missing-roi", "exclude", "--show", "3")
     assert done.returncode == 0, done.stderr
     assert "excluded by the missing-ROI policy" in done.stdout
     assert " 0 excluded" not in done.stdout
 
 
 def test_bad_arguments_give_one_clear_line() -> None:
-    done = _xal("demo", "--items", "100", "--weight", "2")
+    done = _xal("rank-demo", "--items", "100", "--weight", "2")
     assert done.returncode == 2
     assert "weight" in done.stderr and "Traceback" not in done.stderr
 

@@ -8,7 +8,8 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_python_examples_run() -> None:
+def test_readme_python_examples_run(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # examples that write (a run folder) write here
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks, "README.md has no ```python example"
     for block in blocks:
@@ -16,3 +17,5 @@ def test_readme_python_examples_run() -> None:
         exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 - our own README
         if "top" in namespace:
             assert len(namespace["top"].result().ids) == 2
+        if "outcome" in namespace:
+            assert namespace["outcome"].report.is_file() and "dual" in namespace["outcome"].final_table

@@ -1,8 +1,9 @@
-"""``xal demo``: score a synthetic pool end to end and show the acquisition list.
+"""``xal rank-demo``: score a synthetic pool of model outputs and show the acquisition list.
 
-Until the active-learning loop exists this is the main job: a pool of model outputs (feature maps,
-CAM weights, logits) with ROIs is generated, every item is scored with the dual criterion, and the
-top of the ranking is printed next to a summary that shows *why* items were chosen.
+The scorer alone, no training: a pool of model outputs (feature maps, CAM weights, logits) with
+ROIs is generated, every item is scored with the dual criterion, and the top of the ranking is
+printed next to a summary that shows *why* items were chosen. (``xal demo`` is the whole
+active-learning loop.)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from xal_core.scoring import UNCERTAINTY_KINDS, NonFiniteInputWarning
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("demo", help="score a synthetic pool and print the acquisition list")
+    parser = commands.add_parser("rank-demo", help="score a synthetic pool of model outputs (no training) and print the ranking")
     parser.add_argument("--items", type=int, default=10_000, help="pool size (default 10000)")
     parser.add_argument("--k", type=int, default=570, help="how many items to acquire (default 570, the paper's budget)")
     parser.add_argument("--show", type=int, default=20, help="rows of the ranking to print (default 20)")
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.k < 1 or args.show < 0:
         raise ValueError(f"--k must be >= 1 and --show >= 0, got {args.k} and {args.show}")
     console.print(
-        f"[bold]xal demo[/bold]: {pool.size} synthetic items (C={pool.channels}, {pool.grid}×{pool.grid} CAM grid, "
+        f"[bold]xal rank-demo[/bold]: {pool.size} synthetic items (C={pool.channels}, {pool.grid}×{pool.grid} CAM grid, "
         f"{pool.frame}×{pool.frame} ROI frame, K={pool.classes}), {config.uncertainty} ⊕ misalignment, "
         f"λ={config.weight}, τ={config.threshold}, {config.fusion} fusion"
     )

@@ -25,6 +25,12 @@ EXIT_NEEDS_LABELS = 3  # a person must label the items in to_label.csv, then rer
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("run", help="run the active-learning experiment (strategies × seeds) and report",
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The experiment's options (``xal demo`` takes the same ones with other defaults)."""
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=("synthetic", "brats", "vindr", "siim", "generic"), default="synthetic")
     data.add_argument("--data-dir", type=Path, default=None, help="the dataset's folder (not for synthetic)")
@@ -71,7 +77,6 @@ def register(commands: argparse._SubParsersAction) -> None:
                          help="the file oracle's CSV (default RUN_DIR/to_label.csv, written when labels are needed)")
     parser.add_argument("--overlay-images", type=int, default=8, help="test images in the report's CAM grid")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
-    parser.set_defaults(run=run)
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -114,6 +119,7 @@ def build_protocol(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from xal_core.loop.ledger import LedgerError
     from xal_core.loop.session import RunSession
 
     console = Console(stderr=False)
@@ -127,7 +133,11 @@ def run(args: argparse.Namespace) -> int:
         overlay_images=args.overlay_images, console=console, progress=not args.no_progress,
     )
     started = time.perf_counter()
-    outcome = session.run()
+    try:
+        outcome = session.run()
+    except LedgerError as error:  # corrupt / foreign / other-experiment ledger: untouched, say how to recover
+        print(f"xal run: error: {error}", file=sys.stderr)
+        return 2
     if outcome.needs_labels is not None:
         console.print(f"[yellow]{outcome.needs_labels}[/yellow]")
         return EXIT_NEEDS_LABELS

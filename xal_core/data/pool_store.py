@@ -160,6 +160,10 @@ class PoolStore:
         data[order] = array.get_orthogonal_selection((rows[order],))
         return torch.from_numpy(data).to(torch.float32)
 
+    def roi_known(self) -> np.ndarray:
+        """bool ``[N]``: which items have a known ROI (one byte per item, read whole)."""
+        return self._group["roi_known"][:].astype(bool)
+
     def source_ids(self, index: torch.Tensor | Sequence[int]) -> list[str]:
         """The source ids (e.g. ``BraTS20_Training_001/slice_077``) of the given items, in order."""
         rows = np.asarray(index, dtype=np.int64).reshape(-1)

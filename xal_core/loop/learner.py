@@ -33,12 +33,14 @@ from xal_core.train import TrainConfig, fit
 from .experiment import ExperimentData
 from .ledger import AcquisitionRow, Arm, Ledger
 from .metrics import METRICS_COLUMNS, RoundMetrics, evaluate
-from .oracle import Oracle, write_labelling_sheet
+from .oracle import FileOracle, Oracle, write_labelling_sheet
 from .protocol import INITIAL_STRATEGY, Protocol, derived_seed
 from .report.overlays import overlay_path, write_overlays
 from .scorers import PoolScorer
 
-__all__ = ["ActiveLearner", "NeedsAnnotations", "RoundEvent"]
+__all__ = ["ActiveLearner", "NeedsAnnotations", "RoundEvent", "ROI_STRATEGIES"]
+
+ROI_STRATEGIES = ("misalignment", "dual", "dual_rank")  # strategies that read the CAM–ROI Dice
 
 
 class NeedsAnnotations(RuntimeError):
@@ -91,6 +93,20 @@ class ActiveLearner:
         if protocol.labels_at(0) > len(self.pool):
             raise ValueError(f"initial: {protocol.initial} labels asked of a pool of {len(self.pool)} items")
         self._warned_no_roi = False
+        self._check_rois()
+
+    def _check_rois(self) -> None:
+        """Say at the start, not mid-run, when ROI-based strategies will have no ROI to use."""
+        needs_roi = [s for s in self.protocol.strategies if s in ROI_STRATEGIES]
+        if not needs_roi or self.pool.roi_known().any():
+            return
+        if self.protocol.missing_roi == "exclude":
+            raise ValueError(f"{self.data.pool_path}: no item of the pool has an ROI, and missing_roi='exclude' leaves "
+                             f"{', '.join(needs_roi)} nothing to acquire; use missing_roi='uncertainty_only' or give ROIs")
+        self._warned_no_roi = True
+        warnings.warn(f"{self.data.pool_path}: no item of the pool has an ROI: {', '.join(needs_roi)} fall(s) back to "
+                      "the missing-ROI policy 'uncertainty_only', i.e. rank by uncertainty alone", NoRoiWarning,
+                      stacklevel=3)
 
     # ------------------------------------------------------------------ the whole run
     def arms(self) -> list[Arm]:
@@ -165,13 +181,17 @@ class ActiveLearner:
         if not pending:
             return
         self.on_event(RoundEvent(arm, round, "annotate", 0, len(pending)))
-        answer = self.oracle.annotate(pending)
-        if answer.annotations:
-            self.ledger.record_annotations(arm, answer.annotations)
-        if answer.missing:
-            sheet = self.run_dir / "to_label.csv"
-            write_labelling_sheet(sheet, answer.missing, self._source_ids(answer.missing), self.data.class_names)
-            raise NeedsAnnotations(sheet, len(answer.missing))
+        sheet = self.oracle.path if isinstance(self.oracle, FileOracle) else self.run_dir / "to_label.csv"
+        if isinstance(self.oracle, FileOracle) and not sheet.is_file():
+            missing = pending  # nobody has been asked yet: write the sheet first
+        else:
+            answer = self.oracle.annotate(pending)
+            if answer.annotations:
+                self.ledger.record_annotations(arm, answer.annotations)
+            missing = answer.missing
+        if missing:
+            write_labelling_sheet(sheet, missing, self._source_ids(missing), self.data.class_names)
+            raise NeedsAnnotations(sheet, len(missing))
 
     def _model(self, arm: Arm, round: int) -> tuple[Path, str]:
         """The round's checkpoint (trained now unless already on disk) and its version string."""
