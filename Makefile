@@ -52,6 +52,7 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	@if [ "$(HAS_GPU)" = no ]; then echo "no NVIDIA GPU: installing the CPU build $(TORCH_CPU)"; $(PIP) "$(TORCH_CPU)"; fi
 	$(PIP) -e ".[$(DEV_EXTRAS)]"
+	$(PIP) --no-deps "baal>=2.1,<3"  # its hard Jupyter dependency is not needed by the heuristics (pyproject.toml)
 	@touch $@ $(VENV)/.installed-run
 
 clean:

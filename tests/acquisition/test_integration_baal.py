@@ -10,7 +10,7 @@ from xal_core.acquisition.strategies import NoRoiWarning, ScoreTable, make_strat
 
 heuristics = pytest.importorskip(
     "baal.active.heuristics",
-    reason="baal is an optional extra, not in dev (baal 2.1 requires the whole Jupyter stack): pip install 'xal-ml[baal]'",
+    reason="baal is not installed: pip install 'xal-ml[baal]' (make test installs it with --no-deps)",
 )
 from baal.active import ActiveLearningDataset, ActiveLearningLoop  # noqa: E402
 
