@@ -18,15 +18,13 @@ import queue
 import threading
 import time
 import uuid
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from xal_core.acquisition import BatchScores, PoolRanking, ScoringConfig, rank_pool, score_batch
-from xal_core.scoring import NonFiniteInputWarning
+from xal_core.acquisition import BatchScores, PoolRanking, ScoringConfig, rank_pool, score_chunk
 
 from .engines.ray.config import RayEngineConfig
 from .errors import RequestError, invalid_argument, not_found
@@ -139,7 +137,7 @@ class JobManager:
         pool = self.registry.pool(spec.pool).store
         if not 1 <= spec.k <= len(pool):
             raise invalid_argument(f"k: must be in [1, {len(pool)}] (the pool's size), got {spec.k}")
-        expected = (model.runtime.metadata.channels, *model.runtime.metadata.input_size)
+        expected = (model.metadata.channels, *model.metadata.input_size)
         channels = int(pool.manifest.get("channels", expected[0]))
         if (channels, *pool.size) != expected:
             raise invalid_argument(
@@ -224,15 +222,12 @@ class JobManager:
             if job.cancel_requested.is_set():
                 job.state = CANCELLED
                 return
-            started = time.perf_counter()
-            images = runtime.metadata.normalise(chunk.images)
-            logits, features, cam_weights = runtime.run(images)
-            self.statistics.record_stage("forward", time.perf_counter() - started, items=len(chunk.index))
-            started = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NonFiniteInputWarning)  # reported per item below
-                scores = score_batch(chunk.index, logits, features, cam_weights, chunk.roi, spec.config)
-            self.statistics.record_stage("kernel", time.perf_counter() - started, items=len(chunk.index))
+            items = len(chunk.index)
+            # the one forward → score step, shared with the in-process scorer (identical numbers);
+            # non-finite items come back flagged ``invalid`` and are reported per item below
+            scores = score_chunk(runtime, chunk, spec.config,
+                                 on_stage=lambda stage, seconds, items=items: self.statistics.record_stage(
+                                     stage, seconds, items=items))
             self._write_chunk(job, chunk.number, scores, chunk.ids, torch.isin(scores.ids, excluded_ids))
             for item in scores.ids[scores.invalid].tolist():
                 job.n_item_errors += 1
