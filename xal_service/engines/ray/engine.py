@@ -125,8 +125,11 @@ def score_pool_on_ray(
     _check_resources(ray.cluster_resources(), engine)
 
     started = time.perf_counter()
+    # override_num_blocks = the chunk count: asked for more blocks than read tasks, Ray Data would
+    # split every chunk into pieces, and the scorer would no longer see the in-process batches.
     dataset = ray.data.read_datasource(PoolStoreDatasource(store.path), num_cpus=engine.read_cpus,
-                                       compute=TaskPoolStrategy(size=engine.concurrent_reads))
+                                       compute=TaskPoolStrategy(size=engine.concurrent_reads),
+                                       override_num_blocks=store.n_chunks)
     context = dataset.context  # the dataset's own copy: settings here touch no other Ray Data user
     context.enable_progress_bars = False  # progress goes through on_block (WatchJob, the CLI's bar)
     context.print_on_execution_start = False
