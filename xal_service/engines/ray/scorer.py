@@ -1,8 +1,9 @@
 """The Ray Data actor that scores pool blocks: the same steps as the in-process job worker.
 
-Per block: the model's normalisation → runtime forward → ``score_batch`` (DESIGN.md §1: the one
-scoring function) → the block's per-item scores written as Parquet → the block's own top-k sent
-back to the driver, which merges them into the pool's top-k. The model is loaded once per actor
+Per block: ``score_chunk`` (the model's normalisation, runtime forward and ``score_batch``, the one
+scoring function of DESIGN.md §1: the very step the service's job worker runs per chunk), then the
+block's per-item scores written as Parquet, then the block's own top-k sent back to the driver,
+which merges them into the pool's top-k. The model is loaded once per actor
 (``__init__``), not per block: loading an ONNX session costs as much as scoring thousands of items.
 
 What goes back to the driver is small whatever the pool: at most ``k`` candidate rows (plus ties
@@ -15,15 +16,15 @@ from __future__ import annotations
 import os
 import socket
 import time
-import warnings
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from xal_core.acquisition import BatchScores, ScoringConfig, score_batch
-from xal_core.scoring import NonFiniteInputWarning, Roi, TopK
+from xal_core.acquisition import BatchScores, ScoringConfig, score_chunk
+from xal_core.scoring import Roi, TopK
 
 from .item_scores import write_item_scores
 
@@ -37,6 +38,14 @@ _SUMMARY_TYPES = {"n_items": np.int64, "n_scored": np.int64, "n_invalid": np.int
                   "n_invalid_items": np.int64, "worker_pid": np.int64, "node": object, "read_s": np.float64, "forward_s": np.float64,
                   "kernel_s": np.float64, "write_s": np.float64}
 SUMMARY_COLUMNS = tuple(_SUMMARY_TYPES)
+
+
+class _Block(NamedTuple):
+    """A block as ``score_chunk`` reads a pool chunk (``ChunkLike``)."""
+
+    index: torch.Tensor  # int64 [b]
+    images: torch.Tensor  # float32 [b, C, H, W], as stored
+    roi: Roi
 
 
 def _roi(batch: dict[str, np.ndarray], roi_format: str, size: tuple[int, int]) -> Roi:
@@ -86,16 +95,10 @@ class PoolScorer:
         first, stop = int(ids[0]), int(ids[-1]) + 1
         if not np.array_equal(ids, np.arange(first, stop)):
             raise ValueError(f"pool block {first}..{stop - 1}: item ids are not the contiguous pool rows")
-        started = time.perf_counter()
-        images = self.runtime.metadata.normalise(torch.from_numpy(batch["images"].astype(np.float32)))
-        logits, features, cam_weights = self.runtime.run(images)
-        forward_s = time.perf_counter() - started
-        started = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NonFiniteInputWarning)  # counted per item below
-            scores = score_batch(torch.from_numpy(ids), logits, features, cam_weights,
-                                 _roi(batch, self.roi_format, self.size), self.config)
-        kernel_s = time.perf_counter() - started
+        block = _Block(torch.from_numpy(ids), torch.from_numpy(batch["images"].astype(np.float32)),
+                       _roi(batch, self.roi_format, self.size))
+        stage_s: dict[str, float] = {}
+        scores = score_chunk(self.runtime, block, self.config, on_stage=stage_s.__setitem__)  # the job worker's step
         requested = np.isin(ids, self.exclude_ids)
         started = time.perf_counter()
         write_item_scores(self.scores_dir, scores, batch["source_id"], requested)
@@ -107,7 +110,7 @@ class PoolScorer:
             "n_excluded": int(scores.excluded.numpy()[ranked].sum()),
             "n_invalid_items": int(scores.invalid.sum()),  # requested exclusions included: the job's item errors
             "worker_pid": self.worker[0], "node": self.worker[1], "read_s": float(np.sum(batch["read_s"])),
-            "forward_s": forward_s, "kernel_s": kernel_s, "write_s": write_s,
+            "forward_s": stage_s["forward"], "kernel_s": stage_s["kernel"], "write_s": write_s,
         }
         return self._rows(first, stop, scores, batch["source_id"], ranked, summary)
 
