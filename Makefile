@@ -37,6 +37,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/kernels.py
 	$(BIN)/python bench/forward.py
 	$(BIN)/python bench/service.py
+	$(BIN)/python bench/distributed.py
 
 install: $(VENV)/.installed-run
 install-dev: $(VENV)/.installed-dev
