@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from monai.networks import nets
 from torch import nn
 
 ARCHITECTURES = ("densenet121", "resnet10", "resnet18", "resnet34", "resnet50")
@@ -59,8 +58,16 @@ class BackboneConfig:
         return cls(**known)
 
 
+def _nets():
+    """MONAI's networks, imported on first use: importing MONAI costs ~2 s, which every process
+    that only reads metadata (the CLI, a service or Ray worker starting) would otherwise pay."""
+    from monai.networks import nets
+
+    return nets
+
+
 def _densenet(config: BackboneConfig) -> nn.Module:
-    return nets.DenseNet(
+    return _nets().DenseNet(
         spatial_dims=2,
         in_channels=config.in_channels,
         out_channels=config.num_classes,
@@ -70,9 +77,9 @@ def _densenet(config: BackboneConfig) -> nn.Module:
     )
 
 
-def _resnet(factory: Callable[..., nn.Module]) -> Callable[[BackboneConfig], nn.Module]:
+def _resnet(factory: str) -> Callable[[BackboneConfig], nn.Module]:
     def build(config: BackboneConfig) -> nn.Module:
-        return factory(
+        return getattr(_nets(), factory)(
             spatial_dims=2,
             n_input_channels=config.in_channels,
             num_classes=config.num_classes,
@@ -85,10 +92,10 @@ def _resnet(factory: Callable[..., nn.Module]) -> Callable[[BackboneConfig], nn.
 
 _BUILDERS: dict[str, Callable[[BackboneConfig], nn.Module]] = {
     "densenet121": _densenet,
-    "resnet10": _resnet(nets.resnet10),
-    "resnet18": _resnet(nets.resnet18),
-    "resnet34": _resnet(nets.resnet34),
-    "resnet50": _resnet(nets.resnet50),
+    "resnet10": _resnet("resnet10"),
+    "resnet18": _resnet("resnet18"),
+    "resnet34": _resnet("resnet34"),
+    "resnet50": _resnet("resnet50"),
 }
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from monai.networks import nets
 from torch import nn
 
 
@@ -24,6 +23,8 @@ class GapLinearSplit:
 
 def split_gap_linear(backbone: nn.Module) -> GapLinearSplit | None:
     """The trunk/head split of a known GAP + linear backbone, or ``None`` for any other model."""
+    from monai.networks import nets  # deferred: see backbones._nets
+
     if isinstance(backbone, nets.DenseNet):
         layers = backbone.class_layers
         if isinstance(layers.pool, nn.AdaptiveAvgPool2d) and isinstance(layers.out, nn.Linear):
