@@ -25,13 +25,13 @@ def test_each_backbone_at_224_gives_a_7x7_grid(name):
     model = ExplainableModel(build_backbone(name, in_channels=3, num_classes=4)).eval()
     with torch.no_grad():
         logits, features, cam_weights = model(torch.randn(1, 3, 224, 224))
-    channels = {"densenet121": 1024, "resnet18": 512, "resnet34": 512, "resnet50": 2048}[name]
+    channels = {"densenet121": 1024, "resnet10": 512, "resnet18": 512, "resnet34": 512, "resnet50": 2048}[name]
     assert logits.shape == (1, 4)
     assert features.shape == (1, channels, 7, 7)
     assert cam_weights.shape == (1, channels)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50"])
+@pytest.mark.parametrize("name", ["resnet10", "resnet18", "resnet34", "resnet50"])
 def test_resnet_has_the_imagenet_stride_2_stem(name):
     model = build_backbone(name, 1, 2)
     assert model.conv1.stride == (2, 2)
