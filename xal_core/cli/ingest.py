@@ -8,8 +8,6 @@ Bad items are skipped and listed in ``POOL/ingest_report.tsv``; the summary coun
 from __future__ import annotations
 
 import argparse
-import json
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
@@ -17,6 +15,8 @@ from rich.text import Text
 
 from xal_core.data import KINDS, detect_kind, open_dataset
 from xal_core.data.ingest import ingest
+
+from .adapter_options import parse_adapter_options
 
 
 class ItemsPerSecond(ProgressColumn):
@@ -45,24 +45,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def _options(pairs: list[str]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option {pair!r}: expected KEY=VALUE")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return options
 
 
 def run(args: argparse.Namespace) -> int:
     if len(args.size) not in (1, 2) or min(args.size) < 1:
         raise ValueError(f"--size: expected H or H W with positive integers, got {args.size}")
     size = (args.size[0], args.size[-1])
-    options = _options(args.option)
+    options = parse_adapter_options(args.option)
     if args.source == "synthetic":
         dataset = open_dataset("synthetic", None, size=size, **options)
     else:

@@ -10,7 +10,6 @@ the same command again after an interruption and it continues where it stopped.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,8 @@ from pathlib import Path
 from xal_core.acquisition.strategies import DIVERSITY_MODES, STRATEGY_NAMES
 from xal_core.models.backbones import ARCHITECTURES
 from xal_core.scoring import UNCERTAINTY_KINDS
+
+from .adapter_options import parse_adapter_options
 
 EXIT_NEEDS_LABELS = 3  # a person must label the items in to_label.csv, then rerun
 
@@ -91,17 +92,6 @@ def _seeds(text: str) -> tuple[int, ...]:
         raise ValueError(f"--seeds: expected a count >= 1 or a comma-separated list of seeds, got {text!r}") from None
 
 
-def _options(pairs: list[str]) -> dict:
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option: expected KEY=VALUE, got {pair!r}")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return options
 
 
 def build_protocol(args: argparse.Namespace):
@@ -128,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     session = RunSession(
         out, protocol, dataset=args.dataset, data_dir=args.data_dir, size=(args.size, args.size),
         pool_size=args.pool_size, val_size=args.val_size, test_size=args.test_size,
-        test_fraction=args.test_fraction, options=_options(args.option), scorer=args.scorer, server=args.server,
+        test_fraction=args.test_fraction, options=parse_adapter_options(args.option), scorer=args.scorer, server=args.server,
         token_file=args.token_file, oracle=args.oracle, labels=args.labels, device=args.device,
         overlay_images=args.overlay_images, console=console, progress=not args.no_progress,
     )
