@@ -133,8 +133,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_NEEDS_LABELS
     console.print(f"\n[bold]Final round ({protocol.budget} labels), mean ± 95% CI over {len(protocol.seeds)} "
                   f"seed(s)[/bold]  ({time.perf_counter() - started:.0f} s)")
-    console.print(outcome.final_table, markup=False, highlight=False)
-    console.print(f"\nreport: {outcome.report}\nmetrics: {outcome.metrics}\nledger: {outcome.ledger}")
+    print(outcome.final_table, flush=True)  # plain: a Markdown table must not be wrapped to the terminal
+    print(f"\nreport: {outcome.report}\nmetrics: {outcome.metrics}\nledger: {outcome.ledger}")
     return 0
 
 
