@@ -1,20 +1,30 @@
 """Latency and throughput of the scoring service's inline ``ScoreBatch`` over a real socket.
 
 A server subprocess (``xal serve`` on 127.0.0.1, port 0) and 1, 4 and 16 concurrent clients, each
-sending batches of 64 items with 512×7×7 features and 224×224 bit-packed mask ROIs. Reported per
-concurrency: p50/p99 latency, requests/s and items/s, next to the in-process scorer on the same
-batch measured in the same run (the service's overhead is the difference). Then a scoring job on a
-synthetic pool (``--pool-items``, default 100 000, 32×32 images, an exported ResNet-18 in ONNX
-Runtime): items/s and the server's peak memory (RSS, from ``/proc``), which must not grow with the
-pool because the job streams it chunk by chunk (``--pool-items 10000`` vs 100000 shows it).
+sending batches of 64 items with 512×7×7 float32 features and 224×224 bit-packed mask ROIs. Reported
+per concurrency: p50/p99 latency, requests/s and items/s, next to the in-process scorer on the same
+batch measured in the same run (the service's overhead is the difference). For one client, where
+the time of a call goes: the client's encoding (timed here), the server's handler split into decode,
+score and reply (the server's own ``Statistics`` stages, means over the same calls), and the rest —
+gRPC, the loopback transport of the ~7 MB request, the client's decoding — as the difference from
+the mean latency. One more 1-client row sends the features as float16 (half the bytes; the scores
+then are those of the rounded features): an option a caller has, not the benchmark's input.
 
-Run: ``python bench/service.py`` (``--quick`` for a smoke run). JSON: ``bench/results/service-cpu.json``.
+Then a scoring job on a synthetic pool (``--pool-items``, default 100 000, 32×32 images, an exported
+ResNet-18 in ONNX Runtime): items/s and the server's peak memory (RSS, from ``/proc``), which must
+not grow with the pool because the job streams it chunk by chunk (``--pool-items 10000`` vs 100000
+shows it).
+
+The host's load average is recorded at the start and the end: latencies on a shared machine are
+only comparable at a similar load. Run: ``python bench/service.py`` (``--quick`` for a smoke run).
+JSON: ``bench/results/service-cpu.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -36,6 +46,7 @@ from xal_core.data import open_dataset  # noqa: E402
 from xal_core.data.ingest import ingest  # noqa: E402
 from xal_core.models import ExplainableModel, build_backbone, export  # noqa: E402
 from xal_core.scoring import Roi  # noqa: E402
+from xal_service import codec  # noqa: E402
 from xal_service.client import ScoringClient  # noqa: E402
 from xal_service.wire import scoring_pb2 as pb  # noqa: E402
 
@@ -61,6 +72,15 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def handler_stats(client: ScoringClient) -> dict[str, tuple[int, float]]:
+    """(count, seconds) of the ScoreBatch handler and of its stages, as the server counts them."""
+    reply = client.statistics()
+    out = {name: (c.count, c.seconds) for name, c in reply.stages.items() if name.startswith("ScoreBatch.")}
+    rpc = reply.rpcs.get("ScoreBatch")
+    out["ScoreBatch"] = (rpc.count, rpc.seconds) if rpc is not None else (0, 0.0)
+    return out
+
+
 def run_clients(target: str, batch, clients: int, requests: int) -> dict:
     latencies: list[float] = []
     lock = threading.Lock()
@@ -76,22 +96,54 @@ def run_clients(target: str, batch, clients: int, requests: int) -> dict:
         with lock:
             latencies.extend(own)
 
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
+    with ScoringClient(target, timeout=120) as observer:
+        threads = [threading.Thread(target=worker) for _ in range(clients)]
+        before = handler_stats(observer)
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.perf_counter() - started
+        after = handler_stats(observer)
+    # Means per call over this run's calls (the warm-up calls included: they are the same work).
+    server_ms = {}
+    for name, (count, seconds) in after.items():
+        calls = count - before.get(name, (0, 0.0))[0]
+        if calls:
+            server_ms[name.removeprefix("ScoreBatch.") if "." in name else "handler"] = (
+                (seconds - before.get(name, (0, 0.0))[1]) / calls * 1e3)
     items = len(batch[0])
     return {
         "clients": clients,
         "requests": len(latencies),
         "p50_ms": float(np.percentile(latencies, 50) * 1e3),
         "p99_ms": float(np.percentile(latencies, 99) * 1e3),
+        "mean_ms": float(np.mean(latencies) * 1e3),
         "requests_per_s": len(latencies) / wall,
         "items_per_s": len(latencies) * items / wall,
+        "server_mean_ms": server_ms,
     }
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1e3
+
+
+def breakdown(row: dict, encode_ms: float) -> dict:
+    """Where the mean 1-client call goes (ms): encode (client, in-process median), the server handler's
+    stages (its own means), and the rest of the mean latency (gRPC, transport, client decoding)."""
+    server = row["server_mean_ms"]
+    stages = {"client encode": encode_ms}
+    stages.update({f"server {name}": server[name] for name in ("decode", "score", "reply") if name in server})
+    stages["gRPC + transport + client decode"] = row["mean_ms"] - encode_ms - server.get("handler", 0.0)
+    return stages
 
 
 def run_job(pool_items: int, workdir: Path) -> dict:
@@ -130,34 +182,49 @@ def main() -> None:
     args = parser.parse_args()
     items, requests = (16, 5) if args.quick else (64, 40)
     batch = make_batch(items, seed=0)
+    load_start = os.getloadavg()
 
-    in_process = []
-    score_batch(torch.arange(items), *batch)
-    for _ in range(requests):
-        started = time.perf_counter()
-        score_batch(torch.arange(items), *batch)
-        in_process.append(time.perf_counter() - started)
-    baseline_ms = statistics.median(in_process) * 1e3
+    ids = torch.arange(items)
+    baseline_ms = median_ms(lambda: score_batch(ids, *batch), requests)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what `xal serve` runs (server.dedicate_process), for comparison
+    single_thread_ms = median_ms(lambda: score_batch(ids, *batch), requests)
+    torch.set_num_threads(threads)
+    strategy = codec.encode_strategy()
+    encode_ms = median_ms(lambda: codec.encode_score_batch_request(*batch, strategy), requests)
+    request_mb = len(codec.encode_score_batch_request(*batch, strategy)) / 1e6
+    half = (batch[0], batch[1].half(), batch[2], batch[3])
+    half_encode_ms = median_ms(lambda: codec.encode_score_batch_request(*half, strategy), requests)
 
     with tempfile.TemporaryDirectory() as state:
         server = server_process.start(Path(state))
         try:
             rows = [run_clients(server.target, batch, clients, requests) for clients in (1, 4, 16)]
+            half_row = run_clients(server.target, half, 1, requests)
             rss = peak_rss_mb(server.process.pid)
         finally:
             server.stop()
+    load_after_service = os.getloadavg()
     pool_items = 2_000 if args.quick else args.pool_items
     with tempfile.TemporaryDirectory() as workdir:
         job = run_job(pool_items, Path(workdir))
+    stages = breakdown(rows[0], encode_ms)
+    half_stages = breakdown(half_row, half_encode_ms)
 
-    print(f"ScoreBatch: {items} items, 512×7×7 features, 224² packed masks; {torch.get_num_threads()} CPU threads")
-    print(f"in-process score_batch (same batch, same run): median {baseline_ms:.1f} ms")
+    print(f"ScoreBatch: {items} items, 512×7×7 float32 features, 224² packed masks ({request_mb:.1f} MB a request); "
+          f"{threads} CPU threads; load average {load_start[0]:.2f} at the start, {load_after_service[0]:.2f} after")
+    print(f"in-process score_batch (same batch, same run): median {baseline_ms:.1f} ms, "
+          f"{single_thread_ms:.1f} ms with torch single-threaded (as in the server)")
     header = f"{'clients':>7} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'items/s':>9} {'p50 / in-process':>17}"
     print(header)
     print("-" * len(header))
     for row in rows:
         print(f"{row['clients']:>7} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} {row['requests_per_s']:>8.1f} "
               f"{row['items_per_s']:>9.0f} {row['p50_ms'] / baseline_ms:>16.2f}×")
+    print(f"{'1, fp16':>7} {half_row['p50_ms']:>8.1f} {half_row['p99_ms']:>8.1f} {half_row['requests_per_s']:>8.1f} "
+          f"{half_row['items_per_s']:>9.0f} {half_row['p50_ms'] / baseline_ms:>16.2f}×   (features sent as float16)")
+    print(f"1 client, mean {rows[0]['mean_ms']:.1f} ms a call: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+    print(f"1 client, fp16 features, mean {half_row['mean_ms']:.1f} ms: " + ", ".join(f"{k} {v:.1f}" for k, v in half_stages.items()))
     print(f"peak server RSS (ScoreBatch runs): {rss:.0f} MB" if rss is not None else "peak server RSS: not readable here")
     stage_text = ", ".join(f"{name} {v['seconds']:.1f} s" for name, v in job["stages"].items())
     print(f"job on a {job['pool_items']:,}-item pool ({job['model']}, 32×32): {job['state']}, {job['seconds']:.1f} s, "
@@ -166,11 +233,16 @@ def main() -> None:
     record = {
         "benchmark": "service",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"processor": platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": {"processor": platform.machine(), "threads": threads, "torch": torch.__version__},
+        "load_average": {"start": load_start, "after_score_batch_runs": load_after_service, "end": os.getloadavg()},
         "quick": args.quick,
-        "batch": {"items": items, "features": [512, 7, 7], "roi": "packed masks 224x224"},
+        "batch": {"items": items, "features": [512, 7, 7], "roi": "packed masks 224x224", "request_mb": request_mb},
         "in_process_median_ms": baseline_ms,
+        "in_process_single_thread_median_ms": single_thread_ms,
+        "client_encode_median_ms": encode_ms,
         "score_batch": rows,
+        "one_client_breakdown_ms": stages,
+        "score_batch_fp16_features": {**half_row, "breakdown_ms": half_stages},
         "peak_server_rss_mb": rss,
         "job": job,
     }

@@ -38,6 +38,10 @@ _RETRY_POLICY = {
 }
 
 
+def _serialized(request: bytes | pb.ScoreBatchRequest) -> bytes:
+    return request if isinstance(request, bytes) else request.SerializeToString()
+
+
 class ScoringClient:
     """Connects to ``target`` (``host:port``).
 
@@ -75,6 +79,14 @@ class ScoringClient:
         else:
             self._channel = grpc.insecure_channel(target, options=options)
         self._stub = pb_grpc.ScoringStub(self._channel)
+        # ScoreBatch sends requests serialized by codec.encode_score_batch_request (the feature maps
+        # copied once, not through protobuf): the same bytes on the wire as the generated stub's.
+        self._score_batch = self._channel.unary_unary(
+            "/xal.v1.Scoring/ScoreBatch",
+            request_serializer=_serialized,
+            response_deserializer=pb.ScoreBatchResponse.FromString,
+            _registered_method=True,
+        )
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
@@ -112,14 +124,11 @@ class ScoringClient:
         Returns NumPy arrays ``ids, score, uncertainty, dice, soft_dice, roi_energy, pointing_hit,
         predicted_class, invalid, excluded``.
         """
-        request = pb.ScoreBatchRequest(strategy=codec.encode_strategy(uncertainty, weight, threshold, fusion, missing_roi))
-        codec.fill_tensor(request.logits, logits)
-        codec.fill_tensor(request.features, features)
-        codec.fill_tensor(request.cam_weights, cam_weights)
-        codec.fill_roi(request.roi, roi)
-        if ids is not None:
-            request.ids.extend(int(i) for i in np.asarray(ids).reshape(-1))
-        reply = self._call(self._stub.ScoreBatch, request, timeout)
+        request = codec.encode_score_batch_request(
+            logits, features, cam_weights, roi, codec.encode_strategy(uncertainty, weight, threshold, fusion, missing_roi),
+            ids=ids,
+        )
+        reply = self._call(self._score_batch, request, timeout)
         floats = ("uncertainty", "dice", "soft_dice", "roi_energy", "pointing_hit")
         out = {name: np.asarray(getattr(reply, name), dtype=np.float32) for name in floats}
         out["score"] = np.asarray(reply.score, dtype=np.float64)

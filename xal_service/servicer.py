@@ -9,18 +9,20 @@ function over registered pools with loaded models (``registry.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import TypeVar
 
 import grpc
 import torch
 
-from xal_core.acquisition import score_batch
+from xal_core.acquisition import BatchScores, score_batch
 from xal_core.scoring import NonFiniteInputWarning, dual_score
 
 from . import codec
@@ -46,6 +48,8 @@ class ScoringServicer(pb_grpc.ScoringServicer):
         set_serving: Callable[[bool], None],
         *,
         max_batch: int = 65_536,
+        scoring_pool: Executor | None = None,
+        scoring_threads: int = 1,
     ) -> None:
         self.statistics = statistics
         self.registry = registry
@@ -53,6 +57,8 @@ class ScoringServicer(pb_grpc.ScoringServicer):
         self.state = state
         self.set_serving = set_serving
         self.max_batch = max_batch
+        self.scoring_pool = scoring_pool  # threads that score parts of inline batches (see _score)
+        self.scoring_threads = scoring_threads
 
     # ------------------------------------------------------------------ plumbing
     def _handle(
@@ -78,17 +84,25 @@ class ScoringServicer(pb_grpc.ScoringServicer):
             self.statistics.record_rpc(name, time.perf_counter() - started, failed=failed, items=n_items)
 
     # ------------------------------------------------------------------ inline scoring
-    def ScoreBatch(self, request: pb.ScoreBatchRequest, context: grpc.ServicerContext) -> pb.ScoreBatchResponse:
+    def ScoreBatch(
+        self, request: pb.ScoreBatchRequest | codec.ScoreBatchWire, context: grpc.ServicerContext
+    ) -> pb.ScoreBatchResponse:
+        """``request`` is what ``codec.parse_score_batch_request`` (the deserializer ``server.py``
+        registers) returns, or a plain message when the servicer is mounted with the generated one."""
         return self._handle("ScoreBatch", context, lambda: self._score_batch(request), items=lambda r: len(r.ids))
 
-    def _score_batch(self, request: pb.ScoreBatchRequest) -> pb.ScoreBatchResponse:
+    def _score_batch(self, request: pb.ScoreBatchRequest | codec.ScoreBatchWire) -> pb.ScoreBatchResponse:
+        started = time.perf_counter()
+        features_data = None
+        if isinstance(request, codec.ScoreBatchWire):
+            request, features_data = request.message, request.features_data
         logits = codec.decode_tensor(request.logits, "logits", dtypes=codec.FLOATS, ndim=2)
         batch = logits.shape[0]
         if batch == 0:
             raise invalid_argument("logits.shape: the batch is empty")
         if batch > self.max_batch:
             raise invalid_argument(f"logits.shape: {batch} items exceed this server's batch limit of {self.max_batch}")
-        features = codec.decode_tensor(request.features, "features", dtypes=codec.FLOATS, ndim=4)
+        features = codec.decode_tensor(request.features, "features", dtypes=codec.FLOATS, ndim=4, data=features_data)
         cam_weights = codec.decode_tensor(request.cam_weights, "cam_weights", dtypes=codec.FLOATS, ndim=2)
         if features.shape[0] != batch:
             raise invalid_argument(f"features.shape: {features.shape[0]} items, logits hold {batch}")
@@ -101,10 +115,11 @@ class ScoringServicer(pb_grpc.ScoringServicer):
             raise invalid_argument(f"ids: {ids.shape[0]} ids for {batch} items")
         roi = codec.decode_roi(request.roi, batch)
         config = codec.decode_strategy(request.strategy)
+        decoded = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NonFiniteInputWarning)  # reported per item below
             try:
-                scores = score_batch(ids, logits, features, cam_weights, roi, config)
+                scores = self._score(ids, logits, features, cam_weights, roi, config)
             except ValueError as error:
                 raise invalid_argument(str(error)) from None
             score = scores.score
@@ -114,7 +129,8 @@ class ScoringServicer(pb_grpc.ScoringServicer):
                     missing_roi=config.missing_roi, invalid=scores.invalid,
                 )
                 score = fused.score
-        return pb.ScoreBatchResponse(
+        scored = time.perf_counter()
+        reply = pb.ScoreBatchResponse(
             ids=scores.ids.tolist(),
             score=score.tolist(),
             uncertainty=scores.uncertainty.tolist(),
@@ -127,6 +143,37 @@ class ScoringServicer(pb_grpc.ScoringServicer):
             excluded=scores.excluded.tolist(),
             n_invalid=int(scores.invalid.sum()),
         )
+        # Where a call's time goes inside the handler (the rest of a client's latency is gRPC, the
+        # transport and the client itself): Statistics reports these next to the job stages.
+        for stage, seconds in (("decode", decoded - started), ("score", scored - decoded), ("reply", time.perf_counter() - scored)):
+            self.statistics.record_stage(f"ScoreBatch.{stage}", seconds, items=batch)
+        return reply
+
+    def _score(self, ids, logits, features, cam_weights, roi, config) -> BatchScores:
+        """``score_batch`` of the whole batch, split across the scoring threads when there are any.
+
+        Every per-item score depends on that item alone, so the parts concatenate to exactly the
+        scores of the whole batch. The threads are shared by all calls: however many clients there
+        are, no more than that many parts run at once. Splitting needs single-threaded torch
+        (``xal serve`` sets it, see ``server.dedicate_process``); with intra-op threads, torch
+        parallelises each operation itself and the parts would only compete for the same cores.
+        """
+        batch = ids.shape[0]
+        parts = 1
+        if self.scoring_pool is not None and torch.get_num_threads() == 1:
+            parts = max(1, min(self.scoring_threads, batch // MIN_ITEMS_PER_PART))
+        if parts == 1:
+            return score_batch(ids, logits, features, cam_weights, roi, config)
+        bounds = [batch * i // parts for i in range(parts + 1)]
+        pieces = [slice(start, end) for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+        futures = [
+            self.scoring_pool.submit(_score_part, ids[p], logits[p], features[p], cam_weights[p], roi[p], config)
+            for p in pieces
+        ]
+        results = [future.result() for future in futures]
+        return BatchScores(**{
+            field.name: torch.cat([getattr(r, field.name) for r in results]) for field in dataclasses.fields(BatchScores)
+        })
 
     def Statistics(self, request: pb.StatisticsRequest, context: grpc.ServicerContext) -> pb.StatisticsResponse:
         return self._handle("Statistics", context, self.statistics.snapshot)
@@ -235,6 +282,17 @@ class ScoringServicer(pb_grpc.ScoringServicer):
 
     def ListJobs(self, request, context):
         return self._handle("ListJobs", context, lambda: pb.ListJobsResponse(jobs=[_job_status(j) for j in self.jobs.list()]))
+
+
+# A batch is split only into parts of at least this many items: below that, the fixed cost of a
+# part (some 50 tensor operations) outweighs what a second core saves.
+MIN_ITEMS_PER_PART = 16
+
+
+def _score_part(ids, logits, features, cam_weights, roi, config) -> BatchScores:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonFiniteInputWarning)  # reported per item by the caller
+        return score_batch(ids, logits, features, cam_weights, roi, config)
 
 
 _STATES = {"queued": pb.JOB_QUEUED, "running": pb.JOB_RUNNING, "succeeded": pb.JOB_SUCCEEDED,

@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 import torch
 
 from .bilinear import axis_sampling, interpolation_matrix
@@ -42,6 +43,9 @@ TINY = 1e-30  # normalised row values below this are flushed to 0 (see _chunk_me
 # read several times, so it should stay near cache size; box ROIs carry no per-pixel data.
 CHUNK_FOR_MASKS = 48
 CHUNK_FOR_BOXES = 128
+# The float64 copy of the features is made this many bytes at a time (see cam_grids): about the
+# size of a core's L2 cache, measured at 512×7×7 on 2 cores.
+GRID_BLOCK_BYTES = 2 << 20
 
 
 @dataclass(frozen=True)
@@ -98,12 +102,25 @@ class RowPlan:
 
     matrix: torch.Tensor  # float64 [H, h]: blended = matrix @ grid
     integer_t: torch.Tensor  # ROW_DTYPE [h, H]: (2H · matrix)^T, whose entries are exact integers
+    candidates: torch.Tensor  # int64 [n_r]: rows where a column can take its min or max
 
 
 @lru_cache(maxsize=64)
 def row_plan(h: int, height: int, device: torch.device) -> RowPlan:
-    matrix = interpolation_matrix(axis_sampling(h, height, dtype=torch.float64, device=device), h)
-    return RowPlan(matrix, integer_weights(matrix).T.contiguous().to(ROW_DTYPE))
+    sampling = axis_sampling(h, height, dtype=torch.float64, device=device)
+    matrix = interpolation_matrix(sampling, h)
+    return RowPlan(matrix, integer_weights(matrix).T.contiguous().to(ROW_DTYPE), _group_ends(sampling.lo, h))
+
+
+def _group_ends(lo: torch.Tensor, n_in: int) -> torch.Tensor:
+    """First and last output index of each run of outputs that share the lower source index ``lo``,
+    sorted: along such a run the resampled values are linear in a non-decreasing weight, so their
+    extremes, and the first of them, lie at its ends."""
+    groups = torch.arange(n_in, device=lo.device)
+    start = torch.searchsorted(lo, groups, side="left")
+    end = torch.searchsorted(lo, groups, side="right")
+    present = end > start
+    return torch.unique(torch.cat([start[present], end[present] - 1]))
 
 
 def integer_weights(matrix: torch.Tensor) -> torch.Tensor:
@@ -134,13 +151,13 @@ def cam_alignment_separable(
     rows = row_plan(h, height, device)
     plan = column_plan(w, width, device)
     scores = empty_scores(batch, device)
+    grids, grid_flat, invalid = cam_grids(features, weights)  # [B, h, w]: small next to the features
+    scores.invalid.copy_(invalid)
     for begin in range(0, batch, chunk_size):
         part = slice(begin, begin + chunk_size)
-        grids, grid_flat, invalid = cam_grids(features[part], weights[part])
-        metrics = _chunk_metrics(grids, grid_flat, rows, plan, roi[part], threshold)
+        metrics = _chunk_metrics(grids[part], grid_flat[part], rows, plan, roi[part], threshold)
         for name, value in metrics.items():
             getattr(scores, name)[part] = value.to(torch.float32)
-        scores.invalid[part] = invalid
     return scores
 
 
@@ -153,9 +170,24 @@ def cam_grids(features: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tens
     an item's features or weights always leaves a NaN or ±Inf in its sum *before* the ReLU (finite
     float32 products cannot overflow float64), so checking the small grid replaces a pass over the
     features; float64 inputs whose sum overflows are flagged too, which is what they deserve.
+
+    On the CPU the float64 copy of the features is made a block of items at a time into one small
+    buffer (``GRID_BLOCK_BYTES``) rather than for the whole batch at once: the same products and the
+    same sums, without writing and re-reading megabytes of fresh memory.
     """
     b, c, h, w = features.shape
-    grid = torch.bmm(weights.to(torch.float64)[:, None, :], features.to(torch.float64).reshape(b, c, h * w))
+    weights64 = weights.to(torch.float64)[:, None, :]
+    flat_features = features.reshape(b, c, h * w)
+    if features.dtype == torch.float64 or features.device.type != "cpu" or b == 0:
+        grid = torch.bmm(weights64, flat_features.to(torch.float64))
+    else:
+        grid = torch.empty(b, 1, h * w, dtype=torch.float64)
+        block = max(1, min(b, GRID_BLOCK_BYTES // max(1, c * h * w * 8)))
+        buffer = torch.empty(block, c, h * w, dtype=torch.float64)
+        for begin in range(0, b, block):
+            n = min(block, b - begin)
+            buffer[:n].copy_(flat_features[begin : begin + n])
+            torch.bmm(weights64[begin : begin + n], buffer[:n], out=grid[begin : begin + n])
     grid = grid.reshape(b, h, w)
     invalid = ~torch.isfinite(grid).all(dim=2).all(dim=1)
     grid = torch.relu(grid.masked_fill_(invalid[:, None, None], 0.0))
@@ -174,18 +206,20 @@ def _chunk_metrics(
     blended = torch.matmul(rows.matrix, grids)  # vertical pass of the upsampling, float64 [b, H, w]
     start, end = plan.start, plan.end
 
-    # Min, max and first arg-max of the upsampled map, from the candidate columns of every row.
-    values = blended @ plan.candidate_matrix
+    # Min, max and first arg-max of the upsampled map, from the candidate columns of the candidate
+    # rows (the same argument holds along both axes: the map is linear in each between grid lines).
+    values = blended.index_select(1, rows.candidates) @ plan.candidate_matrix
     low = values.amin(dim=(1, 2))
     high = values.amax(dim=(1, 2))
     # Constant on the grid (the contract), or no range left after resampling beyond rounding noise
     # (a 1×1 frame, samples that all land on equal values): nothing to normalise, all zeros.
     flat = grid_flat | (high - low <= RANGE_NOISE * grids.amax(dim=(1, 2)))
     span = torch.where(flat, torch.ones_like(high), high - low)
-    # Candidates are sorted, so the row-major order of (y, candidate) is that of the pixels, and
-    # argmax (which returns the first maximum) finds the first peak in row-major order.
+    # Candidates are sorted, so the row-major order of (row, column) candidates is that of the
+    # pixels, and argmax (which returns the first maximum) finds the first peak in row-major order.
     first = values.flatten(1).argmax(dim=1)
-    peak = (first // plan.candidates.numel()) * width + plan.candidates[first % plan.candidates.numel()]
+    n_columns = plan.candidates.numel()
+    peak = rows.candidates[first // n_columns] * width + plan.candidates[first % n_columns]
 
     # The rows of the normalised map, scaled by the map's own range, so that float32 keeps ~1e-7 of
     # it however small the range is next to the values. (A row holds the values at the *grid*
@@ -202,16 +236,17 @@ def _chunk_metrics(
     left, right = (normalised @ plan.ends_matrix).chunk(2, dim=2)
     slope = right - left
     rising, falling = slope > 0, slope < 0
-    crossing = plan.group_f + (cut - left) / torch.where(slope == 0, torch.ones_like(slope), slope)
+    crossing = (cut - left).div_(slope.masked_fill(slope == 0, 1.0)).add_(plan.group_f)
     # Columns left of the first output pixel centre clamp their source coordinate to 0, so any
-    # crossing below 0 lies before every column.
-    column = (crossing.clamp(-1.0, float(plan.matrix.shape[1])) + 0.5) * plan.out_per_in - 0.5
+    # crossing below 0 lies before every column: column -1, which the clamps below take to `start`.
     before_all = crossing < 0
-    first_at_or_above = torch.where(before_all, 0, torch.ceil(column).to(torch.int32))
-    first_above = torch.where(before_all, 0, torch.floor(column).to(torch.int32) + 1)
-    run_start = torch.where(rising, first_at_or_above.clamp(start, end), start)
+    column = crossing.clamp_(-1.0, float(plan.matrix.shape[1])).add_(0.5).mul_(plan.out_per_in).sub_(0.5)
+    column.masked_fill_(before_all, -1.0)
+    first_at_or_above = column.ceil().to(torch.int32).clamp_(start, end)
+    first_above = column.floor_().to(torch.int32).add_(1).clamp_(start, end)
+    run_start = torch.where(rising, first_at_or_above, start)
     level_end = torch.where(left >= cut, end, start)
-    run_end = torch.where(rising, end, torch.where(falling, first_above.clamp(start, end), level_end))
+    run_end = torch.where(rising, end, torch.where(falling, first_above, level_end))
     run_end = torch.where(flat[:, None, None], run_start, run_end)
     n_predicted = (run_end - run_start).sum(dim=(1, 2), dtype=torch.int64).to(SUM_DTYPE)
 
@@ -259,12 +294,43 @@ def _mask_terms(roi: Roi, grids, low, span, rows: RowPlan, plan: ColumnPlan, run
     bounds = count_before(torch.cat([run_start, run_end], dim=2))
     overlap = (bounds[..., run_start.shape[2] :] - bounds[..., : run_start.shape[2]]).sum(dim=(1, 2), dtype=torch.int64)
     overlap = overlap.to(SUM_DTYPE)
-    row_projected = torch.matmul(rows.integer_t, as_bytes.to(ROW_DTYPE))  # [b, h, W], exact integers
-    projected = torch.matmul(row_projected.to(torch.float64), plan.integer)  # [b, h, w], exact
+    if masks.device.type == "cpu":
+        projected = _projected_from_packed(masks, rows, packed_columns(plan.integer.shape[1], width))
+    else:
+        row_projected = torch.matmul(rows.integer_t, as_bytes.to(ROW_DTYPE))  # [b, h, W], exact integers
+        projected = torch.matmul(row_projected.to(torch.float64), plan.integer)  # [b, h, w], exact
     scale = 4.0 * height * width
     mass_in = ((grids * projected).sum(dim=(1, 2)) / scale - low * n_truth) / span
     hit = masks.reshape(b, -1).gather(1, peak.clamp_max(height * width - 1)[:, None])[:, 0].to(SUM_DTYPE)
     return n_truth, overlap, mass_in, hit
+
+
+@lru_cache(maxsize=64)
+def packed_columns(w: int, width: int) -> torch.Tensor:
+    """``table [ceil(W/8)·256, w]``: row ``k·256 + v`` is ``Σ_x bit_x(v) · integer[8k + x]``, the
+    column pass of the ROI projection (``G @ 2W·Rx``) for a byte ``v`` at byte position ``k`` of a
+    bit-packed mask row. Summing a row's bytes' entries gives that row's projection exactly: the
+    entries and their sums are integers, in float32 while they stay below 2^24 (else float64)."""
+    integer = column_plan(w, width, torch.device("cpu")).integer  # float64 [W, w]
+    n_bytes = -(-width // 8)
+    padded = torch.zeros(n_bytes * 8, w, dtype=torch.float64)
+    padded[:width] = integer
+    bits = ((torch.arange(256)[:, None] >> (7 - torch.arange(8))[None, :]) & 1).to(torch.float64)  # MSB first
+    table = torch.einsum("vi,kiw->kvw", bits, padded.reshape(n_bytes, 8, w)).reshape(n_bytes * 256, w)
+    exact_in_float32 = float(integer.sum(0).max()) < 2**24
+    return table.to(torch.float32 if exact_in_float32 else torch.float64)
+
+
+def _projected_from_packed(masks: torch.Tensor, rows: RowPlan, table: torch.Tensor) -> torch.Tensor:
+    """``Ry_int^T G Rx_int`` ``[b, h, w]`` (float64, exact integers) for dense CPU masks, from their
+    bit-packed rows: one table lookup per byte (``embedding_bag`` sums a row's bytes' entries)
+    instead of a float copy of every pixel and a matrix product over it."""
+    b, height, width = masks.shape
+    n_bytes = -(-width // 8)
+    packed = torch.from_numpy(np.packbits(masks.numpy(), axis=-1))  # [b, H, n_bytes]
+    index = packed.to(torch.int32) + torch.arange(0, n_bytes * 256, 256, dtype=torch.int32)
+    columns = torch.nn.functional.embedding_bag(index.reshape(-1, n_bytes), table, mode="sum")
+    return torch.matmul(rows.integer_t.to(torch.float64), columns.reshape(b, height, -1).to(torch.float64))
 
 
 def _box_terms(roi: Roi, normalised, plan: ColumnPlan, run_start, run_end, peak):
