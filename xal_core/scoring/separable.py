@@ -39,9 +39,10 @@ __all__ = ["cam_alignment_separable"]
 ROW_DTYPE = torch.float32  # per-row values, all in [0, 1]
 SUM_DTYPE = torch.float64  # accumulations and final ratios
 TINY = 1e-30  # normalised row values below this are flushed to 0 (see _chunk_metrics)
-# Images per chunk, measured on 2 cores at 224² (bench/scoring_cpu.py): a chunk of dense masks is
-# read several times, so it should stay near cache size; box ROIs carry no per-pixel data.
-CHUNK_FOR_MASKS = 48
+# Images per chunk, measured on 2 cores at 224²: dense masks are read twice per chunk (a running
+# count along the rows, and their packed bytes for the projection), some 10 MB of temporaries for
+# 128 masks; larger chunks gain little. Box ROIs carry no per-pixel data.
+CHUNK_FOR_MASKS = 128
 CHUNK_FOR_BOXES = 128
 # The float64 copy of the features is made this many bytes at a time (see cam_grids): about the
 # size of a core's L2 cache, measured at 512×7×7 on 2 cores.
@@ -278,25 +279,28 @@ def _mask_terms(roi: Roi, grids, low, span, rows: RowPlan, plan: ColumnPlan, run
     The mass inside is ``(Σ_grid L · (Ry^T G Rx) − low·|G|) / span``: the ROI projected onto the
     ``h×w`` grid. With integer-scaled weights that projection is exact (integers below 2^24 in
     float32, then float64), so subtracting ``low·|G|`` loses nothing to rounding.
+
+    On the CPU both the counts and the projection come from the masks' bit-packed rows (a 32nd of
+    their pixels' bytes): see ``_packed_terms``.
     """
     masks = roi.masks
     b, height, width = masks.shape
-    # Running ROI counts along each row, in the narrowest integer that holds a row's count.
-    count_dtype = torch.uint8 if width < 2**8 else torch.int16 if width < 2**15 else torch.int32
-    as_bytes = masks.view(torch.uint8)
-    running = torch.cumsum(as_bytes, dim=2, dtype=count_dtype)
-
-    def count_before(x: torch.Tensor) -> torch.Tensor:  # ROI pixels in [0, x) of each row
-        taken = running.gather(2, (x.long() - 1).clamp_min(0)).to(torch.int32)
-        return torch.where(x > 0, taken, 0)
-
-    n_truth = running[:, :, width - 1].sum(dim=1, dtype=torch.int64).to(SUM_DTYPE)
-    bounds = count_before(torch.cat([run_start, run_end], dim=2))
-    overlap = (bounds[..., run_start.shape[2] :] - bounds[..., : run_start.shape[2]]).sum(dim=(1, 2), dtype=torch.int64)
-    overlap = overlap.to(SUM_DTYPE)
     if masks.device.type == "cpu":
-        projected = _projected_from_packed(masks, rows, packed_columns(plan.integer.shape[1], width))
+        n_truth, overlap, projected = _packed_terms(masks, rows, plan, run_start, run_end)
     else:
+        # Running ROI counts along each row, in the narrowest integer that holds a row's count.
+        count_dtype = torch.uint8 if width < 2**8 else torch.int16 if width < 2**15 else torch.int32
+        as_bytes = masks.view(torch.uint8)
+        running = torch.cumsum(as_bytes, dim=2, dtype=count_dtype)
+
+        def count_before(x: torch.Tensor) -> torch.Tensor:  # ROI pixels in [0, x) of each row
+            taken = running.gather(2, (x.long() - 1).clamp_min(0)).to(torch.int32)
+            return torch.where(x > 0, taken, 0)
+
+        n_truth = running[:, :, width - 1].sum(dim=1, dtype=torch.int64).to(SUM_DTYPE)
+        bounds = count_before(torch.cat([run_start, run_end], dim=2))
+        overlap = (bounds[..., run_start.shape[2] :] - bounds[..., : run_start.shape[2]]).sum(dim=(1, 2), dtype=torch.int64)
+        overlap = overlap.to(SUM_DTYPE)
         row_projected = torch.matmul(rows.integer_t, as_bytes.to(ROW_DTYPE))  # [b, h, W], exact integers
         projected = torch.matmul(row_projected.to(torch.float64), plan.integer)  # [b, h, w], exact
     scale = 4.0 * height * width
@@ -307,10 +311,11 @@ def _mask_terms(roi: Roi, grids, low, span, rows: RowPlan, plan: ColumnPlan, run
 
 @lru_cache(maxsize=64)
 def packed_columns(w: int, width: int) -> torch.Tensor:
-    """``table [ceil(W/8)·256, w]``: row ``k·256 + v`` is ``Σ_x bit_x(v) · integer[8k + x]``, the
-    column pass of the ROI projection (``G @ 2W·Rx``) for a byte ``v`` at byte position ``k`` of a
-    bit-packed mask row. Summing a row's bytes' entries gives that row's projection exactly: the
-    entries and their sums are integers, in float32 while they stay below 2^24 (else float64)."""
+    """``[ceil(W/8)·256, w]``: row ``k·256 + v`` is ``Σ_x bit_x(v) · integer[8k + x]`` for the byte
+    value ``v`` at byte position ``k`` of a bit-packed mask row (MSB first, NumPy ``packbits``
+    order), so that summing a row's bytes' entries gives that row's column pass of the projection,
+    ``G @ 2W·Rx``, exactly: the entries and their sums are integers, in float32 while they stay
+    below 2^24 (else float64)."""
     integer = column_plan(w, width, torch.device("cpu")).integer  # float64 [W, w]
     n_bytes = -(-width // 8)
     padded = torch.zeros(n_bytes * 8, w, dtype=torch.float64)
@@ -321,16 +326,41 @@ def packed_columns(w: int, width: int) -> torch.Tensor:
     return table.to(torch.float32 if exact_in_float32 else torch.float64)
 
 
-def _projected_from_packed(masks: torch.Tensor, rows: RowPlan, table: torch.Tensor) -> torch.Tensor:
-    """``Ry_int^T G Rx_int`` ``[b, h, w]`` (float64, exact integers) for dense CPU masks, from their
-    bit-packed rows: one table lookup per byte (``embedding_bag`` sums a row's bytes' entries)
-    instead of a float copy of every pixel and a matrix product over it."""
+def _popcount8(v: torch.Tensor) -> torch.Tensor:
+    """Set bits of each uint8 (SWAR: pairs, then nibbles, then the byte)."""
+    v = v - ((v >> 1) & 0x55)
+    v = (v & 0x33) + ((v >> 2) & 0x33)
+    return (v + (v >> 4)) & 0x0F
+
+
+def _packed_terms(masks: torch.Tensor, rows: RowPlan, plan: ColumnPlan, run_start, run_end):
+    """ROI size, overlap with the runs and projection ``Ry_int^T G Rx_int`` (float64, exact
+    integers) for dense CPU masks, from their bit-packed rows.
+
+    * Projection: one table lookup per byte (``embedding_bag`` sums a row's bytes' entries) instead
+      of a float copy of every pixel and a matrix product over it.
+    * Counts: ROI pixels in ``[0, x)`` of a row = set bits of its bytes before ``x // 8`` (a running
+      count over bytes, not pixels) + set bits among the top ``x % 8`` of byte ``x // 8``.
+    """
     b, height, width = masks.shape
     n_bytes = -(-width // 8)
-    packed = torch.from_numpy(np.packbits(masks.numpy(), axis=-1))  # [b, H, n_bytes]
+    packed = torch.from_numpy(np.packbits(masks.numpy(), axis=-1))  # [b, H, n_bytes], padding bits 0
     index = packed.to(torch.int32) + torch.arange(0, n_bytes * 256, 256, dtype=torch.int32)
+    table = packed_columns(plan.integer.shape[1], width)
     columns = torch.nn.functional.embedding_bag(index.reshape(-1, n_bytes), table, mode="sum")
-    return torch.matmul(rows.integer_t.to(torch.float64), columns.reshape(b, height, -1).to(torch.float64))
+    projected = torch.matmul(rows.integer_t.to(torch.float64), columns.reshape(b, height, -1).to(torch.float64))
+
+    count_dtype = torch.uint8 if width < 2**8 else torch.int16 if width < 2**15 else torch.int32
+    before = torch.nn.functional.pad(torch.cumsum(_popcount8(packed), dim=2, dtype=count_dtype), (1, 0))  # [b, H, n_bytes + 1]
+    n_truth = before[:, :, n_bytes].sum(dim=1, dtype=torch.int64).to(SUM_DTYPE)
+    x = torch.cat([run_start, run_end], dim=2)  # int32 [b, H, 2g], in [0, W]
+    byte = (x >> 3).long()  # x = W (a multiple of 8) points at the zero byte padded on below
+    top = (torch.nn.functional.pad(packed, (0, 1)).gather(2, byte) >> (7 - (x & 7)).to(torch.uint8)) >> 1
+    g = run_start.shape[2]
+    full, partial = before.gather(2, byte), _popcount8(top)
+    overlap = (full[..., g:].sum(dim=(1, 2), dtype=torch.int64) - full[..., :g].sum(dim=(1, 2), dtype=torch.int64)
+               + partial[..., g:].sum(dim=(1, 2), dtype=torch.int64) - partial[..., :g].sum(dim=(1, 2), dtype=torch.int64))
+    return n_truth, overlap.to(SUM_DTYPE), projected
 
 
 def _box_terms(roi: Roi, normalised, plan: ColumnPlan, run_start, run_end, peak):

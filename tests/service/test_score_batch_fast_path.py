@@ -1,16 +1,24 @@
-"""The ScoreBatch fast path of the codec: requests written without protobuf, parsed without copying
-the feature maps, must mean exactly what protobuf says they mean."""
+"""The ScoreBatch fast path: requests written without protobuf and parsed without copying the feature
+maps must mean exactly what protobuf says they mean, and a batch split across the scoring threads
+must score exactly as the whole batch does."""
 
 from __future__ import annotations
+
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
+from unittest import mock
 
 import grpc
 import numpy as np
 import pytest
 import torch
 
+from xal_core.acquisition import BatchScores, ScoringConfig, score_batch
 from xal_core.scoring import Roi
 from xal_service import codec
 from xal_service.errors import RequestError
+from xal_service.servicer import ScoringServicer
+from xal_service.statistics import Statistics
 from xal_service.wire import scoring_pb2 as pb
 
 
@@ -121,3 +129,34 @@ def test_decoded_mask_rois_equal_the_library_constructor(known):
     want = Roi.from_packed_masks(torch.from_numpy(packed), 13, known)
     assert got.size == want.size and torch.equal(got.known, want.known) and torch.equal(got.masks, want.masks)
     assert got.masks.dtype == torch.bool and got.boxes is None and got.counts is None
+
+
+@pytest.mark.parametrize("roi_kind", ["mask", "boxes"])
+def test_a_batch_split_across_scoring_threads_scores_as_the_whole_batch(roi_kind):
+    generator = torch.Generator().manual_seed(5)
+    batch = 53  # parts of 17, 18 and 18 items
+    logits = torch.randn(batch, 3, generator=generator)
+    features = torch.rand(batch, 16, 5, 5, generator=generator)
+    features[7, 3, 2, 2] = float("nan")  # an invalid item in one part
+    weights = torch.randn(batch, 16, generator=generator)
+    if roi_kind == "mask":
+        roi = Roi.from_masks(torch.rand(batch, 40, 36, generator=generator) < 0.3,
+                             known=[i % 9 != 4 for i in range(batch)])
+    else:
+        boxes = [torch.tensor([[3.0 + i % 7, 2.0, 20.0, 30.0]]) if i % 5 else None for i in range(batch)]
+        roi = Roi.from_boxes(boxes, size=(40, 36))
+    ids = torch.arange(100, 100 + batch)
+    config = ScoringConfig(uncertainty="margin", weight=0.3)
+    with ThreadPoolExecutor(3) as pool:
+        servicer = ScoringServicer(Statistics(), None, None, None, lambda serving: None, scoring_pool=pool,
+                                   scoring_threads=3)
+        with mock.patch("xal_service.servicer.torch.get_num_threads", return_value=1), \
+             mock.patch("xal_service.servicer.score_batch", wraps=score_batch) as calls:
+            split = servicer._score(ids, logits, features, weights, roi, config)
+        assert calls.call_count == 3
+    whole = score_batch(ids, logits, features, weights, roi, config)
+    for field in dataclasses.fields(BatchScores):
+        got, want = getattr(split, field.name), getattr(whole, field.name)
+        assert got.dtype == want.dtype and got.shape == want.shape, field.name
+        assert torch.equal(got.isnan(), want.isnan()) if got.is_floating_point() else True
+        assert torch.equal(torch.nan_to_num(got, nan=7.0), torch.nan_to_num(want, nan=7.0)), field.name
