@@ -201,9 +201,11 @@ def dedicate_process() -> list[str]:
       cores shared with one other busy process). A job's TorchScript forward pass on the CPU runs
       single-threaded too (ONNX Runtime keeps its own threads): set ``OMP_NUM_THREADS`` to trade.
     * glibc's malloc keeps freed memory for reuse (no trimming, no mmap below 32 MB). By default
-      it returns every large block to the kernel on free, so each request faults its megabytes of
-      buffers in again, page by page: ~2.6 µs per 4 KiB page measured here, some 12 ms per
-      64-item ``ScoreBatch``. The price is that the server keeps its peak memory.
+      it hands large freed blocks back to the kernel, and the next request faults its megabytes in
+      again page by page: ~2.6 µs per 4 KiB page on the 2-core VM of bench/service.py, where a
+      64-item ``ScoreBatch`` took ~4 700 faults (12 ms) before the codec and the scoring path
+      stopped copying the feature maps; it takes almost none now, and this keeps it so when many
+      calls are in flight at once. The price is that the server keeps its peak memory.
     """
     import torch
 
