@@ -242,11 +242,14 @@ class ScoringServicer(pb_grpc.ScoringServicer):
         job = self._handle("WatchJob", context, lambda: self.jobs.get(request.job_id))
         last = None
         while context.is_active():
+            # Read the state before the status: a job that turned terminal between the two would
+            # otherwise end the stream without its final status ever being sent.
+            finished = job.state in TERMINAL
             status = _job_status(job)
             if status != last:
                 yield status
                 last = status
-            if job.state in TERMINAL:
+            if finished:
                 return
             time.sleep(0.1)
 
