@@ -4,7 +4,7 @@ Starts the gRPC scoring service as a real process, then runs random vs entropy v
 through it for the default protocol (50 initial labels + 13 rounds of 40 = 570), one seed: every
 round trains a model, exports it, has the service score the pool, acquires the top 40, and lets
 the simulated oracle label them, all recorded in the run's ledger. It prints the final table and
-where the report is. Sized to finish in under 15 minutes on 2 CPU cores (a 64×64 benchmark,
+where the report is. Sized to finish in about 11 minutes on 2 CPU cores (a 64×64 benchmark,
 ResNet-10, at most 8 epochs per round); every option of ``xal run`` can be given to change it.
 Run it again and it resumes (or, when finished, reprints the table from the ledger).
 """
