@@ -240,3 +240,12 @@ def same_scores(a, b) -> bool:
     return all(torch.equal(torch.nan_to_num(getattr(a, f), nan=-7.0), torch.nan_to_num(getattr(b, f), nan=-7.0)) for f in fields) and torch.equal(
         a.invalid, b.invalid
     )
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one intra-op thread for the test (small models; two pytest workers share 2 cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

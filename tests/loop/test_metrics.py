@@ -147,12 +147,7 @@ def test_interpretability_rejects_bad_shapes():
 
 
 # ---------------------------------------------------------------------------------- evaluate
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture
