@@ -238,9 +238,12 @@ def _chunk_metrics(
     slope = right - left
     rising, falling = slope > 0, slope < 0
     crossing = (cut - left).div_(slope.masked_fill(slope == 0, 1.0)).add_(plan.group_f)
-    # Columns left of the first output pixel centre clamp their source coordinate to 0, so any
+    # Columns left of the first output pixel centre clamp their source coordinate to 0, so a
     # crossing below 0 lies before every column: column -1, which the clamps below take to `start`.
-    before_all = crossing < 0
+    # So does a *rising* crossing at exactly 0: the clamped columns hold τ itself and are attended,
+    # which the mapping below (first column whose unclamped coordinate reaches 0) would miss. A
+    # falling crossing at 0 maps correctly: the clamped columns, and only they, are attended.
+    before_all = (crossing < 0) | ((crossing == 0) & rising)
     column = crossing.clamp_(-1.0, float(plan.matrix.shape[1])).add_(0.5).mul_(plan.out_per_in).sub_(0.5)
     column.masked_fill_(before_all, -1.0)
     first_at_or_above = column.ceil().to(torch.int32).clamp_(start, end)
