@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from xal_core.acquisition import ScoringConfig
-from xal_core.acquisition.strategies import Acquisition, NoRoiWarning, make_strategy
-from xal_core.models import ExplainableModel, ModelMetadata, build_backbone, export, load_checkpoint
+from xal_core.acquisition.strategies import Acquisition, NoRoiWarning, Strategy, make_strategy
+from xal_core.models import Checkpoint, ExplainableModel, ModelMetadata, build_backbone, export, load_checkpoint
 from xal_core.train import TrainConfig, fit
 
 from .experiment import ExperimentData
@@ -36,7 +36,7 @@ from .metrics import METRICS_COLUMNS, RoundMetrics, evaluate
 from .oracle import FileOracle, Oracle, write_labelling_sheet
 from .protocol import INITIAL_STRATEGY, Protocol, derived_seed
 from .report.overlays import overlay_path, write_overlays
-from .scorers import PoolScorer
+from .scorers import PoolScorer, ScoredPool
 
 __all__ = ["ActiveLearner", "NeedsAnnotations", "RoundEvent", "ROI_STRATEGIES"]
 
@@ -93,6 +93,7 @@ class ActiveLearner:
         if protocol.labels_at(0) > len(self.pool):
             raise ValueError(f"initial: {protocol.initial} labels asked of a pool of {len(self.pool)} items")
         self._warned_no_roi = False
+        self._strategies: dict[Arm, Strategy] = {}
         self._check_rois()
 
     def _check_rois(self) -> None:
@@ -155,13 +156,14 @@ class ActiveLearner:
                     self._overlays(arm, round)
                     break
                 continue
-            checkpoint, version = self._model(arm, round)
+            path, version = self._model(arm, round)
+            saved = load_checkpoint(path)  # once per round: evaluation and export share it
             if round not in recorded:
-                self._evaluate(arm, round, checkpoint, version)
+                self._evaluate(arm, round, saved, version)
             if last:
-                self._overlays(arm, round)
+                self._overlays(arm, round, saved)
                 break
-            self._acquire(arm, round, checkpoint, version)
+            self._acquire(arm, round, path, saved, version)
         self.on_event(RoundEvent(arm, protocol.rounds, "done"))
 
     def _pool_exhausted(self, arm: Arm) -> bool:
@@ -223,14 +225,12 @@ class ActiveLearner:
             if older != path and older.name < path.name:
                 older.unlink()  # only the newest round's model is ever needed again
 
-    def _explainable(self, checkpoint: Path) -> tuple[ExplainableModel, object]:
-        saved = load_checkpoint(checkpoint)
-        model = ExplainableModel(saved.build()).to(self.device).eval()
-        return model, saved
+    def _explainable(self, saved: Checkpoint) -> ExplainableModel:
+        return ExplainableModel(saved.build()).to(self.device).eval()
 
-    def _evaluate(self, arm: Arm, round: int, checkpoint: Path, version: str) -> RoundMetrics:
+    def _evaluate(self, arm: Arm, round: int, saved: Checkpoint, version: str) -> RoundMetrics:
         self.on_event(RoundEvent(arm, round, "evaluate", 0, len(self.data.test)))
-        model, saved = self._explainable(checkpoint)
+        model = self._explainable(saved)
         test = self.data.test
         metrics = evaluate(model, test.images, test.labels, test.roi, threshold=self.protocol.threshold,
                            normalise=saved.preprocessing)
@@ -240,9 +240,8 @@ class ActiveLearner:
         self.write_metrics()
         return metrics
 
-    def _acquire(self, arm: Arm, round: int, checkpoint: Path, version: str) -> None:
+    def _acquire(self, arm: Arm, round: int, checkpoint: Path, saved: Checkpoint, version: str) -> None:
         protocol = self.protocol
-        saved = load_checkpoint(checkpoint)
         model = ExplainableModel(saved.build())
         metadata = ModelMetadata(class_names=saved.class_names, preprocessing=saved.preprocessing,
                                  target_layer=model.target_layer, architecture=saved.architecture.to_dict())
@@ -262,7 +261,7 @@ class ActiveLearner:
         scored = self.scorer.score(exported, exclude=exclude, config=config, progress=progress)
         exported.unlink(missing_ok=True)
         self.on_event(RoundEvent(arm, round, "acquire"))
-        strategy = make_strategy(arm.strategy, **protocol.strategy_params(arm.strategy))
+        strategy = self._strategy(arm)
         rng = np.random.default_rng(derived_seed("acquire", arm.strategy, arm.seed, round + 1))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NoRoiWarning)
@@ -276,34 +275,30 @@ class ActiveLearner:
                                f"(missing-ROI policy {protocol.missing_roi!r} on a pool without ROIs?)")
         self.ledger.record_acquisitions(arm, round + 1, self._rows(scored, chosen), model_version=version)
 
-    def _rows(self, scored, chosen: Acquisition) -> list[AcquisitionRow]:
+    def _rows(self, scored: ScoredPool, chosen: Acquisition) -> list[AcquisitionRow]:
         """The selected items with their scores at selection time (what the ledger keeps)."""
-        table = scored.table
-        where = {int(i): n for n, i in enumerate(table.ids.tolist())}
         rows = []
         for rank, (item, score) in enumerate(zip(chosen.ids.tolist(), chosen.scores.tolist(), strict=True)):
-            n = where[int(item)]
-            columns = {name: values[n] for name, values in scored.columns.items()}
+            facts = scored.row(int(item))
             rows.append(AcquisitionRow(
-                item_id=int(item), source_id=scored.source_ids[int(item)], rank=rank, score=_finite(score),
-                uncertainty=_finite(columns.get("uncertainty")), dice=_finite(table.dice[n]),
-                soft_dice=_finite(None if table.soft_dice is None else table.soft_dice[n]),
-                roi_energy=_finite(columns.get("roi_energy")), pointing_hit=_finite(columns.get("pointing_hit")),
-                predicted_class=int(np.argmax(table.probabilities[n])) if np.isfinite(table.probabilities[n]).all()
-                else None,
-                probabilities=tuple(float(p) for p in table.probabilities[n]),
+                item_id=int(item), source_id=facts["source_id"], rank=rank, score=_finite(score),
+                uncertainty=_finite(facts.get("uncertainty")), dice=_finite(facts["dice"]),
+                soft_dice=_finite(facts["soft_dice"]), roi_energy=_finite(facts.get("roi_energy")),
+                predicted_class=None if facts["invalid"] else int(facts["predicted_class"]),
+                probabilities=tuple(float(p) for p in facts["probabilities"]),
             ))
         return rows
 
-    def _overlays(self, arm: Arm, round: int) -> None:
+    def _overlays(self, arm: Arm, round: int, saved: Checkpoint | None = None) -> None:
         """The final model's Grad-CAM on the first test images (first seed only: one row per strategy)."""
         if arm.seed != self.protocol.seeds[0] or self.overlay_images <= 0:
             return
         target = overlay_path(self.run_dir / "overlays", arm.strategy)
         if target.is_file():
             return
-        checkpoint, _ = self._model(arm, round)
-        model, saved = self._explainable(checkpoint)
+        if saved is None:
+            saved = load_checkpoint(self._model(arm, round)[0])
+        model = self._explainable(saved)
         test = self.data.test
         n = min(self.overlay_images, len(test))
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -311,6 +306,12 @@ class ActiveLearner:
                        np.arange(n), normalise=saved.preprocessing)
 
     # ------------------------------------------------------------------ helpers
+    def _strategy(self, arm: Arm) -> Strategy:
+        """The arm's strategy, built once (it warns once about a pool without ROIs, not every round)."""
+        if arm not in self._strategies:
+            self._strategies[arm] = make_strategy(arm.strategy, **self.protocol.strategy_params(arm.strategy))
+        return self._strategies[arm]
+
     def _arm_dir(self, arm: Arm) -> Path:
         path = self.run_dir / "models" / arm.strategy / f"seed-{arm.seed}"
         path.mkdir(parents=True, exist_ok=True)

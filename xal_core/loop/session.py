@@ -137,8 +137,12 @@ class RunSession:
         with self._bar("rounds") as (bar, task):
             bar.update(task, total=len(arms) * (protocol.rounds + 1))
 
+            done = 0
+
             def on_event(event: RoundEvent) -> None:
-                done = sum(len(learner.ledger.rounds(arm)) for arm in arms)
+                nonlocal done
+                if event.phase != "score":  # rounds are recorded between phases, not per scored chunk
+                    done = sum(len(learner.ledger.rounds(arm)) for arm in arms)
                 detail = f"{event.arm}  round {event.round}: {event.phase}"
                 if event.total:
                     detail += f" {event.done}/{event.total}"
