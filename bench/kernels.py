@@ -3,7 +3,9 @@
 Providers, each measured in the same run on the same inputs (fp16 features on a GPU, fp32 on a CPU):
 
 * ``xal-triton`` (GPU) — ``xal_kernels`` fused kernel, ROI as bit-packed masks (the wire format);
-* ``xal-cpu`` (CPU host) — ``xal_core.scoring.cam_alignment``, the separable CPU path;
+* ``xal-numba`` (CPU host) — ``xal_kernels.cpu_alignment``, the compiled CPU kernel that CPU tensors
+  are routed to;
+* ``xal-separable`` (CPU host) — ``xal_core.scoring.cam_alignment``, the separable torch path;
 * ``torch-eager`` — the dense float32 pipeline, ``cam_alignment_dense(..., dtype=float32, chunk_size=B)``:
   einsum → ReLU → ``interpolate`` → min-max → threshold → sums, every map at full resolution;
 * ``torch-compile`` — ``torch.compile`` of that same eager pipeline;
@@ -122,7 +124,9 @@ def run_case(case, device, dtype, repeats, wanted, copy_bw) -> dict:
         op = importlib.import_module("xal_kernels.cam_alignment")
         providers["xal-triton"] = lambda: op.launch_cam_alignment(features, weights, roi.size, roi.known, packed=packed, threshold=THRESHOLD)
     else:
-        providers["xal-cpu"] = lambda: cam_alignment(features, weights, roi, threshold=THRESHOLD)
+        cpu_alignment = importlib.import_module("xal_kernels.cpu_alignment")  # Numba: CPU hosts only
+        providers["xal-numba"] = lambda: cpu_alignment.cam_alignment(features, weights, roi, threshold=THRESHOLD)
+        providers["xal-separable"] = lambda: cam_alignment(features, weights, roi, threshold=THRESHOLD)
         skipped["xal-triton"] = "needs a CUDA GPU: not run on this host (no GPU numbers, no estimates)"
     eager = functools.partial(cam_alignment_dense, threshold=THRESHOLD, dtype=torch.float32, chunk_size=batch)
     providers["torch-eager"] = lambda: eager(features, weights, roi)
@@ -173,8 +177,9 @@ def agreement(features, weights, roi, packed, device) -> dict:
     if device.type == "cuda":
         op = importlib.import_module("xal_kernels.cam_alignment")
         ours = op.launch_cam_alignment(features[part], weights[part], roi.size, roi.known[part], packed=packed[part], threshold=THRESHOLD)
-    else:
-        ours = cam_alignment(features[part], weights[part], roi[part], threshold=THRESHOLD)
+    else:  # the path CPU tensors are routed to
+        cpu_alignment = importlib.import_module("xal_kernels.cpu_alignment")
+        ours = cpu_alignment.cam_alignment(features[part], weights[part], roi[part], threshold=THRESHOLD)
     diff = lambda name: float((getattr(ours, name).double() - getattr(exact, name).double()).abs().max())  # noqa: E731
     return {f"{name}_max_abs_diff": diff(name) for name in ("dice", "soft_dice", "roi_energy", "pointing_hit")}
 

@@ -29,6 +29,19 @@ DEFAULT_BASE_SEED = 20_261_125
 FEATURE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def _fast_alignments() -> dict:
+    """The two exact fast CPU implementations of the contract, held to the same tests: the
+    separable torch path and the compiled (Numba) kernel that ``xal_kernels`` routes CPU tensors to."""
+    from xal_core.scoring import cam_alignment
+    from xal_kernels import cpu_alignment
+
+    return {"separable": cam_alignment, "compiled": cpu_alignment.cam_alignment}
+
+
+FAST_ALIGNMENTS = _fast_alignments()
+over_fast_alignments = pytest.mark.parametrize("fast_alignment", list(FAST_ALIGNMENTS.values()), ids=list(FAST_ALIGNMENTS))
+
+
 def _base_seed() -> int:
     raw = os.environ.get("XAL_TEST_SEED", "").strip()
     if raw == "random":

@@ -1,6 +1,7 @@
 """CAM/ROI alignment (DESIGN.md §2) against the independent NumPy reference.
 
-Both implementations are checked: the fast path ``cam_alignment`` (separable) and the dense torch
+Three implementations are checked: the fast paths ``cam_alignment`` (separable torch) and
+``xal_kernels.cpu_alignment`` (the compiled CPU kernel), and the dense torch
 ``reference.cam_alignment_dense``. Hard Dice may differ from the reference only through pixels
 whose normalised reference value is within ``BAND`` (1e-6) of τ; the pointing hit only where the
 reference peak is tied within ``PEAK_MARGIN`` (1e-9). See ``conftest.alignment_mismatches``.
@@ -13,11 +14,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import (
+    FAST_ALIGNMENTS,
     FEATURE_DTYPES,
     as_f64,
     assert_alignment_matches,
     assert_close_items,
     nondegenerate_features,
+    over_fast_alignments,
     random_features,
     random_masks,
     reference_alignment,
@@ -39,6 +42,7 @@ def _dense(features, weights, roi, threshold):
 
 PATHS = {
     "fast": lambda f, w, roi, t: cam_alignment(f, w, roi, threshold=t),
+    "compiled": lambda f, w, roi, t: FAST_ALIGNMENTS["compiled"](f, w, roi, threshold=t),
     "dense": _dense,
 }
 
@@ -46,7 +50,7 @@ PATHS = {
 # Both paths copy border values exactly on the clamped plateaus (the dense one upsamples with the
 # matrices of bilinear.axis_sampling, not F.interpolate), so both are held to the exact rule: the
 # first of exactly equal maxima in row-major order.
-EXACT_PLATEAUS = {"fast": True, "dense": True}
+EXACT_PLATEAUS = {"fast": True, "compiled": True, "dense": True}
 
 
 def check_both_paths(features, weights, roi, refs, threshold=0.5, context=""):
@@ -217,10 +221,11 @@ def test_unknown_rois_give_nan_not_zero(gen):
         assert_alignment_matches(scores, refs, context=name, exact_plateaus=EXACT_PLATEAUS[name])
 
 
-def test_unknown_roi_mask_content_is_ignored(gen):
+@over_fast_alignments
+def test_unknown_roi_mask_content_is_ignored(fast_alignment, gen):
     features, weights = nondegenerate_features(gen, 2, 4, 5, 5, (12, 12))
     full = torch.ones(2, 12, 12, dtype=torch.bool)
-    scores = cam_alignment(features, weights, Roi.from_masks(full, known=[False, True]))
+    scores = fast_alignment(features, weights, Roi.from_masks(full, known=[False, True]))
     assert torch.isnan(scores.dice[0]) and not torch.isnan(scores.dice[1])
 
 
@@ -305,8 +310,9 @@ def test_overlapping_boxes_equal_their_union_mask(gen):
 
 
 # --------------------------------------------------------------------------- bit-packed masks
+@over_fast_alignments
 @pytest.mark.parametrize("width", [1, 7, 8, 13, 33])
-def test_packed_masks_match_dense_masks_and_reference(width, gen, rng):
+def test_packed_masks_match_dense_masks_and_reference(fast_alignment, width, gen, rng):
     height, batch = 11, 4
     features, weights = nondegenerate_features(gen, batch, 6, 5, 4, (height, width))
     masks = rng.random((batch, height, width)) < 0.4
@@ -321,8 +327,8 @@ def test_packed_masks_match_dense_masks_and_reference(width, gen, rng):
     np.testing.assert_array_equal(roi.packed_masks().numpy() & ~np.uint8(0), np.packbits(expected, axis=2))
     refs = reference_alignment(features, weights, masks, known)
     check_both_paths(features, weights, roi, refs, context="packed")
-    dense = cam_alignment(features, weights, Roi.from_masks(torch.from_numpy(masks), known=known))
-    assert same_scores(cam_alignment(features, weights, roi), dense)
+    dense = fast_alignment(features, weights, Roi.from_masks(torch.from_numpy(masks), known=known))
+    assert same_scores(fast_alignment(features, weights, roi), dense)
 
 
 # --------------------------------------------------------------------------- gradcam_maps
@@ -350,13 +356,14 @@ def test_gradcam_maps_chunking_does_not_matter(gen):
 
 
 # --------------------------------------------------------------------------- chunking / batch independence
-def test_scores_do_not_depend_on_batch_composition(gen):
+@over_fast_alignments
+def test_scores_do_not_depend_on_batch_composition(fast_alignment, gen):
     """An item's scores are the same whether scored alone or inside a batch."""
     features, weights = nondegenerate_features(gen, 6, 16, 7, 7, (40, 40))
     masks = random_masks(gen, 6, 40, 40)
-    batch = cam_alignment(features, weights, Roi.from_masks(masks))
+    batch = fast_alignment(features, weights, Roi.from_masks(masks))
     for b in (0, 3, 5):
-        alone = cam_alignment(features[b : b + 1], weights[b : b + 1], Roi.from_masks(masks[b : b + 1]))
+        alone = fast_alignment(features[b : b + 1], weights[b : b + 1], Roi.from_masks(masks[b : b + 1]))
         for field in ("dice", "soft_dice", "roi_energy", "pointing_hit"):
             assert_close_items(getattr(alone, field).tolist(), getattr(batch, field)[b : b + 1].tolist(), atol=1e-6, what=f"item {b} {field}")
 
@@ -379,18 +386,19 @@ def test_batches_larger_than_a_chunk(kind, gen, rng):
     check_both_paths(features, weights, roi, refs, context=f"300 items, {kind}")
 
 
-def test_memory_layout_does_not_matter(gen):
+@over_fast_alignments
+def test_memory_layout_does_not_matter(fast_alignment, gen):
     """channels_last and strided views give the same scores as contiguous tensors."""
     features, weights = nondegenerate_features(gen, 4, 8, 6, 5, (20, 17))
     masks = random_masks(gen, 4, 20, 17)
     roi = Roi.from_masks(masks)
-    base = cam_alignment(features, weights, roi)
+    base = fast_alignment(features, weights, roi)
     wide = torch.zeros(4, 16, 6, 5)
     wide[:, ::2] = features
     for variant in (features.to(memory_format=torch.channels_last), wide[:, ::2]):
         assert not variant.is_contiguous()
-        assert same_scores(cam_alignment(variant, weights, roi), base)
-    assert same_scores(cam_alignment(features, weights.t().contiguous().t(), roi), base)
+        assert same_scores(fast_alignment(variant, weights, roi), base)
+    assert same_scores(fast_alignment(features, weights.t().contiguous().t(), roi), base)
 
 
 # --------------------------------------------------------------------------- degenerate maps (library bugs)
@@ -423,6 +431,7 @@ def _expected_degenerate(masks):
     return [ref.alignment(np.array([[[1.0, 1.0]]]), np.ones(1), m.numpy()) for m in masks]  # a constant map
 
 
+@over_fast_alignments
 @pytest.mark.parametrize(
     "grid,frame,threshold,mask",
     [
@@ -432,9 +441,9 @@ def _expected_degenerate(masks):
         DEGENERATE[3],
     ],
 )
-def test_degenerate_resampled_map_fast_path(grid, frame, threshold, mask):
+def test_degenerate_resampled_map_fast_path(fast_alignment, grid, frame, threshold, mask):
     features, weights, masks = _degenerate_case(grid, frame, mask)
-    scores = cam_alignment(features, weights, Roi.from_masks(masks), threshold=threshold)
+    scores = fast_alignment(features, weights, Roi.from_masks(masks), threshold=threshold)
     assert_alignment_matches(scores, _expected_degenerate(masks), context="fast path, degenerate map")
 
 
@@ -455,14 +464,15 @@ def test_degenerate_resampled_map_dense_path_and_gradcam_maps(grid, frame, thres
     assert_alignment_matches(scores, _expected_degenerate(masks), context="dense path, degenerate map")
 
 
-def test_fast_path_first_peak_on_a_plateau():
+@over_fast_alignments
+def test_fast_path_first_peak_on_a_plateau(fast_alignment):
     """Grid [0, 0.1] on a 2×3 frame: both rows read the same grid row, so (0, 2) and (1, 2) are
     exactly equal maxima and the first in row-major order, (0, 2), is the peak."""
     features = torch.tensor([[[[0.0, 0.1]]]], dtype=torch.float64)
     masks = torch.tensor([[[False, False, True], [False, False, False]]])
     refs = reference_alignment(features, torch.ones(1, 1, dtype=torch.float64), masks)
     assert refs[0].pointing_hit == 1.0 and refs[0].peak_unique and not refs[0].peak_unique_by_margin
-    scores = cam_alignment(features, torch.ones(1, 1, dtype=torch.float64), Roi.from_masks(masks))
+    scores = fast_alignment(features, torch.ones(1, 1, dtype=torch.float64), Roi.from_masks(masks))
     assert float(scores.pointing_hit[0]) == 1.0
 
 
@@ -474,14 +484,15 @@ def test_dense_path_first_peak_on_a_plateau():
 
 
 # --------------------------------------------------------------------------- precision (library bugs)
-def test_channel_sum_precision_with_large_offset():
+@over_fast_alignments
+def test_channel_sum_precision_with_large_offset(fast_alignment):
     # Grid = 4096 + [0, 0.4999, 1]: exactly normalised [0, 0.4999, 1], so P = {x = 2} at τ = 0.5.
     features = torch.tensor([[[[4096.0, 4096.0, 4096.0]], [[0.0, 0.4999, 1.0]]]], dtype=torch.float32)
     weights = torch.ones(1, 2, dtype=torch.float32)
     masks = torch.tensor([[[False, False, True]]])
     refs = reference_alignment(features, weights, masks)
     assert refs[0].dice == 1.0 and refs[0].near_in + refs[0].near_out == 0
-    assert_alignment_matches(cam_alignment(features, weights, Roi.from_masks(masks)), refs, context="fast path")
+    assert_alignment_matches(fast_alignment(features, weights, Roi.from_masks(masks)), refs, context="fast path")
 
 
 def test_channel_sum_precision_with_large_offset_dense_path():
@@ -492,7 +503,8 @@ def test_channel_sum_precision_with_large_offset_dense_path():
     assert_alignment_matches(cam_alignment_dense(features, weights, Roi.from_masks(masks)), refs, context="dense path")
 
 
-def test_row_precision_when_map_range_is_small_fast_path():
+@over_fast_alignments
+def test_row_precision_when_map_range_is_small_fast_path(fast_alignment):
     # 1×6 grid read at columns 0.5, 2.5, 4.5 (frame 1×3): map = [500, 500.004, 500.01] of a grid
     # spanning [0, 1000]; exactly normalised [0, 0.4, 1]. float64 inputs: no channel-sum rounding.
     features = torch.tensor([[[[0.0, 1000.0, 500.004, 500.004, 500.01, 500.01]]]], dtype=torch.float64)
@@ -500,7 +512,7 @@ def test_row_precision_when_map_range_is_small_fast_path():
     masks = torch.tensor([[[False, True, True]]])
     refs = reference_alignment(features, weights, masks, threshold=0.401)
     assert refs[0].near_in + refs[0].near_out == 0
-    assert_alignment_matches(cam_alignment(features, weights, Roi.from_masks(masks), threshold=0.401), refs, context="fast path")
+    assert_alignment_matches(fast_alignment(features, weights, Roi.from_masks(masks), threshold=0.401), refs, context="fast path")
 
 
 def test_row_precision_when_map_range_is_small_dense_path():

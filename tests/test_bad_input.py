@@ -11,14 +11,19 @@ import contract_reference as ref
 import numpy as np
 import pytest
 import torch
-from conftest import assert_alignment_matches, nondegenerate_features, random_masks, reference_alignment
+from conftest import (
+    assert_alignment_matches,
+    nondegenerate_features,
+    over_fast_alignments,
+    random_masks,
+    reference_alignment,
+)
 
 from xal_core.scoring import (
     NonFiniteInputWarning,
     Roi,
     TopK,
     bald,
-    cam_alignment,
     dual_score,
     gradcam_maps,
     uncertainty,
@@ -40,6 +45,7 @@ def good(gen):
     return features, weights, roi
 
 
+@over_fast_alignments
 @pytest.mark.parametrize(
     "change,match",
     [
@@ -62,21 +68,23 @@ def good(gen):
         "weights-C", "weights-B", "weights-rank3", "weights-int", "weights-list", "roi-batch", "roi-tensor",
     ],
 )
-def test_cam_alignment_structural_errors(good, change, match):
+def test_cam_alignment_structural_errors(fast_alignment, good, change, match):
     features, weights, roi = change(*good)
     with raises(match):
-        cam_alignment(features, weights, roi)
+        fast_alignment(features, weights, roi)
 
 
+@over_fast_alignments
 @pytest.mark.parametrize("threshold", [0.0, -0.1, 1.0000001, 2, float("nan"), float("inf"), "0.5", None])
-def test_threshold_outside_unit_interval_raises(good, threshold):
+def test_threshold_outside_unit_interval_raises(fast_alignment, good, threshold):
     with raises(r"^threshold: expected a number in \(0, 1\]"):
-        cam_alignment(*good, threshold=threshold)
+        fast_alignment(*good, threshold=threshold)
 
 
-def test_threshold_one_and_tiny_are_valid(good):
+@over_fast_alignments
+def test_threshold_one_and_tiny_are_valid(fast_alignment, good):
     for threshold in (1.0, 1, 1e-12):
-        cam_alignment(*good, threshold=threshold)
+        fast_alignment(*good, threshold=threshold)
 
 
 def test_gradcam_maps_structural_errors(good):
@@ -172,7 +180,8 @@ def test_padded_boxes_errors():
     Roi.from_padded_boxes(bad, torch.tensor([1, 1, 1]), size=(4, 4))
 
 
-def test_boxes_partly_outside_are_clipped_and_match_reference(gen):
+@over_fast_alignments
+def test_boxes_partly_outside_are_clipped_and_match_reference(fast_alignment, gen):
     frame = (20, 24)
     boxes = [
         torch.tensor([[-10.0, -3.5, 6.2, 9.0]]),
@@ -184,7 +193,7 @@ def test_boxes_partly_outside_are_clipped_and_match_reference(gen):
     truth = np.stack([ref.rasterise_boxes(b.tolist(), *frame) for b in boxes])
     np.testing.assert_array_equal(roi.to_masks().numpy(), truth)
     assert truth[2].all()
-    assert_alignment_matches(cam_alignment(features, weights, roi), reference_alignment(features, weights, truth), context="clipped boxes")
+    assert_alignment_matches(fast_alignment(features, weights, roi), reference_alignment(features, weights, truth), context="clipped boxes")
 
 
 # --------------------------------------------------------------------------- uncertainty / fusion inputs
@@ -213,12 +222,13 @@ def _drop(t: torch.Tensor, index: int) -> torch.Tensor:
     return torch.cat([t[:index], t[index + 1 :]])
 
 
+@over_fast_alignments
 @pytest.mark.parametrize(
     "where,value",
     [("features", float("nan")), ("features", float("inf")), ("weights", float("nan")), ("weights", float("-inf"))],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_nonfinite_item_is_isolated(where, value, dtype, gen):
+def test_nonfinite_item_is_isolated(fast_alignment, where, value, dtype, gen):
     features, weights, masks = _poisoned_batch(gen)
     features, weights = features.to(dtype), weights.to(dtype)
     bad = 2
@@ -228,14 +238,14 @@ def test_nonfinite_item_is_isolated(where, value, dtype, gen):
         weights[bad, 5] = value
     roi = Roi.from_masks(masks)
     with pytest.warns(NonFiniteInputWarning, match=r"\b1 item"):
-        scores = cam_alignment(features, weights, roi)
+        scores = fast_alignment(features, weights, roi)
     assert scores.invalid.tolist() == [i == bad for i in range(5)] and scores.n_invalid == 1
     for field in FIELDS:
         values = getattr(scores, field)
         assert torch.isnan(values[bad]), f"{field} of the poisoned item = {float(values[bad])}"
     # The other items: what the batch without the poisoned item gives. Batched matrix products may
     # round differently when the batch changes size, so "the same" means to float32 rounding.
-    clean = cam_alignment(_drop(features, bad), _drop(weights, bad), Roi.from_masks(_drop(masks, bad)))
+    clean = fast_alignment(_drop(features, bad), _drop(weights, bad), Roi.from_masks(_drop(masks, bad)))
     for field in FIELDS:
         got, want = _drop(getattr(scores, field), bad), getattr(clean, field)
         assert torch.allclose(got, want, rtol=0, atol=1e-6), f"{field}: other items changed: {got.tolist()} vs {want.tolist()}"
@@ -253,24 +263,26 @@ def test_nonfinite_item_is_isolated(where, value, dtype, gen):
     assert top.result().ids.tolist()[-1] == bad
 
 
-def test_several_nonfinite_items_warning_counts_them(gen):
+@over_fast_alignments
+def test_several_nonfinite_items_warning_counts_them(fast_alignment, gen):
     features, weights, masks = _poisoned_batch(gen, batch=6)
     features[0, 0, 0, 0] = float("nan")
     features[3, 7, 5, 6] = float("inf")
     weights[4, 0] = float("nan")
     with pytest.warns(NonFiniteInputWarning, match=r"\b3 item") as record:
-        scores = cam_alignment(features, weights, Roi.from_masks(masks))
+        scores = fast_alignment(features, weights, Roi.from_masks(masks))
     assert len([w for w in record if issubclass(w.category, NonFiniteInputWarning)]) == 1, "one warning per call"
     assert scores.invalid.tolist() == [True, False, False, True, True, False]
     assert torch.isnan(scores.dice[[0, 3, 4]]).all() and not torch.isnan(scores.dice[[1, 2, 5]]).any()
 
 
-def test_nonfinite_item_with_box_rois_and_unknown_rois(gen):
+@over_fast_alignments
+def test_nonfinite_item_with_box_rois_and_unknown_rois(fast_alignment, gen):
     features, weights, _ = _poisoned_batch(gen, batch=3, frame=(12, 12))
     features[1, 2, 2, 2] = float("nan")
     roi = Roi.from_boxes([torch.tensor([[1.0, 1.0, 8.0, 9.5]]), torch.tensor([[0.0, 0.0, 4.0, 4.0]]), None], size=(12, 12))
     with pytest.warns(NonFiniteInputWarning, match=r"\b1 item"):
-        scores = cam_alignment(features, weights, roi)
+        scores = fast_alignment(features, weights, roi)
     assert scores.invalid.tolist() == [False, True, False]  # an unknown ROI is not invalid
     assert torch.isnan(scores.dice[1:]).all() and not torch.isnan(scores.dice[0])
 
@@ -285,11 +297,12 @@ def test_gradcam_maps_nonfinite_item(gen):
     assert torch.equal(maps[[0, 2]], clean[[0, 2]])
 
 
-def test_no_warning_for_finite_inputs(gen):
+@over_fast_alignments
+def test_no_warning_for_finite_inputs(fast_alignment, gen):
     features, weights, masks = _poisoned_batch(gen, batch=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        cam_alignment(features, weights, Roi.from_masks(masks))
+        fast_alignment(features, weights, Roi.from_masks(masks))
         gradcam_maps(features, weights, (5, 5))
 
 
@@ -325,7 +338,8 @@ def test_nonfinite_mc_logits_are_isolated(gen):
     assert math.isnan(float(got[2]))
 
 
-def test_finite_inputs_whose_channel_sum_overflows_float32():
+@over_fast_alignments
+def test_finite_inputs_whose_channel_sum_overflows_float32(fast_alignment):
     """The contract's map is well defined for these finite inputs (the dense float64 path gets it);
     the fast path must either score them correctly or flag them invalid, never return silent NaN/0."""
     features = torch.tensor([[[[3e38, 1e38, 0.0]]], [[[1.0, 2.0, 3.0]]]], dtype=torch.float32)
@@ -333,7 +347,7 @@ def test_finite_inputs_whose_channel_sum_overflows_float32():
     masks = torch.tensor([[[True, False, False]]] * 2)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        scores = cam_alignment(features, weights, Roi.from_masks(masks))
+        scores = fast_alignment(features, weights, Roi.from_masks(masks))
     if bool(scores.invalid[0]):  # flagged: acceptable, as long as it is NaN and warned about
         assert torch.isnan(scores.dice[0]) and any(issubclass(w.category, NonFiniteInputWarning) for w in record)
     else:

@@ -52,6 +52,9 @@ def test_bench_quick_run_writes_results(tmp_path: Path) -> None:
     record = json.loads(out.read_text())
     assert {case["case"]["roi"] for case in record["cases"]} == {"mask", "boxes"}
     for case in record["cases"]:
-        assert case["agreement_vs_float64_reference"]["soft_dice_max_abs_diff"] < 1e-5
-        assert case["speedup_vs_torch_eager"] > 0
+        assert set(case["agreement_vs_float64_reference"]) == {"xal-numba", "xal-separable"}
+        for agreement in case["agreement_vs_float64_reference"].values():
+            assert agreement["soft_dice_max_abs_diff"] < 1e-5 and agreement["pointing_hit_mismatches"] == 0
+        assert set(case["speedup_vs_torch_eager"]) == {"xal-numba", "xal-separable"}
+        assert case["numba_vs_separable"] > 0
     assert "ratio" in done.stdout

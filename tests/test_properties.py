@@ -7,7 +7,7 @@ import math
 import contract_reference as ref
 import numpy as np
 import torch
-from conftest import as_f64, assert_alignment_matches, reference_alignment
+from conftest import as_f64, assert_alignment_matches, over_fast_alignments, reference_alignment
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -36,13 +36,14 @@ def cam_inputs(draw, max_grid=8, max_frame=24, weights_kind=None):
     return features, weights, masks
 
 
+@over_fast_alignments
 @SETTINGS
 @given(inputs=cam_inputs(), threshold=thresholds)
-def test_metrics_lie_in_unit_interval(inputs, threshold):
+def test_metrics_lie_in_unit_interval(fast_alignment, inputs, threshold):
     features, weights, masks = inputs
     roi = Roi.from_masks(masks)
     for name, scores in (
-        ("fast", cam_alignment(features, weights, roi, threshold=threshold)),
+        ("fast", fast_alignment(features, weights, roi, threshold=threshold)),
         ("dense", cam_alignment_dense(features, weights, roi, threshold=threshold)),
     ):
         for field in ("dice", "soft_dice", "roi_energy"):
@@ -52,13 +53,14 @@ def test_metrics_lie_in_unit_interval(inputs, threshold):
         assert not scores.invalid.any()
 
 
+@over_fast_alignments
 @SETTINGS
 @given(
     a=cam_inputs(max_grid=6, max_frame=20, weights_kind="positive"),
     seed=st.integers(0, 2**31 - 1),
     threshold=st.sampled_from([0.3, 0.5, 0.7]),
 )
-def test_dice_is_symmetric(a, seed, threshold):
+def test_dice_is_symmetric(fast_alignment, a, seed, threshold):
     """Dice(P_A, G = P_B) == Dice(P_B, G = P_A): score map A against map B's binarisation as a mask
     ROI, and the other way round (maps without pixels near τ, so both binarisations are sharp)."""
     features_a, weights_a, masks = a
@@ -74,8 +76,8 @@ def test_dice_is_symmetric(a, seed, threshold):
             assume(r.near_in + r.near_out == 0)
             maps.append(np.array(r.map) >= threshold)
         binarised.append(torch.from_numpy(np.stack(maps)))
-    a_vs_b = cam_alignment(features_a, weights_a, Roi.from_masks(binarised[1]), threshold=threshold)
-    b_vs_a = cam_alignment(features_b, weights_b, Roi.from_masks(binarised[0]), threshold=threshold)
+    a_vs_b = fast_alignment(features_a, weights_a, Roi.from_masks(binarised[1]), threshold=threshold)
+    b_vs_a = fast_alignment(features_b, weights_b, Roi.from_masks(binarised[0]), threshold=threshold)
     assert torch.allclose(a_vs_b.dice, b_vs_a.dice, atol=1e-6, rtol=0), f"{a_vs_b.dice.tolist()} vs {b_vs_a.dice.tolist()}"
     # And both equal the Dice of the two reference binarisations.
     p, g = binarised
@@ -102,9 +104,10 @@ def test_power_of_two_weight_scaling_changes_nothing(inputs, exponent, threshold
             )
 
 
+@over_fast_alignments
 @SETTINGS
 @given(inputs=cam_inputs(max_grid=6, max_frame=20, weights_kind="mixed"), factor=st.floats(1e-3, 1e3), threshold=thresholds)
-def test_positive_weight_scaling_matches_unscaled_reference(inputs, factor, threshold):
+def test_positive_weight_scaling_matches_unscaled_reference(fast_alignment, inputs, factor, threshold):
     """Any positive factor: the scores of the scaled weights still match the reference of the
     unscaled ones (near-threshold pixels and near-tied peaks aside), on both paths."""
     features, weights, masks = inputs
@@ -112,7 +115,7 @@ def test_positive_weight_scaling_matches_unscaled_reference(inputs, factor, thre
     refs = reference_alignment(features, weights, masks, threshold=threshold)
     assume(not any(r.constant and not _constant_grid(features[b], weights[b]) for b, r in enumerate(refs)))
     roi = Roi.from_masks(masks)
-    assert_alignment_matches(cam_alignment(features, weights * factor, roi, threshold=threshold), refs, context=f"fast ×{factor}")
+    assert_alignment_matches(fast_alignment(features, weights * factor, roi, threshold=threshold), refs, context=f"fast ×{factor}")
     dense = cam_alignment_dense(features, weights * factor, roi, threshold=threshold)
     assert_alignment_matches(dense, refs, context=f"dense ×{factor}", exact_plateaus=False)  # see test_alignment_contract
 

@@ -14,8 +14,9 @@ import itertools
 
 import pytest
 import torch
+from conftest import over_fast_alignments
 
-from xal_core.scoring import Roi, cam_alignment
+from xal_core.scoring import Roi
 from xal_core.scoring.reference import cam_alignment_dense, cam_grids, normalised_maps
 
 VALUES = (0.0, 0.25, 0.5, 1.0)
@@ -31,10 +32,11 @@ def grids() -> list[torch.Tensor]:
     return out
 
 
+@over_fast_alignments
 @pytest.mark.parametrize("transpose", [False, True], ids=["2x3", "3x2"])
 @pytest.mark.parametrize("threshold", [0.25, 0.5, 1.0])
 @pytest.mark.parametrize("frame", FRAMES, ids=lambda f: f"{f[0]}x{f[1]}")
-def test_exact_ties_at_grid_nodes_match_the_dense_reference(threshold, frame, transpose):
+def test_exact_ties_at_grid_nodes_match_the_dense_reference(fast_alignment, threshold, frame, transpose):
     height, width = frame
     cases = [g.T.contiguous() for g in grids()] if transpose else grids()
     features = torch.stack(cases)[:, None]  # [B, 1, h, w]
@@ -47,7 +49,7 @@ def test_exact_ties_at_grid_nodes_match_the_dense_reference(threshold, frame, tr
     masks[:, :, : max(1, width // 3)] = True
     for roi in (Roi.from_masks(masks),
                 Roi.from_boxes([torch.tensor([[0.0, 0.0, width / 2, height / 2]])] * len(cases), size=frame)):
-        fast = cam_alignment(features, weights, roi, threshold=threshold)
+        fast = fast_alignment(features, weights, roi, threshold=threshold)
         reference = cam_alignment_dense(features, weights, roi, threshold=threshold, dtype=torch.float64)
         wrong = decided & ((fast.dice.double() - reference.dice).abs() > 1e-6)
         assert not wrong.any(), [(cases[i].tolist(), float(fast.dice[i]), float(reference.dice[i]))

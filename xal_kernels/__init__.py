@@ -10,7 +10,8 @@ torch.Size([2])
 
 Routing (``XAL_KERNELS`` = auto | triton | torch | reference) is described in ``dispatch``; the
 kernels live one op per module: ``xal_kernels/cam_alignment.py``, ``xal_kernels/uncertainty.py``
-(plus ``topk.push_chunk``), each importable as ``from xal_kernels.cam_alignment import ...``.
+(plus ``topk.push_chunk``), each importable as ``from xal_kernels.cam_alignment import ...``; the
+compiled CPU kernel (Numba) that CPU tensors take is ``xal_kernels/cpu_alignment.py``.
 
 The public functions share their names with those op modules. Python's import system binds a
 submodule onto its package under the submodule's name when it is first imported, which would
@@ -32,6 +33,7 @@ from .dispatch import (
     dual_score,
     uncertainty,
     uncertainty_and_dual_score,
+    warm_up,
 )
 from .topk import push_chunk
 
@@ -45,6 +47,7 @@ __all__ = [
     "push_chunk",
     "uncertainty",
     "uncertainty_and_dual_score",
+    "warm_up",
 ]
 
 _ROUTED = frozenset({"cam_alignment", "uncertainty"})

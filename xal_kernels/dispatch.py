@@ -3,9 +3,13 @@
 ``XAL_KERNELS`` (read at every call):
 
 * unset, empty or ``auto``: CUDA tensors go to the Triton kernels (to the torch path, with one
-  warning, when Triton is not installed), everything else to ``xal_core.scoring``;
+  warning, when Triton is not installed); CPU tensors go to the compiled CPU kernel
+  (``xal_kernels.cpu_alignment``, Numba) for CAM/ROI alignment (to the torch path, with one warning,
+  when Numba cannot be imported), and to ``xal_core.scoring`` for uncertainty and fusion, which are
+  a handful of vectorised torch operations already;
 * ``triton``: always the Triton kernels; on CPU tensors this needs Triton's interpreter
   (``TRITON_INTERPRET=1`` set before the kernels are first imported);
+* ``numba``: always the compiled CPU kernel for alignment (CPU tensors only), as ``auto`` otherwise;
 * ``torch``: always ``xal_core.scoring`` (the separable path), whatever the device;
 * ``reference``: the dense torch reference ``xal_core.scoring.reference`` in float64, for debugging
   (uncertainty and fusion have no separate reference: they are ``xal_core.scoring`` itself).
@@ -20,6 +24,7 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
+from functools import lru_cache
 from types import ModuleType
 
 import torch
@@ -38,15 +43,17 @@ __all__ = [
     "dual_score",
     "uncertainty",
     "uncertainty_and_dual_score",
+    "warm_up",
 ]
 
 BACKEND_ENV = "XAL_KERNELS"
-BACKENDS = ("auto", "triton", "torch", "reference")
+BACKENDS = ("auto", "triton", "numba", "torch", "reference")
 _warned_no_triton = False
+_warned_no_numba = False
 
 
 class KernelsUnavailableError(RuntimeError):
-    """The Triton route was forced but cannot run here."""
+    """A kernel route (Triton or Numba) was forced but cannot run here."""
 
 
 def requested_backend() -> str:
@@ -66,11 +73,45 @@ def triton_available() -> bool:
     return True
 
 
+@lru_cache(maxsize=1)
+def numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def backend_for(tensor: object) -> str:
-    """``"triton"``, ``"torch"`` or ``"reference"`` for an input living where ``tensor`` does."""
-    global _warned_no_triton
+    """``"triton"``, ``"numba"``, ``"torch"`` or ``"reference"`` for an input living where
+    ``tensor`` does. ``"numba"`` concerns CAM/ROI alignment only (see the module doc)."""
+    global _warned_no_triton, _warned_no_numba
     choice = requested_backend()
     on_cuda = isinstance(tensor, torch.Tensor) and tensor.is_cuda
+    on_cpu = not on_cuda and (not isinstance(tensor, torch.Tensor) or tensor.device.type == "cpu")
+    if choice == "auto" and on_cpu:
+        if numba_available():
+            return "numba"
+        if not _warned_no_numba:
+            warnings.warn(
+                "xal_kernels: Numba cannot be imported, CPU tensors are scored by the slower torch "
+                "path; install it with `pip install 'numba>=0.68.1,<0.69'`",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            _warned_no_numba = True
+        return "torch"
+    if choice == "numba":
+        if not numba_available():
+            raise KernelsUnavailableError(
+                f"{BACKEND_ENV}=numba but Numba is not importable: `pip install 'numba>=0.68.1,<0.69'`"
+            )
+        if not on_cpu:
+            raise KernelsUnavailableError(
+                f"{BACKEND_ENV}=numba: the compiled CPU kernel takes CPU tensors, got {tensor.device} "
+                "(unset it for the Triton kernels)"
+            )
+        return choice
     if choice == "auto":
         if not on_cuda:
             return "torch"
@@ -124,6 +165,8 @@ def cam_alignment(features: torch.Tensor, weights: torch.Tensor, roi: Roi, *, th
     route = backend_for(features)
     if route == "triton":
         return _op("cam_alignment", features).cam_alignment(features, weights, roi, threshold=threshold)
+    if route == "numba":
+        return importlib.import_module("xal_kernels.cpu_alignment").cam_alignment(features, weights, roi, threshold=threshold)
     if route == "reference":
         return scoring.alignment.cam_alignment_reference(features, weights, roi, threshold=threshold)
     return scoring.cam_alignment(features, weights, roi, threshold=threshold)
@@ -169,3 +212,13 @@ def uncertainty_and_dual_score(
         return _op("uncertainty", logits).uncertainty_and_dual_score(logits, misalignment, kind=kind, **options)
     u = scoring.uncertainty(logits, kind)
     return u, scoring.dual_score(u, misalignment, **options)
+
+
+def warm_up() -> str:
+    """Compile the kernel that CPU tensors are routed to now, not on the first call (a server does
+    this before it reports SERVING); returns the route. Numba keeps the machine code on disk, so
+    after the first process this is a load (~0.4 s), not a compilation (~4 s)."""
+    route = backend_for(torch.zeros(1))
+    if route == "numba":
+        importlib.import_module("xal_kernels.cpu_alignment").warm_up()
+    return route

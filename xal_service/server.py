@@ -22,6 +22,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+import xal_kernels
+
 from . import codec
 from .auth import TokenInterceptor, read_token
 from .engines.ray.config import RayEngineConfig
@@ -164,6 +166,7 @@ def start_server(config: ServerConfig) -> RunningServer:
         raise ValueError(f"--listen {config.listen}: could not bind")
     server.start()
     registry.restore(log)  # models load while health says NOT_SERVING
+    xal_kernels.warm_up()  # compile (or load) the CPU kernel now, not in the first ScoreBatch
     jobs.start_worker()    # unfinished jobs of an earlier run resume
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -15,8 +15,8 @@ SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "kernels.py"
 def test_quick_bench_smoke(tmp_path):
     out = tmp_path / "kernels.json"
     gpu = torch.cuda.is_available()
-    providers = "xal-cpu,torch-eager,xal-triton,monai-gradcam"
-    ran = {"xal-triton", "torch-eager"} if gpu else {"xal-cpu", "torch-eager"}
+    providers = "xal-numba,xal-separable,torch-eager,xal-triton,monai-gradcam"
+    ran = {"xal-triton", "torch-eager"} if gpu else {"xal-numba", "xal-separable", "torch-eager"}
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--providers", providers, "--out", str(out)],
         capture_output=True, text=True, timeout=300,

@@ -50,6 +50,7 @@ def spy(monkeypatch):
     s.wrap(dispatch.scoring, "uncertainty", "torch")
     s.wrap(dispatch.scoring, "dual_score", "torch")
     s.wrap(dispatch.scoring.alignment, "cam_alignment_reference", "reference")
+    s.wrap(importlib.import_module("xal_kernels.cpu_alignment"), "cam_alignment", "numba")
     if HAS_TRITON:
         for name in ("cam_alignment", "uncertainty"):
             module = importlib.import_module(f"xal_kernels.{name}")
@@ -66,14 +67,47 @@ def call_all(features, weights, roi):
     return alignment, u, fused
 
 
-@pytest.mark.parametrize("value", [None, "", "auto", " AUTO ", "torch"])
-def test_cpu_tensors_take_the_torch_path(monkeypatch, spy, value):
+@pytest.mark.parametrize("value", [None, "", "auto", " AUTO ", "numba"])
+def test_cpu_alignment_takes_the_compiled_kernel(monkeypatch, spy, value):
+    """Alignment of CPU tensors runs on the compiled kernel; uncertainty and fusion stay torch."""
     if value is None:
         monkeypatch.delenv("XAL_KERNELS", raising=False)
     else:
         monkeypatch.setenv("XAL_KERNELS", value)
+    features, weights, roi = inputs()
+    alignment, _, _ = call_all(features, weights, roi)
+    assert spy.calls == ["numba", "torch", "torch"]
+    monkeypatch.setenv("XAL_KERNELS", "torch")
+    torch_scores = scoring.cam_alignment(features, weights, roi)
+    for name in ("dice", "soft_dice", "roi_energy", "pointing_hit"):
+        assert torch.allclose(getattr(alignment, name), getattr(torch_scores, name), atol=1e-6, equal_nan=True), name
+
+
+def test_torch_value_forces_the_separable_path(monkeypatch, spy):
+    monkeypatch.setenv("XAL_KERNELS", "torch")
     call_all(*inputs())
     assert spy.calls == ["torch", "torch", "torch"]
+
+
+def test_without_numba_cpu_tensors_fall_back_to_torch_with_one_warning(monkeypatch, spy):
+    monkeypatch.setattr(dispatch, "numba_available", lambda: False)
+    monkeypatch.setattr(dispatch, "_warned_no_numba", False)
+    monkeypatch.delenv("XAL_KERNELS", raising=False)
+    with pytest.warns(RuntimeWarning, match="Numba cannot be imported"):
+        call_all(*inputs())
+    assert spy.calls == ["torch", "torch", "torch"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        call_all(*inputs())  # warned once per process
+    monkeypatch.setenv("XAL_KERNELS", "numba")
+    with pytest.raises(xal_kernels.KernelsUnavailableError, match="numba>=0.68.1"):
+        xal_kernels.cam_alignment(*inputs())
+
+
+def test_forcing_numba_on_a_non_cpu_tensor_names_the_device(monkeypatch):
+    monkeypatch.setenv("XAL_KERNELS", "numba")
+    with pytest.raises(xal_kernels.KernelsUnavailableError, match="takes CPU tensors, got meta"):
+        dispatch.backend_for(torch.empty(2, device="meta"))
 
 
 @needs_triton
@@ -117,7 +151,7 @@ def test_reference_route_is_the_dense_float64_reference(monkeypatch, spy):
 def test_unknown_value_raises(monkeypatch, value):
     monkeypatch.setenv("XAL_KERNELS", value)
     features, weights, roi = inputs()
-    with pytest.raises(ValueError, match="XAL_KERNELS=.* is not one of auto, triton, torch, reference"):
+    with pytest.raises(ValueError, match="XAL_KERNELS=.* is not one of auto, triton, numba, torch, reference"):
         xal_kernels.cam_alignment(features, weights, roi)
     with pytest.raises(ValueError, match="XAL_KERNELS"):
         xal_kernels.uncertainty(torch.randn(2, 3))
@@ -166,7 +200,7 @@ def test_cuda_tensors_route_to_triton_under_auto(monkeypatch):
             return True
 
     assert dispatch.backend_for(torch.zeros(1).as_subclass(FakeCuda)) == "triton"
-    assert dispatch.backend_for(torch.zeros(1)) == "torch"
+    assert dispatch.backend_for(torch.zeros(1)) == "numba"
 
 
 @needs_triton
@@ -178,7 +212,7 @@ def test_forcing_triton_on_cpu_needs_the_interpreter(monkeypatch):
 
 
 def test_validation_errors_surface_on_every_route(monkeypatch):
-    for value in ["auto", "torch", "reference"] + (["triton"] if HAS_TRITON else []):
+    for value in ["auto", "numba", "torch", "reference"] + (["triton"] if HAS_TRITON else []):
         monkeypatch.setenv("XAL_KERNELS", value)
         with pytest.raises(ValueError, match="features: expected a torch.Tensor"):
             xal_kernels.cam_alignment("not a tensor", torch.rand(2, 3), None)
