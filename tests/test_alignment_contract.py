@@ -42,9 +42,10 @@ def _dense(features, weights, roi, threshold):
 
 PATHS = {
     "fast": lambda f, w, roi, t: cam_alignment(f, w, roi, threshold=t),
-    "compiled": lambda f, w, roi, t: FAST_ALIGNMENTS["compiled"](f, w, roi, threshold=t),
     "dense": _dense,
 }
+if "compiled" in FAST_ALIGNMENTS:
+    PATHS["compiled"] = lambda f, w, roi, t: FAST_ALIGNMENTS["compiled"](f, w, roi, threshold=t)
 
 
 # Both paths copy border values exactly on the clamped plateaus (the dense one upsamples with the

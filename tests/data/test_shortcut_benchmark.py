@@ -27,6 +27,22 @@ def test_marker_agrees_in_pool_and_never_in_test():
     assert {item.label for item in test} == {0, 1, 2}
 
 
+def test_val_shortcut_changes_only_the_validation_markers():
+    """A marker-free validation split (``val_shortcut`` 1/K): its markers agree about half the time,
+    its lesions, labels and noise are the same draws, and the pool and test splits do not change."""
+    plain = ShortcutBenchmark((32, 32), n=300, split="val")
+    curated = ShortcutBenchmark((32, 32), n=300, split="val", val_shortcut=0.5)
+    assert np.mean([plain[i].meta["shortcut_agrees"] for i in range(300)]) > 0.95
+    assert 0.4 < np.mean([curated[i].meta["shortcut_agrees"] for i in range(300)]) < 0.6
+    for i in range(20):
+        assert plain[i].label == curated[i].label and torch.equal(plain[i].roi, curated[i].roi)
+    for split in ("pool", "test"):
+        a, b = ShortcutBenchmark((32, 32), n=5, split=split), ShortcutBenchmark((32, 32), n=5, split=split, val_shortcut=0.5)
+        assert all(torch.equal(a[i].image, b[i].image) for i in range(5)), split
+    with pytest.raises(ValueError, match="val_shortcut"):
+        ShortcutBenchmark((32, 32), n=1, val_shortcut=2.0)
+
+
 def test_marker_lies_outside_the_roi_and_the_lesion_carries_the_class():
     data = open_dataset("synthetic", size=(48, 48), n=30, noise=0.0, contrast=0.3)
     for item in data:

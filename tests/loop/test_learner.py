@@ -230,6 +230,14 @@ def test_protocol_rejects_bad_settings():
     with pytest.raises(ValueError, match="architecture"):
         TrainRecipe(architecture="vgg")
     assert Protocol().budget == 570 and json.dumps(Protocol().to_dict())
+    with pytest.raises(ValueError, match="ResNets only"):
+        TrainRecipe(architecture="densenet121", output_stride=16)
+
+
+def test_output_stride_is_recorded_only_when_it_changes_the_experiment():
+    """Ledgers written before ``output_stride`` existed hold no such key and must still resume."""
+    assert "output_stride" not in Protocol().to_dict()["train"]
+    assert Protocol(train=TrainRecipe(output_stride=16)).to_dict()["train"]["output_stride"] == 16
 
 
 def test_experiment_data_is_reused_and_pinned(tmp_path):

@@ -38,7 +38,27 @@ def test_resnet_has_the_imagenet_stride_2_stem(name):
     assert model.conv1.kernel_size == (7, 7)
 
 
+@pytest.mark.parametrize("name", ["resnet10", "resnet18"])
+def test_output_stride_16_halves_the_cam_cell_and_round_trips(name, tmp_path):
+    """Stride 16 leaves the stem's max-pool out: a 4×4 CAM at 64×64 instead of 2×2, the same
+    weights' shapes, and the setting survives a checkpoint (older records, without it, read as 32)."""
+    coarse_net, fine_net = build_backbone(BackboneConfig(name, 1, 2)), build_backbone(BackboneConfig(name, 1, 2, output_stride=16))
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        assert ExplainableModel(coarse_net).eval()(x)[1].shape[2:] == (2, 2)
+        assert ExplainableModel(fine_net).eval()(x)[1].shape[2:] == (4, 4)
+    assert {k: v.shape for k, v in coarse_net.state_dict().items()} == {k: v.shape for k, v in fine_net.state_dict().items()}
+    config = BackboneConfig(name, 1, 2, output_stride=16)
+    assert BackboneConfig.from_dict(config.to_dict()) == config
+    assert "output_stride" not in BackboneConfig(name, 1, 2).to_dict()
+    assert BackboneConfig.from_dict(BackboneConfig(name, 1, 2).to_dict()).output_stride == 32
+
+
 def test_bad_configs_name_the_problem():
+    with pytest.raises(ValueError, match="output_stride must be 32 or 16"):
+        BackboneConfig("resnet18", 1, 2, output_stride=8)
+    with pytest.raises(ValueError, match="for the ResNets only"):
+        BackboneConfig("densenet121", 1, 2, output_stride=16)
     with pytest.raises(ValueError, match="unknown architecture 'vgg16'"):
         build_backbone("vgg16", 1, 2)
     with pytest.raises(ValueError, match="in_channels must be 1 or 3"):

@@ -60,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     protocol.add_argument("--diversity", choices=DIVERSITY_MODES, default=None, help="batch-diversity mode (default none)")
     train = parser.add_argument_group("training")
     train.add_argument("--architecture", choices=ARCHITECTURES, default="resnet18")
+    train.add_argument("--output-stride", type=int, choices=(32, 16), default=32,
+                       help="input pixels per Grad-CAM cell: 32 (default) or 16 (ResNets without the stem's "
+                            "max-pool; a 4×4 CAM at 64×64 instead of 2×2)")
     train.add_argument("--epochs", type=int, default=12)
     train.add_argument("--patience", type=int, default=3)
     train.add_argument("--batch-size", type=int, default=32)
@@ -98,7 +101,7 @@ def build_protocol(args: argparse.Namespace):
     from xal_core.loop.protocol import Protocol, TrainRecipe
 
     recipe = TrainRecipe(architecture=args.architecture, epochs=args.epochs, patience=args.patience,
-                         batch_size=args.batch_size, lr=args.lr)
+                         batch_size=args.batch_size, lr=args.lr, output_stride=args.output_stride)
     return Protocol(strategies=tuple(s.strip() for s in args.strategies.split(",") if s.strip()),
                     seeds=tuple(args.seed) if args.seed else _seeds(args.seeds), initial=args.initial, rounds=args.rounds, per_round=args.per_round,
                     weight=args.weight, threshold=args.threshold, uncertainty=args.uncertainty,

@@ -60,13 +60,18 @@ class ShortcutBenchmark(IndexedDataset):
         roi: ``"mask"`` (the lesion's mask) or ``"boxes"`` (its bounding box).
         marker_scale: size of the marker glyph's cells relative to the default (4 % of the frame
             per cell); a larger glyph is a more salient shortcut without making the lesion fainter.
+        val_shortcut: probability that the marker agrees with the class in the ``val`` split, when
+            it should differ from ``shortcut`` (default: the same). ``1/K`` makes the marker
+            uninformative there: a validation set curated by an expert who knows about the cue, so
+            that early stopping no longer rewards reading it (docs/results/claim.md). Only the
+            marker changes; lesion, background and noise are the same images.
     """
 
     kind = "synthetic"
 
     def __init__(self, size: tuple[int, int] = (64, 64), *, n: int = 1000, split: str = "pool", classes: int = 2,
                  shortcut: float = 0.99, contrast: float = 0.14, noise: float = 0.05, seed: int = 0,
-                 roi: str = "mask", marker_scale: float = 2.5) -> None:
+                 roi: str = "mask", marker_scale: float = 2.5, val_shortcut: float | None = None) -> None:
         n, classes, seed = int(n), int(classes), int(seed)
         shortcut, contrast, noise = float(shortcut), float(contrast), float(noise)
         if split not in SPLITS:
@@ -75,6 +80,10 @@ class ShortcutBenchmark(IndexedDataset):
             raise ValueError(f"classes: expected 2..8, got {classes}")
         if not 0.0 <= shortcut <= 1.0:
             raise ValueError(f"shortcut: expected a probability in [0, 1], got {shortcut}")
+        if val_shortcut is not None:
+            val_shortcut = float(val_shortcut)
+            if not 0.0 <= val_shortcut <= 1.0:
+                raise ValueError(f"val_shortcut: expected a probability in [0, 1], got {val_shortcut}")
         if n < 0 or noise < 0 or contrast <= 0:
             raise ValueError(f"n >= 0, noise >= 0 and contrast > 0 required, got n={n}, noise={noise}, contrast={contrast}")
         marker_scale = float(marker_scale)
@@ -86,10 +95,13 @@ class ShortcutBenchmark(IndexedDataset):
             raise ValueError(f"size: the shortcut benchmark needs at least 16×16, got {tuple(size)}")
         options = dict(n=n, split=split, classes=classes, shortcut=shortcut, contrast=contrast, noise=noise,
                        seed=seed, roi=roi, marker_scale=marker_scale)
+        if val_shortcut is not None:  # recorded only when set, so the default's records stay as they were
+            options["val_shortcut"] = val_shortcut
         super().__init__(size, tuple(f"class_{k}" for k in range(classes)), roi, options)
         self.n, self.split, self.k, self.shortcut = n, split, classes, shortcut
         self.contrast, self.noise, self.seed, self.roi_kind = contrast, noise, seed, roi
         self.marker_scale = marker_scale
+        self.agreement = {"pool": shortcut, "val": shortcut if val_shortcut is None else val_shortcut, "test": 0.0}[split]
         self.records = range(n)  # type: ignore[assignment]
         height, width = self.size
         self._ys, self._xs = np.meshgrid((np.arange(height) + 0.5) / height, (np.arange(width) + 0.5) / width,
@@ -98,7 +110,9 @@ class ShortcutBenchmark(IndexedDataset):
     def load(self, index: int) -> Item:
         rng = np.random.default_rng([self.seed, SPLITS.index(self.split), int(index)])
         label = int(rng.integers(self.k))
-        agrees = self.split != "test" and rng.random() < self.shortcut
+        # The test split draws nothing here (its marker never agrees); pool and val draw the same
+        # number, so a val_shortcut changes the val split's markers and nothing else.
+        agrees = self.split != "test" and rng.random() < self.agreement
         marker = label if agrees else int((label + 1 + rng.integers(self.k - 1)) % self.k)
         image = self._background(rng)
         mask, lesion = self._lesion(rng, label, self._marker_box(marker))

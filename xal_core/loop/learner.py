@@ -28,6 +28,7 @@ import torch
 from xal_core.acquisition import ScoringConfig
 from xal_core.acquisition.strategies import Acquisition, NoRoiWarning, Strategy, make_strategy
 from xal_core.models import Checkpoint, ExplainableModel, ModelMetadata, build_backbone, export, load_checkpoint
+from xal_core.models.backbones import BackboneConfig
 from xal_core.train import TrainConfig, fit
 
 from .experiment import ExperimentData
@@ -211,7 +212,8 @@ class ActiveLearner:
         images = self.pool.images(ids)
         recipe = self.protocol.train
         torch.manual_seed(derived_seed("weights", arm.seed, round))  # same start for every strategy
-        backbone = build_backbone(recipe.architecture, self.data.channels, len(self.data.class_names))
+        backbone = build_backbone(BackboneConfig(recipe.architecture, self.data.channels, len(self.data.class_names),
+                                                 output_stride=recipe.output_stride))
         config = TrainConfig(epochs=recipe.epochs, patience=recipe.patience, batch_size=recipe.batch_size,
                              lr=recipe.lr, val_fraction=recipe.val_fraction, seed=derived_seed("fit", arm.seed, round),
                              device=self.device, amp=False)

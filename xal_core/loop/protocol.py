@@ -13,7 +13,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from xal_core.acquisition.strategies import DIVERSITY_MODES, STRATEGY_NAMES
-from xal_core.models.backbones import ARCHITECTURES
+from xal_core.models.backbones import ARCHITECTURES, BackboneConfig
 from xal_core.scoring import UNCERTAINTY_KINDS
 
 __all__ = ["Protocol", "TrainRecipe", "INITIAL_STRATEGY"]
@@ -36,10 +36,12 @@ class TrainRecipe:
     batch_size: int = 32
     lr: float = 1e-3
     val_fraction: float = 0.2  # used when the dataset has no validation split of its own
+    output_stride: int = 32  # 16: a ResNet without the stem's max-pool, a CAM grid twice as fine
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture: expected one of {ARCHITECTURES}, got {self.architecture!r}")
+        BackboneConfig(self.architecture, 1, 2, output_stride=self.output_stride)  # its own checks
         if self.epochs < 1 or self.patience < 1 or self.batch_size < 2:
             raise ValueError(f"epochs and patience must be >= 1 and batch_size >= 2, got {self.epochs}, "
                              f"{self.patience}, {self.batch_size}")
@@ -111,7 +113,12 @@ class Protocol:
         return self.initial + round * self.per_round
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The ledger's ``run_config`` part. Fields added after a ledger format was fixed are left
+        out at their default, so that runs recorded before them still resume."""
+        data = dataclasses.asdict(self)
+        if self.train.output_stride == 32:
+            del data["train"]["output_stride"]
+        return data
 
     def strategy_params(self, name: str) -> dict:
         """The keyword arguments ``make_strategy(name, ...)`` takes for this protocol."""

@@ -29,6 +29,10 @@ class BackboneConfig:
         num_classes: K, the number of logits.
         densenet_block_config / densenet_init_features / densenet_growth_rate: DenseNet121 sizes;
             smaller values give a cheap DenseNet of the same design (used by the tests).
+        output_stride: input pixels per cell of the last feature map, i.e. of the Grad-CAM grid:
+            32 (the ImageNet design) or, for the ResNets, 16 (the stem's max-pool left out: 4× the
+            compute of the later stages, and a grid twice as fine each way). At 64×64 inputs 32
+            gives a 2×2 CAM, too coarse to say where in the image the model looks.
     """
 
     name: str
@@ -37,6 +41,7 @@ class BackboneConfig:
     densenet_block_config: tuple[int, ...] = (6, 12, 24, 16)
     densenet_init_features: int = 64
     densenet_growth_rate: int = 32
+    output_stride: int = 32
 
     def __post_init__(self) -> None:
         if self.name not in ARCHITECTURES:
@@ -45,11 +50,17 @@ class BackboneConfig:
             raise ValueError(f"backbone {self.name}: in_channels must be 1 or 3, got {self.in_channels}")
         if self.num_classes < 2:
             raise ValueError(f"backbone {self.name}: num_classes must be >= 2, got {self.num_classes}")
+        if self.output_stride not in (16, 32):
+            raise ValueError(f"backbone {self.name}: output_stride must be 32 or 16, got {self.output_stride}")
+        if self.output_stride == 16 and not self.name.startswith("resnet"):
+            raise ValueError(f"backbone {self.name}: output_stride 16 is available for the ResNets only")
         object.__setattr__(self, "densenet_block_config", tuple(int(v) for v in self.densenet_block_config))
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["densenet_block_config"] = list(self.densenet_block_config)
+        if self.output_stride == 32:  # recorded only when it differs, so earlier records read the same
+            del data["output_stride"]
         return data
 
     @classmethod
@@ -85,6 +96,7 @@ def _resnet(factory: str) -> Callable[[BackboneConfig], nn.Module]:
             num_classes=config.num_classes,
             conv1_t_size=7,
             conv1_t_stride=2,
+            no_max_pool=config.output_stride == 16,
         )
 
     return build
