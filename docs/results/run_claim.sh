@@ -11,6 +11,9 @@
 #
 #   OUT=docs/results/claim bash docs/results/run_claim.sh           # defaults below
 #   SEEDS="0 1" STRATEGIES="random dual" ROUNDS=2 bash docs/results/run_claim.sh   # a smaller one
+#   EXTRA="--output-stride 16 --option val_shortcut=0.5" ...         # the revised protocol (claim.md)
+# ARM_TIMEOUT (seconds) stops arms still running by then; the report covers the rounds they finished
+# (each round is committed to its arm's ledger as it ends).
 set -uo pipefail
 OUT=${OUT:-claim-out}
 RUNS=${RUNS:-/tmp/xal-claim-runs}
@@ -19,13 +22,14 @@ STRATEGIES=${STRATEGIES:-"random entropy dual"}
 ROUNDS=${ROUNDS:-13}
 POOL=${POOL:-5000}
 EXTRA=${EXTRA:-}
+ARM_TIMEOUT=${ARM_TIMEOUT:-0}
 PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT" "$RUNS"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONUNBUFFERED=1
 started=$(date +%s)
 for seed in $SEEDS; do
   for strategy in $STRATEGIES; do
-    $PYTHON -m xal_core.cli.main run --dataset synthetic --strategies "$strategy" --seed "$seed" \
+    timeout "$ARM_TIMEOUT" $PYTHON -m xal_core.cli.main run --dataset synthetic --strategies "$strategy" --seed "$seed" \
       --out "$RUNS/$strategy-seed$seed" --size 64 --pool-size "$POOL" --rounds "$ROUNDS" --scorer inprocess \
       --export-format torchscript --no-progress $EXTRA > "$RUNS/$strategy-seed$seed.log" 2>&1 &
   done
