@@ -388,6 +388,15 @@ def test_batches_larger_than_a_chunk(kind, gen, rng):
 
 
 @over_fast_alignments
+def test_inputs_that_require_grad_are_scored_like_detached_ones(fast_alignment, gen):
+    """Outputs straight from a model's forward pass (autograd on) need no ``torch.no_grad``."""
+    features, weights = nondegenerate_features(gen, 3, 8, 5, 5, (20, 20))
+    roi = Roi.from_masks(random_masks(gen, 3, 20, 20))
+    tracked = fast_alignment(features.clone().requires_grad_(), weights.clone().requires_grad_(), roi)
+    assert same_scores(tracked, fast_alignment(features, weights, roi))
+
+
+@over_fast_alignments
 def test_memory_layout_does_not_matter(fast_alignment, gen):
     """channels_last and strided views give the same scores as contiguous tensors."""
     features, weights = nondegenerate_features(gen, 4, 8, 6, 5, (20, 17))

@@ -323,8 +323,8 @@ def cam_alignment(
     check_threshold(threshold)
     if features.device.type != "cpu":
         raise ValueError(f"features: the compiled CPU kernel takes CPU tensors, got {features.device}")
-    kernel = _alignment
     roi = roi.to(features.device)
+    features, weights = features.detach(), weights.detach()  # scores are not differentiable on any path
     batch, channels, h, w = features.shape
     height, width = roi.size
     plan = resampling_plan(h, w, height, width)
@@ -340,7 +340,7 @@ def cam_alignment(
     invalid = np.empty(batch, dtype=np.bool_)
 
     def run(part: slice) -> None:
-        kernel(features_np[part], weights_np[part], h, masks_np[part], ranges_np[part], use_boxes,
+        _alignment(features_np[part], weights_np[part], h, masks_np[part], ranges_np[part], use_boxes,
                known_np[part], height, width, plan.row_lo, plan.row_hi, plan.row_mu, plan.col_lo,
                plan.col_hi, plan.col_lam, plan.group_first, plan.group_last, float(threshold),
                RANGE_NOISE, scores[part], invalid[part])

@@ -45,6 +45,7 @@ def cam_alignment(
     check_cam_inputs(features, weights, roi)
     check_threshold(threshold)
     roi = roi.to(features.device)
+    features, weights = features.detach(), weights.detach()  # thresholded scores have no gradient
     # The separable path flags NaN/Inf items itself, from its float64 channel sum (see cam_grids),
     # which spares a separate pass over the features.
     scores = separable.cam_alignment_separable(features, weights, roi, threshold=threshold)
