@@ -59,6 +59,26 @@ def test_append_extends_a_partial_chunk_and_keeps_checksums(tmp_path):
     assert len(pool.manifest["sources"]) == 2
 
 
+def test_items_whose_id_the_pool_holds_are_left_out_with_a_report_line(tmp_path):
+    """Appending the same items again, or a dataset that lists an item twice, must not put an id in
+    the pool twice: it would be ranked, and shown to the expert, twice."""
+    data = open_dataset("synthetic", size=(16, 16), n=6, seed=2)
+    ingest(data, tmp_path / "pool", chunk=4, workers=1)
+    again = ingest(data, tmp_path / "pool", append=True, workers=2)
+    assert (again.written, again.skipped, again.total) == (0, 6, 6)
+    report = (tmp_path / "pool" / "ingest_report.tsv").read_text().splitlines()
+    assert len(report) == 6 and all("duplicate id" in line for line in report)
+    with PoolWriter(tmp_path / "pool", size=(16, 16), channels=1, classes=data.classes, roi_format="mask",
+                    source={"test": "duplicates"}, append=True) as writer:
+        fresh = open_dataset("synthetic", size=(16, 16), n=1, seed=2, split="val")[0]
+        writer.add(fresh)
+        with pytest.raises(ValueError, match=f"{fresh.id}: duplicate id"):
+            writer.add(fresh)  # twice in one session
+    pool = PoolStore.open(tmp_path / "pool")
+    ids = [i for c in pool.chunks() for i in c.ids]
+    assert len(pool) == 7 and len(set(ids)) == 7 and pool.verify() == []
+
+
 def test_append_with_other_preprocessing_is_refused(tmp_path):
     ingest(open_dataset("synthetic", size=(16, 16), n=3), tmp_path / "pool", workers=1)
     with pytest.raises(ValueError, match="cannot append"):

@@ -61,6 +61,10 @@ class PoolChunk:
     roi: Roi
 
 
+def _id_digest(encoded_id: bytes) -> bytes:
+    return hashlib.blake2b(encoded_id, digest_size=16).digest()
+
+
 def _checksum(arrays: Sequence[np.ndarray]) -> str:
     digest = hashlib.sha256()
     for array in arrays:
@@ -238,8 +242,19 @@ class PoolWriter:
         self._labels = zarr.open_array(str(self.path / "oracle" / "labels"), mode="r+")
         self.count = int(self.manifest["count"])
         self._buffer: list[tuple[Item, torch.Tensor]] = []
+        # Every id the pool holds, as 16-byte digests (~60 B an item in memory): an id written twice
+        # would be scored, ranked and shown to the expert twice, and its labels would disagree.
+        self._ids_seen: set[bytes] = self._existing_ids() if append else set()
         self._skipped_before = int(self.manifest.get("skipped", 0))
         self.skipped = 0  # items of this session left out (the ingest report holds why)
+
+    def _existing_ids(self) -> set[bytes]:
+        ids = self._group["ids"]
+        seen: set[bytes] = set()
+        for start in range(0, self.count, self.chunk):
+            for row in ids[start : min(start + self.chunk, self.count)]:
+                seen.add(_id_digest(bytes(row).rstrip(b"\0")))
+        return seen
 
     def _create(self, size: tuple[int, int], channels: int, chunk: int, max_boxes: int, roi_format: str) -> None:
         height, width = size
@@ -274,7 +289,12 @@ class PoolWriter:
         encoded = item.id.encode("utf-8")
         if len(encoded) > ID_BYTES:
             raise ValueError(f"{item.id}: id longer than {ID_BYTES} bytes")
+        digest = _id_digest(encoded)
+        if digest in self._ids_seen:
+            raise ValueError(f"{item.id}: duplicate id, the pool already holds an item with this id "
+                             "(from an earlier ingest, or earlier in this one); left out")
         self._buffer.append((item, self._mask(item)))
+        self._ids_seen.add(digest)
         rows_to_boundary = self.chunk - (self.count % self.chunk)
         if len(self._buffer) >= rows_to_boundary:
             self.flush()
