@@ -265,6 +265,7 @@ class ScoringServicer(pb_grpc.ScoringServicer):
                 id=item, rank=position + 1, score=float(ranking.selection.scores[position]),
                 uncertainty=float(columns["uncertainty"][position]), dice=float(columns["dice"][position]),
                 soft_dice=float(columns["soft_dice"][position]), roi_energy=float(columns["roi_energy"][position]),
+                pointing_hit=float(columns["pointing_hit"][position]),
                 predicted_class=int(columns["predicted_class"][position]),
                 probabilities=columns["probabilities"][position].tolist(), source_id=job.source_ids[position],
             ))

@@ -81,6 +81,8 @@ def test_a_run_records_every_round_of_every_arm(reference):
         assert len(items) == len(set(items)) == 22, f"{arm['strategy']}: an item acquired twice"
         assert arm["pending"] == []
         assert [a["round"] for a in arm["acquisitions"]] == [0] * 10 + [1] * 6 + [2] * 6
+        scored = [a for a in arm["acquisitions"] if a["round"] > 0]  # selected by a model's scores
+        assert all(a["pointing_hit"] in (0.0, 1.0) and a["dice"] is not None for a in scored), arm["strategy"]
     # round 0 trains on the same labels from the same weights: every strategy's metrics agree
     first = {r["strategy"]: tuple(r[k] for k in METRICS_COLUMNS[3:]) for r in rows if r["round"] == "0"}
     assert len(set(first.values())) == 1

@@ -91,6 +91,9 @@ def test_job_ranking_equals_in_process_ranking(assets, tmp_path):
     torch.testing.assert_close(torch.tensor([i.score for i in items], dtype=torch.float64), expected.selection.scores)
     assert not set(exclude) & {i.id for i in items}
     assert all(i.source_id for i in items)
+    for name in ("uncertainty", "dice", "soft_dice", "roi_energy", "pointing_hit"):  # every per-item column
+        got = torch.tensor([getattr(i, name) for i in items], dtype=torch.float32)
+        torch.testing.assert_close(got, expected.columns[name].float(), equal_nan=True, msg=name)
 
 
 def test_killed_server_resumes_the_job_with_the_same_ranking(assets, tmp_path):
@@ -191,6 +194,7 @@ def test_cli_score_writes_the_ranking(assets, tmp_path):
     expected = in_process_ranking(pool_path, model_path, 12, [0, 1, 2])
     assert [int(r["id"]) for r in rows] == expected.selection.ids.tolist()
     assert [int(r["rank"]) for r in rows] == list(range(1, 13))
+    assert [float(r["pointing_hit"]) for r in rows] == expected.columns["pointing_hit"].tolist()
     assert bad.returncode == 2 and "NOT_FOUND" in bad.stderr and "Traceback" not in bad.stderr
 
 

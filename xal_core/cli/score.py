@@ -43,7 +43,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-CSV_HEADER = ["rank", "id", "source_id", "score", "uncertainty", "dice", "soft_dice", "roi_energy", "predicted_class"]
+CSV_HEADER = ["rank", "id", "source_id", "score", "uncertainty", "dice", "soft_dice", "roi_energy", "pointing_hit",
+              "predicted_class"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,7 +101,7 @@ def run_on_ray(args: argparse.Namespace) -> int:
         for position, item in enumerate(ranking.selection.ids.tolist()):
             writer.writerow([position + 1, item, result.source_ids[position], f"{float(ranking.selection.scores[position]):.6g}",
                              *(f"{float(columns[name][position]):.6g}" for name in ("uncertainty", "dice", "soft_dice",
-                                                                                    "roi_energy")),
+                                                                                    "roi_energy", "pointing_hit")),
                              int(columns["predicted_class"][position])])
     console.print(f"xal score: {total} items scored on Ray by {len(result.workers)} worker(s) in {result.wall_s:.1f} s, "
                   f"top {len(ranking.selection.ids)} written to {args.out}; per-item scores in {result.scores_dir}"
@@ -152,7 +153,8 @@ def run_on_service(args: argparse.Namespace) -> int:
         writer.writerow(CSV_HEADER)
         for item in rows:
             writer.writerow([item.rank, item.id, item.source_id, f"{item.score:.6g}", f"{item.uncertainty:.6g}",
-                             f"{item.dice:.6g}", f"{item.soft_dice:.6g}", f"{item.roi_energy:.6g}", item.predicted_class])
+                             f"{item.dice:.6g}", f"{item.soft_dice:.6g}", f"{item.roi_energy:.6g}",
+                             f"{item.pointing_hit:.6g}", item.predicted_class])
     console.print(f"xal score: job {job_id}: {final.items_done} items scored, top {len(rows)} written to {args.out}"
                   + (f"; {final.n_item_errors} item(s) with errors ranked last" if final.n_item_errors else ""))
     return 0

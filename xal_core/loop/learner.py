@@ -286,6 +286,7 @@ class ActiveLearner:
                 item_id=int(item), source_id=facts["source_id"], rank=rank, score=_finite(score),
                 uncertainty=_finite(facts.get("uncertainty")), dice=_finite(facts["dice"]),
                 soft_dice=_finite(facts["soft_dice"]), roi_energy=_finite(facts.get("roi_energy")),
+                pointing_hit=_finite(facts.get("pointing_hit")),
                 predicted_class=None if facts["invalid"] else int(facts["predicted_class"]),
                 probabilities=tuple(float(p) for p in facts["probabilities"]),
             ))

@@ -12,7 +12,7 @@ One interface, two implementations that give identical tables (and so identical 
 Both return a :class:`ScoredPool`: the strategies' :class:`ScoreTable` (rows by ascending id:
 ``ids``, ``probabilities``, ``dice``, ``soft_dice``, ``invalid``; no MC passes nor embeddings, which
 the service does not compute), each item's source id, and the per-item columns a ledger records
-(``uncertainty``, ``roi_energy``, ``predicted_class``). Values pass through float32 in both, the
+(``uncertainty``, ``roi_energy``, ``pointing_hit``, ``predicted_class``). Values pass through float32 in both, the
 precision of the wire.
 
 >>> with InProcessScorer("pool/") as scorer:                                  # doctest: +SKIP
@@ -45,8 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["EXTRA_COLUMNS", "InProcessScorer", "PoolScorer", "ScoredPool", "ServiceScorer"]
 
 #: Per-item columns of a :class:`ScoredPool` besides the table, aligned with ``table.ids``.
-#: (``pointing_hit`` is not among them: the service's ``RankedItem`` does not carry it.)
-EXTRA_COLUMNS = ("uncertainty", "roi_energy", "predicted_class")
+EXTRA_COLUMNS = ("uncertainty", "roi_energy", "pointing_hit", "predicted_class")
 
 Progress = Callable[[int, int], None]
 
@@ -58,8 +57,9 @@ class ScoredPool:
     Attributes:
         table: what the strategies read (rows by ascending id).
         source_ids: item id → the item's id in the pool's source (e.g. ``"case_012/slice_077"``).
-        columns: ``uncertainty`` and ``roi_energy`` (float64, NaN for invalid items where the
-            scoring function says so) and ``predicted_class`` (int64), aligned with ``table.ids``.
+        columns: ``uncertainty``, ``roi_energy`` and ``pointing_hit`` (float64, NaN for invalid
+            items, and for unknown ROIs, where the scoring function says so) and
+            ``predicted_class`` (int64), aligned with ``table.ids``.
     """
 
     table: ScoreTable
@@ -154,7 +154,7 @@ class PoolScorer(ABC):
 def _empty(classes: int) -> ScoredPool:
     table = ScoreTable(ids=np.zeros(0, np.int64), probabilities=np.zeros((0, classes)), dice=np.zeros(0),
                        soft_dice=np.zeros(0), invalid=np.zeros(0, bool))
-    columns = {"uncertainty": np.zeros(0), "roi_energy": np.zeros(0), "predicted_class": np.zeros(0, np.int64)}
+    columns = {"uncertainty": np.zeros(0), "roi_energy": np.zeros(0), "pointing_hit": np.zeros(0), "predicted_class": np.zeros(0, np.int64)}
     return ScoredPool(table, {}, columns)
 
 
@@ -237,6 +237,7 @@ class InProcessScorer(PoolScorer):
         columns = {
             "uncertainty": _wire_float(merged["uncertainty"][order]),
             "roi_energy": _wire_float(merged["roi_energy"][order]),
+            "pointing_hit": _wire_float(merged["pointing_hit"][order]),
             "predicted_class": merged["predicted_class"][order].astype(np.int64),
         }
         return ScoredPool(table, {int(i): source_ids[int(i)] for i in table.ids}, columns)
@@ -394,6 +395,7 @@ class ServiceScorer(PoolScorer):
         columns = {
             "uncertainty": _wire_float([item.uncertainty for item in items]),
             "roi_energy": _wire_float([item.roi_energy for item in items]),
+            "pointing_hit": _wire_float([item.pointing_hit for item in items]),
             "predicted_class": np.asarray([item.predicted_class for item in items], dtype=np.int64),
         }
         return ScoredPool(table, {int(item.id): item.source_id for item in items}, columns)

@@ -347,7 +347,7 @@ class GetRankingRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., page_size: _Optional[int] = ...) -> None: ...
 
 class RankedItem(_message.Message):
-    __slots__ = ("id", "rank", "score", "uncertainty", "dice", "soft_dice", "roi_energy", "predicted_class", "probabilities", "source_id")
+    __slots__ = ("id", "rank", "score", "uncertainty", "dice", "soft_dice", "roi_energy", "predicted_class", "probabilities", "source_id", "pointing_hit")
     ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -358,6 +358,7 @@ class RankedItem(_message.Message):
     PREDICTED_CLASS_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    POINTING_HIT_FIELD_NUMBER: _ClassVar[int]
     id: int
     rank: int
     score: float
@@ -368,7 +369,8 @@ class RankedItem(_message.Message):
     predicted_class: int
     probabilities: _containers.RepeatedScalarFieldContainer[float]
     source_id: str
-    def __init__(self, id: _Optional[int] = ..., rank: _Optional[int] = ..., score: _Optional[float] = ..., uncertainty: _Optional[float] = ..., dice: _Optional[float] = ..., soft_dice: _Optional[float] = ..., roi_energy: _Optional[float] = ..., predicted_class: _Optional[int] = ..., probabilities: _Optional[_Iterable[float]] = ..., source_id: _Optional[str] = ...) -> None: ...
+    pointing_hit: float
+    def __init__(self, id: _Optional[int] = ..., rank: _Optional[int] = ..., score: _Optional[float] = ..., uncertainty: _Optional[float] = ..., dice: _Optional[float] = ..., soft_dice: _Optional[float] = ..., roi_energy: _Optional[float] = ..., predicted_class: _Optional[int] = ..., probabilities: _Optional[_Iterable[float]] = ..., source_id: _Optional[str] = ..., pointing_hit: _Optional[float] = ...) -> None: ...
 
 class RankingPage(_message.Message):
     __slots__ = ("items",)
