@@ -13,6 +13,9 @@ For each strategy (over every seed and round after the initial labels):
   ranking signal (every item looked equally misaligned);
 * ``overlap_with``: for each pair of strategies of the same seed and round, the Jaccard overlap of
   their acquisitions (only comparable where the two arms' models coincide, i.e. round 1);
+* ``lesion_area`` and ``class_shares``: the acquired items' mean ROI area (share of the frame) and
+  their classes, next to the pool's (``pool_lesion_area_estimate``, ``pool_class_shares_estimate``):
+  whether a strategy favours small, hard-to-see lesions or one class;
 * ``accuracy_swing``: mean absolute change of test accuracy between consecutive rounds of an arm,
   a measure of how unstable training is at these label counts.
 
@@ -26,7 +29,7 @@ import argparse
 import json
 import sqlite3
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 
@@ -41,6 +44,11 @@ def _arm_rows(run: Path):
         accuracy[arms[arm_id]][round] = json.loads(metrics)["accuracy"]
     (config,) = db.execute("SELECT value FROM meta WHERE key = 'run_config'").fetchone()
     return acquisitions, accuracy, json.loads(config)["data"]
+
+
+def _class_shares(labels: list[int]) -> dict[str, float]:
+    counts = Counter(labels)
+    return {str(k): round(counts[k] / max(len(labels), 1), 4) for k in sorted(counts)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,15 +67,24 @@ def main(argv: list[str] | None = None) -> int:
         benchmark = benchmark or data
     options = dict(benchmark.get("options") or {})
     pool = ShortcutBenchmark(tuple(benchmark["size"]), n=benchmark["pool_size"], split="pool", **options)
-    agrees: dict[int, bool] = {}
+    facts: dict[int, tuple[bool, float, int]] = {}
+
+    def fact(item: int) -> tuple[bool, float, int]:
+        """(marker agrees, lesion area as a share of the frame, class) of a pool item."""
+        if item not in facts:
+            drawn = pool[item]
+            facts[item] = (bool(drawn.meta["shortcut_agrees"]), float(drawn.roi.float().mean()), int(drawn.label))
+        return facts[item]
 
     def counterexample(item: int) -> bool:
-        if item not in agrees:
-            agrees[item] = bool(pool[item].meta["shortcut_agrees"])
-        return not agrees[item]
+        return not fact(item)[0]
 
-    pool_share = sum(counterexample(i) for i in range(0, len(pool), 5)) / len(range(0, len(pool), 5))
-    report: dict = {"pool_counterexample_share_estimate": round(pool_share, 4), "strategies": {}}
+    sample = range(0, len(pool), 5)
+    pool_share = sum(counterexample(i) for i in sample) / len(sample)
+    report: dict = {"pool_counterexample_share_estimate": round(pool_share, 4),
+                    "pool_lesion_area_estimate": round(statistics.fmean(fact(i)[1] for i in sample), 4),
+                    "pool_class_shares_estimate": _class_shares([fact(i)[2] for i in sample]),
+                    "strategies": {}}
     by_strategy = defaultdict(list)
     for (strategy, seed), rows in acquisitions.items():
         by_strategy[strategy].append((seed, rows))
@@ -87,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             "counterexamples": round(sum(counterexample(i) for i, _ in acquired) / max(len(acquired), 1), 4),
             "dice_at_selection": {"mean": round(statistics.fmean(dices), 4) if dices else None,
                                   "std": round(statistics.pstdev(dices), 4) if dices else None},
+            "lesion_area": round(statistics.fmean(fact(i)[1] for i, _ in acquired), 4) if acquired else None,
+            "class_shares": _class_shares([fact(i)[2] for i, _ in acquired]),
             "accuracy_swing": round(statistics.fmean(swings), 4) if swings else None,
             "overlap_with": {},
         }
