@@ -245,7 +245,8 @@ class JobManager:
     def _run_on_ray(self, job: Job) -> None:
         """The same job on a Ray cluster (``xal_service.engines.ray``); WatchJob sees every merged block.
 
-        A job resumed after a restart starts over on Ray: its per-item Parquet files are rewritten.
+        A job resumed after a restart continues on Ray: the chunks whose per-item Parquet file an
+        earlier attempt finished are read back, not scored again (``resume=True``).
         """
         from .engines.ray import ScoringCancelled, score_pool_on_ray
 
@@ -254,8 +255,9 @@ class JobManager:
         job.save()
 
         def on_block(block) -> None:
-            for stage in ("read", "forward", "kernel"):
-                self.statistics.record_stage(stage, getattr(block, f"{stage}_s"), items=block.n_items)
+            if not block.resumed:  # a block read back from disk cost this run no stage time
+                for stage in ("read", "forward", "kernel"):
+                    self.statistics.record_stage(stage, getattr(block, f"{stage}_s"), items=block.n_items)
             job.items_done += block.n_items
             job.save()
 
@@ -264,6 +266,7 @@ class JobManager:
                 self.registry.pool(spec.pool).path, self.registry.model(spec.model).path, k=spec.k,
                 scores_dir=job.directory / "scores", config=spec.config, engine=self.ray,
                 exclude_ids=spec.exclude_ids, on_block=on_block, should_stop=job.cancel_requested.is_set,
+                resume=True,
             )
         except ScoringCancelled:
             job.state = CANCELLED
@@ -272,7 +275,8 @@ class JobManager:
         job.n_item_errors = result.n_invalid_items
         self._save_ranking(job, result.ranking, result.source_ids)
         job.state = SUCCEEDED
-        log.info("job %s: %d items on Ray (%d workers)", job.id, job.items_done, len(result.workers))
+        log.info("job %s: %d items on Ray (%d workers, %d chunk(s) resumed from disk)", job.id, job.items_done,
+                 len(result.workers), result.resumed_blocks)
 
     def _write_chunk(self, job: Job, number: int, scores: BatchScores, source_ids: list[str], excluded: torch.Tensor) -> None:
         arrays = {name: getattr(scores, name).numpy() for name in _BATCH_FIELDS}

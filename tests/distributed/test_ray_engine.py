@@ -111,6 +111,36 @@ def test_ray_ranking_equals_the_in_process_ranking(cluster, assets, tmp_path):
     assert result.duplicates == 0 and not result.removed
 
 
+def test_an_interrupted_run_resumes_from_its_finished_chunks(cluster, assets, tmp_path):
+    """A run stopped part-way (its driver gone, as when ``xal serve`` is killed) leaves whole files
+    for the chunks it finished: ``resume`` reads those back, scores only the others, and ranks as an
+    uninterrupted run does. A file written for other exclusions, and a half-written temporary one,
+    are not taken for finished work."""
+    pool_path, model_path = assets
+    scores = tmp_path / "scores"
+    first = score_pool_on_ray(pool_path, model_path, k=K, scores_dir=scores, config=CONFIG, engine=ENGINE,
+                              exclude_ids=EXCLUDE)
+    files = sorted(scores.glob("items-*.parquet"))
+    kept = {path.name: path.stat().st_mtime_ns for path in files[:6]}
+    for path in files[6:]:
+        path.unlink()  # chunks 6.. never finished
+    (scores / ".items-000000000096-000000000112.parquet.123.tmp").write_bytes(b"half a file")
+    resumed = score_pool_on_ray(pool_path, model_path, k=K, scores_dir=scores, config=CONFIG, engine=ENGINE,
+                                exclude_ids=EXCLUDE, resume=True)
+    assert_same_ranking(resumed.ranking, first.ranking)
+    assert resumed.source_ids == first.source_ids
+    assert [b.resumed for b in resumed.blocks] == [True] * 6 + [False] * (len(files) - 6)
+    assert {path.name: path.stat().st_mtime_ns for path in sorted(scores.glob("items-*.parquet"))[:6]} == kept
+    assert np.array_equal(parquet_ids(scores), np.arange(ITEMS)) and not list(scores.glob(".*.tmp"))
+    # Other exclusions (none): the chunks that held an excluded item were written for another
+    # request and are scored again; the others hold the same numbers and are read back.
+    other = score_pool_on_ray(pool_path, model_path, k=K, scores_dir=scores, config=CONFIG, engine=ENGINE,
+                              resume=True)
+    touched = {item // CHUNK for item in EXCLUDE}
+    assert [b.resumed for b in other.blocks] == [b.first // CHUNK not in touched for b in other.blocks]
+    assert_same_ranking(other.ranking, in_process_ranking(pool_path, model_path, K, []))
+
+
 def test_a_killed_worker_changes_nothing(cluster, assets, tmp_path):
     pool_path, model_path = assets
     killed: list[int] = []

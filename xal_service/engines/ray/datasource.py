@@ -45,23 +45,28 @@ def read_block(path: str, number: int):
 class PoolStoreDatasource(Datasource):
     """Read a pool store written by ``xal ingest``; every node must see ``path`` (shared FS)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, chunks: list[int] | None = None) -> None:
+        """``chunks``: the chunk numbers to read (default all; a resumed run skips finished ones)."""
         super().__init__()
         self.path = str(Path(path).resolve())
         store = PoolStore.open(self.path)  # not kept: the datasource is pickled, a Zarr handle need not be
         self.count, self.chunk_size, self.n_chunks = len(store), store.chunk_size, store.n_chunks
+        self.chunks = list(range(self.n_chunks)) if chunks is None else sorted(int(c) for c in chunks)
         channels, (height, width) = int(store.manifest.get("channels", 1)), store.size
         self.item_bytes = channels * height * width * 2 + height * ((width + 7) // 8) + 8 + 64
 
+    def _rows(self, number: int) -> int:
+        return min(self.chunk_size, self.count - number * self.chunk_size)
+
     def estimate_inmemory_data_size(self) -> int:
-        return self.count * self.item_bytes
+        return sum(self._rows(number) for number in self.chunks) * self.item_bytes
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context=None) -> list[ReadTask]:
         """One task per pool chunk, whatever ``parallelism`` asks: the chunk is the unit of work."""
         tasks = []
-        for number in range(self.n_chunks):
-            rows = min(self.chunk_size, self.count - number * self.chunk_size)
+        for number in self.chunks:
+            rows = self._rows(number)
             metadata = BlockMetadata(num_rows=rows, size_bytes=rows * self.item_bytes, input_files=None,
                                      exec_stats=None)
             read = lambda path=self.path, number=number: [read_block(path, number)]  # noqa: E731

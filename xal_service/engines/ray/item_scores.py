@@ -26,7 +26,7 @@ import torch
 
 from xal_core.acquisition import BatchScores
 
-__all__ = ["file_name", "parse_range", "write_item_scores", "read_item_scores", "tidy"]
+__all__ = ["file_name", "parse_range", "write_item_scores", "read_item_file", "read_item_scores", "tidy"]
 
 _NAME = re.compile(r"^items-(\d{12})-(\d{12})\.parquet$")
 _VECTOR_FIELDS = ("score", "uncertainty", "dice", "soft_dice", "roi_energy", "pointing_hit", "predicted_class",
@@ -60,19 +60,28 @@ def write_item_scores(directory: Path, scores: BatchScores, source_ids: np.ndarr
     return target
 
 
+def read_item_file(path: Path) -> tuple[BatchScores, np.ndarray, np.ndarray]:
+    """One file's scores (every row), source ids and requested-exclusion flags."""
+    table = pq.read_table(path)
+    width = table.schema.field("probabilities").type.list_size
+    probabilities = table["probabilities"].combine_chunks().flatten().to_numpy().reshape(-1, width)
+    fields = {name: torch.from_numpy(table[name].to_numpy(zero_copy_only=False).copy()) for name in _VECTOR_FIELDS}
+    scores = BatchScores(ids=torch.from_numpy(table["id"].to_numpy().copy()),
+                         probabilities=torch.from_numpy(probabilities.copy()), **fields)
+    return scores, np.asarray(table["source_id"].to_pylist(), dtype=object), table["requested_exclusion"].to_numpy()
+
+
 def read_item_scores(directory: Path, *, keep_requested: bool = False) -> Iterator[tuple[BatchScores, np.ndarray]]:
     """Every range's scores (ascending rows) and source ids, without requested exclusions by default."""
     files = sorted((parse_range(path), path) for path in Path(directory).iterdir() if parse_range(path))
     for _, path in files:
-        table = pq.read_table(path)
-        keep = np.ones(table.num_rows, dtype=bool) if keep_requested else ~table["requested_exclusion"].to_numpy()
-        width = table.schema.field("probabilities").type.list_size
-        probabilities = table["probabilities"].combine_chunks().flatten().to_numpy().reshape(-1, width)
-        fields = {name: torch.from_numpy(table[name].to_numpy(zero_copy_only=False)[keep].copy())
-                  for name in _VECTOR_FIELDS}
-        scores = BatchScores(ids=torch.from_numpy(table["id"].to_numpy()[keep].copy()),
-                             probabilities=torch.from_numpy(probabilities[keep].copy()), **fields)
-        yield scores, np.asarray(table["source_id"].to_pylist(), dtype=object)[keep]
+        scores, source_ids, requested = read_item_file(path)
+        if keep_requested:
+            yield scores, source_ids
+            continue
+        keep = torch.from_numpy(~requested)
+        yield BatchScores(**{name: getattr(scores, name)[keep] for name in ("ids", "probabilities", *_VECTOR_FIELDS)}), \
+            source_ids[~requested]
 
 
 def tidy(directory: Path, delivered: set[tuple[int, int]]) -> list[Path]:

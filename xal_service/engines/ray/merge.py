@@ -35,6 +35,7 @@ class BlockReport:
     forward_s: float
     kernel_s: float
     write_s: float
+    resumed: bool = False  # read back from a finished Parquet file of an interrupted run, not scored again
 
 
 class BlockMerger:
@@ -58,8 +59,9 @@ class BlockMerger:
     def items_done(self) -> int:
         return sum(report.n_items for report in self.blocks.values())
 
-    def add(self, rows: dict[str, np.ndarray]) -> list[BlockReport]:
-        """Take one output batch of the scorer; return the reports of the blocks it completed."""
+    def add(self, rows: dict[str, np.ndarray], *, resumed: bool = False) -> list[BlockReport]:
+        """Take one output batch of the scorer (or rows rebuilt from a finished block's file, with
+        ``resumed``); return the reports of the blocks it completed."""
         reports = []
         keys = np.stack([rows["first"], rows["stop"]], axis=1)
         for first, stop in np.unique(keys, axis=0).tolist():
@@ -72,7 +74,7 @@ class BlockMerger:
                 self._push(rows, candidates)
             summary = np.flatnonzero(mine & rows["summary"])
             if summary.size:
-                reports.append(self._record(rows, int(summary[0]), first, stop))
+                reports.append(self._record(rows, int(summary[0]), first, stop, resumed))
         return reports
 
     def _push(self, rows: dict[str, np.ndarray], candidates: np.ndarray) -> None:
@@ -83,11 +85,11 @@ class BlockMerger:
         selected = set(self.top.result().ids.tolist())
         self._sources = {item: source for item, source in self._sources.items() if item in selected}
 
-    def _record(self, rows: dict[str, np.ndarray], at: int, first: int, stop: int) -> BlockReport:
+    def _record(self, rows: dict[str, np.ndarray], at: int, first: int, stop: int, resumed: bool) -> BlockReport:
         report = BlockReport(
             first=first, stop=stop, n_items=int(rows["n_items"][at]), worker_pid=int(rows["worker_pid"][at]),
             node=str(rows["node"][at]), read_s=float(rows["read_s"][at]), forward_s=float(rows["forward_s"][at]),
-            kernel_s=float(rows["kernel_s"][at]), write_s=float(rows["write_s"][at]),
+            kernel_s=float(rows["kernel_s"][at]), write_s=float(rows["write_s"][at]), resumed=resumed,
         )
         if report.n_items != stop - first:
             raise RuntimeError(f"block {first}..{stop - 1}: {report.n_items} items reported for {stop - first} rows")

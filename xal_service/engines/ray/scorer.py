@@ -28,7 +28,7 @@ from xal_core.scoring import Roi, TopK
 
 from .item_scores import write_item_scores
 
-__all__ = ["PoolScorer", "CANDIDATE_COLUMNS", "SUMMARY_COLUMNS"]
+__all__ = ["PoolScorer", "CANDIDATE_COLUMNS", "SUMMARY_COLUMNS", "block_counts", "block_rows"]
 
 # Columns of a candidate row (one of a block's top-k items) that the ranking reports.
 CANDIDATE_COLUMNS = ("uncertainty", "dice", "soft_dice", "roi_energy", "pointing_hit", "predicted_class",
@@ -103,40 +103,50 @@ class PoolScorer:
         started = time.perf_counter()
         write_item_scores(self.scores_dir, scores, batch["source_id"], requested)
         write_s = time.perf_counter() - started
-        ranked = ~requested
         summary = {
-            "n_items": len(ids), "n_scored": int(ranked.sum()),
-            "n_invalid": int(scores.invalid.numpy()[ranked].sum()),
-            "n_excluded": int(scores.excluded.numpy()[ranked].sum()),
-            "n_invalid_items": int(scores.invalid.sum()),  # requested exclusions included: the job's item errors
+            **block_counts(scores, requested),
             "worker_pid": self.worker[0], "node": self.worker[1], "read_s": float(np.sum(batch["read_s"])),
             "forward_s": stage_s["forward"], "kernel_s": stage_s["kernel"], "write_s": write_s,
         }
-        return self._rows(first, stop, scores, batch["source_id"], ranked, summary)
+        return block_rows(first, stop, scores, batch["source_id"], ~requested, summary, self.k, self.config.fusion)
 
-    def _rows(self, first: int, stop: int, scores: BatchScores, source_ids: np.ndarray, ranked: np.ndarray,
-              summary: dict) -> dict[str, np.ndarray]:
-        """The block's top-k candidate rows followed by its summary row, in one table."""
-        keep = torch.from_numpy(ranked)
-        if self.config.fusion == "weighted":
-            top = TopK(self.k)
-            top.push(scores.ids[keep], scores.score[keep], {name: value[keep] for name, value in scores.columns().items()})
-            chosen, columns = top.result(), top.selected_columns()
-        else:  # rank fusion needs every item's U and M: the driver ranks from the Parquet files
-            chosen = TopK(1).result()
-            columns = {name: value[:0] for name, value in scores.columns().items()}
-        n = int(chosen.ids.numel())
-        width = scores.probabilities.shape[1]
-        rows: dict[str, np.ndarray] = {
-            "first": np.full(n + 1, first, dtype=np.int64), "stop": np.full(n + 1, stop, dtype=np.int64),
-            "summary": np.array([False] * n + [True]),
-            "id": np.append(chosen.ids.numpy(), -1), "score": np.append(chosen.scores.numpy(), np.nan),
-            "source_id": np.append(source_ids[chosen.ids.numpy() - first], "").astype(object),
-        }
-        for name in CANDIDATE_COLUMNS:
-            value = columns[name].numpy()
-            rows[name] = np.concatenate([value, np.zeros((1, width) if name == "probabilities" else 1, value.dtype)])
-        for name, dtype in _SUMMARY_TYPES.items():
-            rows[name] = np.full(n + 1, "", dtype=object) if dtype is object else np.zeros(n + 1, dtype=dtype)
-            rows[name][-1] = summary[name]
-        return rows
+
+def block_counts(scores: BatchScores, requested: np.ndarray) -> dict[str, int]:
+    """A block's tally as ``rank_pool`` counts it (over the items not asked to be left out), and its
+    item errors (over all of them)."""
+    ranked = ~requested
+    return {
+        "n_items": int(scores.ids.numel()), "n_scored": int(ranked.sum()),
+        "n_invalid": int(scores.invalid.numpy()[ranked].sum()),
+        "n_excluded": int(scores.excluded.numpy()[ranked].sum()),
+        "n_invalid_items": int(scores.invalid.sum()),  # requested exclusions included: the job's item errors
+    }
+
+
+def block_rows(first: int, stop: int, scores: BatchScores, source_ids: np.ndarray, ranked: np.ndarray,
+               summary: dict, k: int, fusion: str) -> dict[str, np.ndarray]:
+    """The block's top-k candidate rows followed by its summary row, in one table (what an actor
+    sends the driver, and what the driver rebuilds from a resumed block's Parquet file)."""
+    keep = torch.from_numpy(np.asarray(ranked, dtype=bool))
+    if fusion == "weighted":
+        top = TopK(k)
+        top.push(scores.ids[keep], scores.score[keep], {name: value[keep] for name, value in scores.columns().items()})
+        chosen, columns = top.result(), top.selected_columns()
+    else:  # rank fusion needs every item's U and M: the driver ranks from the Parquet files
+        chosen = TopK(1).result()
+        columns = {name: value[:0] for name, value in scores.columns().items()}
+    n = int(chosen.ids.numel())
+    width = scores.probabilities.shape[1]
+    rows: dict[str, np.ndarray] = {
+        "first": np.full(n + 1, first, dtype=np.int64), "stop": np.full(n + 1, stop, dtype=np.int64),
+        "summary": np.array([False] * n + [True]),
+        "id": np.append(chosen.ids.numpy(), -1), "score": np.append(chosen.scores.numpy(), np.nan),
+        "source_id": np.append(np.asarray(source_ids, dtype=object)[chosen.ids.numpy() - first], "").astype(object),
+    }
+    for name in CANDIDATE_COLUMNS:
+        value = columns[name].numpy()
+        rows[name] = np.concatenate([value, np.zeros((1, width) if name == "probabilities" else 1, value.dtype)])
+    for name, dtype in _SUMMARY_TYPES.items():
+        rows[name] = np.full(n + 1, "", dtype=object) if dtype is object else np.zeros(n + 1, dtype=dtype)
+        rows[name][-1] = summary[name]
+    return rows
