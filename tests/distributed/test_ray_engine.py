@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -191,6 +192,57 @@ def test_service_job_on_ray_reports_progress_through_watch_job(cluster, assets, 
     assert torch.equal(torch.tensor([item.score for item in items], dtype=torch.float64), expected.selection.scores)
     assert {"read", "forward", "kernel"} <= set(stages)
     assert len(list((tmp_path / "state" / "jobs" / job_id / "scores").glob("items-*.parquet"))) == ITEMS // CHUNK
+
+
+def test_killed_ray_server_resumes_its_job_from_the_finished_chunks(cluster, assets, tmp_path):
+    """``xal serve --engine ray`` SIGKILLed mid-job, then started again on the same state: the job
+    completes, reads back the chunks the first process finished instead of scoring them again, and
+    ranks as the in-process path does."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for the service launcher
+    from service import server_process
+
+    from xal_service.client import ScoringClient
+    from xal_service.wire import scoring_pb2 as pb
+
+    pool_path, model_path = assets
+    state = tmp_path / "state"
+    flags = ("--engine", "ray", "--ray-address", "auto", "--ray-workers", "1")
+    server = server_process.start(state, *flags, timeout=120)
+    strategy = pb.Strategy(uncertainty=pb.UNCERTAINTY_MARGIN, weight=0.4, threshold=0.5)
+    with ScoringClient(server.target, timeout=120) as client:
+        client.load_model("m", str(model_path))
+        client.register_pool("p", str(pool_path))
+        job_id = client.start_scoring(pb.StartScoringRequest(model="m", pool="p", strategy=strategy, k=K,
+                                                             exclude_ids=EXCLUDE)).job_id
+        scores = state / "jobs" / job_id / "scores"
+        deadline = time.monotonic() + 120
+        while len(list(scores.glob("items-*.parquet"))) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    server.process.send_signal(signal.SIGKILL)  # the Ray driver dies mid-job; Ray reclaims its actors
+    server.process.wait()
+    finished = {path.name: path.stat().st_mtime_ns for path in scores.glob("items-*.parquet")}
+    assert 3 <= len(finished) < ITEMS // CHUNK, "the job should have been interrupted part-way"
+
+    server = server_process.start(state, *flags, timeout=120)
+    try:
+        with ScoringClient(server.target, timeout=300) as client:
+            final = None
+            for status in client.watch_job(job_id):
+                final = status
+            assert final.state == pb.JOB_SUCCEEDED and final.items_done == ITEMS
+            items = [item for page in client.get_ranking(job_id) for item in page.items]
+    finally:
+        assert server.stop() == 0
+    expected = in_process_ranking(pool_path, model_path, K, EXCLUDE)
+    assert [item.id for item in items] == expected.selection.ids.tolist()
+    assert torch.equal(torch.tensor([item.score for item in items], dtype=torch.float64), expected.selection.scores)
+    assert {name: (scores / name).stat().st_mtime_ns for name in finished} == finished  # not rewritten
+    assert np.array_equal(parquet_ids(scores), np.arange(ITEMS))
+    # An actor of the killed driver may finish one more chunk before Ray reaps it: at least these.
+    resumed = re.search(r"(\d+) chunk\(s\) resumed from disk", (state / "stdout.log").read_text())
+    assert resumed and len(finished) <= int(resumed.group(1)) < ITEMS // CHUNK
 
 
 def test_xal_score_engine_ray_with_rank_fusion(cluster, assets, tmp_path):
