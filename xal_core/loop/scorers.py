@@ -152,10 +152,19 @@ class PoolScorer(ABC):
 
 
 def _empty(classes: int) -> ScoredPool:
-    table = ScoreTable(ids=np.zeros(0, np.int64), probabilities=np.zeros((0, classes)), dice=np.zeros(0),
-                       soft_dice=np.zeros(0), invalid=np.zeros(0, bool))
-    columns = {"uncertainty": np.zeros(0), "roi_energy": np.zeros(0), "pointing_hit": np.zeros(0), "predicted_class": np.zeros(0, np.int64)}
-    return ScoredPool(table, {}, columns)
+    empty = {name: np.zeros(0) for name in ("ids", "dice", "soft_dice", *EXTRA_COLUMNS)}
+    return _scored_pool({**empty, "probabilities": np.zeros((0, classes))}, np.zeros(0, bool), {})
+
+
+def _scored_pool(values: dict[str, Any], invalid: np.ndarray, source_ids: dict[int, str]) -> ScoredPool:
+    """A ScoredPool from per-item values in ascending id order (``ids``, ``probabilities``, ``dice``,
+    ``soft_dice`` and ``EXTRA_COLUMNS``), built the same way by both scorers so their tables agree."""
+    ids = np.asarray(values["ids"], dtype=np.int64)
+    table = ScoreTable(ids=ids, probabilities=_wire_float(values["probabilities"]), dice=_wire_float(values["dice"]),
+                       soft_dice=_wire_float(values["soft_dice"]), invalid=np.asarray(invalid, dtype=bool))
+    columns = {name: np.asarray(values[name], dtype=np.int64) if name == "predicted_class" else _wire_float(values[name])
+               for name in EXTRA_COLUMNS}
+    return ScoredPool(table, {int(i): source_ids[int(i)] for i in ids}, columns)
 
 
 def _check_shapes(store: PoolStore, metadata: Any, path: Path) -> None:
@@ -227,20 +236,8 @@ class InProcessScorer(PoolScorer):
         merged = {name: torch.cat([getattr(b, name) for b in batches]).numpy()
                   for name in ("ids", "probabilities", "dice", "soft_dice", "invalid", *EXTRA_COLUMNS)}
         order = np.argsort(merged["ids"], kind="stable")
-        table = ScoreTable(
-            ids=merged["ids"][order],
-            probabilities=_wire_float(merged["probabilities"][order]),
-            dice=_wire_float(merged["dice"][order]),
-            soft_dice=_wire_float(merged["soft_dice"][order]),
-            invalid=merged["invalid"][order].astype(bool),
-        )
-        columns = {
-            "uncertainty": _wire_float(merged["uncertainty"][order]),
-            "roi_energy": _wire_float(merged["roi_energy"][order]),
-            "pointing_hit": _wire_float(merged["pointing_hit"][order]),
-            "predicted_class": merged["predicted_class"][order].astype(np.int64),
-        }
-        return ScoredPool(table, {int(i): source_ids[int(i)] for i in table.ids}, columns)
+        return _scored_pool({name: values[order] for name, values in merged.items()}, merged["invalid"][order],
+                            source_ids)
 
     def close(self) -> None:
         self._runtime, self._runtime_key = None, None
@@ -385,20 +382,12 @@ class ServiceScorer(PoolScorer):
         order = np.argsort(ids, kind="stable")
         items = [items[i] for i in order]
         score = np.asarray([item.score for item in items], dtype=np.float64)
-        table = ScoreTable(
-            ids=ids[order],
-            probabilities=_wire_float([list(item.probabilities) for item in items]),
-            dice=_wire_float([item.dice for item in items]),
-            soft_dice=_wire_float([item.soft_dice for item in items]),
-            invalid=score == -np.inf,  # the service's mark of an item with non-finite inputs
-        )
-        columns = {
-            "uncertainty": _wire_float([item.uncertainty for item in items]),
-            "roi_energy": _wire_float([item.roi_energy for item in items]),
-            "pointing_hit": _wire_float([item.pointing_hit for item in items]),
-            "predicted_class": np.asarray([item.predicted_class for item in items], dtype=np.int64),
-        }
-        return ScoredPool(table, {int(item.id): item.source_id for item in items}, columns)
+        values = {name: [getattr(item, name) for item in items]
+                  for name in ("dice", "soft_dice", *EXTRA_COLUMNS)}
+        values["ids"] = ids[order]
+        values["probabilities"] = [list(item.probabilities) for item in items]
+        invalid = score == -np.inf  # the service's mark of an item with non-finite inputs
+        return _scored_pool(values, invalid, {int(item.id): item.source_id for item in items})
 
     def close(self) -> None:
         if self.close_client:
