@@ -23,7 +23,7 @@ What it computes, per image (DESIGN.md §2; docs/kernels.md, "The compiled CPU k
   ``Σ G·(v − min)``, divided by the range once per image.
 
 Only the two mass sums may be reassociated by the compiler (``fastmath={"reassoc"}`` on
-``row_masses`` alone, so that they vectorise): sums of non-negative terms, any order keeps them to
+``_row_masses`` alone, so that they vectorise): sums of non-negative terms, any order keeps them to
 ~1e-15 relative. The values compared with ``cut`` are computed without any fast-math flag.
 Box ROIs are drawn one row at a time into a scratch row: they never become a whole dense mask.
 """
