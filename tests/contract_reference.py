@@ -11,9 +11,11 @@ handed over as float64, so that both sides start from the very same numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 
@@ -38,12 +40,18 @@ __all__ = [
 ]
 
 #: A pixel whose normalised reference value lies within BAND of τ may legitimately binarise either
-#: way in another implementation (rounding of the channel sum, of the interpolation weights, ...).
+#: way in another implementation. This is the default band; the tests pass each path's own band,
+#: computed from its precision and the item's conditioning (``conftest.Precision``).
 BAND = 1e-6
-#: Pixels within PEAK_MARGIN of the normalised maximum count as tied for the peak.
+#: Pixels within PEAK_MARGIN of the normalised maximum count as tied for the peak (default).
 PEAK_MARGIN = 1e-9
-#: A resampled map whose range is at most this fraction of its maximum counts as constant.
-DEGENERATE_SPAN = 1e-12
+#: Above this conditioning (grid maximum / map range) the map is normalised in exact rational
+#: arithmetic, so that the reference's own rounding never decides a test.
+EXACT_ABOVE_CONDITIONING = 1e4
+#: A computed map range at most this many units of roundoff of the grid maximum may be rounding
+#: noise: the reference then decides "constant" exactly (every pixel, rational arithmetic).
+SUSPECT_ULPS = 64
+UNIT = 2.0**-53
 
 
 # --------------------------------------------------------------------------- the map
@@ -54,19 +62,28 @@ def cam_grid(features: np.ndarray, weights: np.ndarray) -> list[list[float]]:
     formed in float64 (exact for inputs of at most 26 significant bits: float32/16, bfloat16) and
     the channel sum is ``math.fsum``, i.e. correctly rounded: this is the exact grid.
     """
+    return cam_grid_and_magnitude(features, weights)[0]
+
+
+def cam_grid_and_magnitude(features: np.ndarray, weights: np.ndarray) -> tuple[list[list[float]], float]:
+    """The grid and ``max over cells of Σ_k |α_k A_k|``: how large the terms of the channel sum are,
+    which bounds the rounding of any implementation's sum (``C`` terms, each rounded at most once)."""
     features = np.asarray(features, dtype=np.float64)
     weights = np.asarray(weights, dtype=np.float64)
     channels, h, w = features.shape
     if weights.shape != (channels,):
         raise ValueError("weights must be [C]")
     grid = []
+    magnitude = 0.0
     for i in range(h):
         row = []
         for j in range(w):
-            total = math.fsum((weights * features[:, i, j]).tolist())
+            terms = (weights * features[:, i, j]).tolist()
+            total = math.fsum(terms)
+            magnitude = max(magnitude, math.fsum(abs(t) for t in terms))
             row.append(total if total > 0.0 else 0.0)
         grid.append(row)
-    return grid
+    return grid, magnitude
 
 
 def _axis(n_in: int, n_out: int) -> list[tuple[int, int, float]]:
@@ -80,6 +97,18 @@ def _axis(n_in: int, n_out: int) -> list[tuple[int, int, float]]:
         i0 = min(int(math.floor(src)), n_in - 1)
         i1 = min(i0 + 1, n_in - 1)
         out.append((i0, i1, src - i0))
+    return out
+
+
+def _exact_axis(n_in: int, n_out: int) -> list[tuple[int, int, Fraction]]:
+    """``_axis`` in rational arithmetic: the contract's exact source coordinates and weights."""
+    out = []
+    for dst in range(n_out):
+        src = (Fraction(dst) + Fraction(1, 2)) * Fraction(n_in, n_out) - Fraction(1, 2)
+        src = max(src, Fraction(0))
+        i0 = min(math.floor(src), n_in - 1)
+        i1 = min(i0 + 1, n_in - 1)
+        out.append((i0, i1, src - i0 if i1 != i0 else Fraction(0)))
     return out
 
 
@@ -105,26 +134,55 @@ def upsample_bilinear(grid: list[list[float]], height: int, width: int) -> list[
     return out
 
 
-def normalise(grid: list[list[float]], height: int, width: int) -> list[list[float]]:
-    """Upsample then min-max normalise; a grid constant on the ``h×w`` grid gives all zeros.
+def upsample_exact(grid: list[list[float]], height: int, width: int) -> list[list[Fraction]]:
+    """The same resampling in exact rational arithmetic (every pixel)."""
+    h, w = len(grid), len(grid[0])
+    rows, cols = _exact_axis(h, height), _exact_axis(w, width)
+    exact = [[Fraction(v) for v in row] for row in grid]
+    out = []
+    for y0, y1, ly in rows:
+        line = []
+        for x0, x1, lx in cols:
+            top = (1 - lx) * exact[y0][x0] + lx * exact[y0][x1]
+            bottom = (1 - lx) * exact[y1][x0] + lx * exact[y1][x1]
+            line.append((1 - ly) * top + ly * bottom)
+        out.append(line)
+    return out
 
-    If the grid is not constant but the resampled map is (a 1×1 frame reads a single grid point;
-    a downsampled sparse CAM can read only its zeros), the literal formula is 0/0. DESIGN.md §2 does
-    not say what happens then; this reference treats such a map like a constant one, all zeros (it
-    has no range to normalise and no peak), which is also what the fast path's comments promise.
-    "Constant" is judged with a relative tolerance of 1e-12, because the interpolation formula above
-    (no special case for ``i0 == i1``) can fake a range of a few ulps on an exactly constant map.
+
+def normalise(grid: list[list[float]], height: int, width: int) -> list[list[float]]:
+    """Upsample then min-max normalise (DESIGN.md §2; the rule of docs/scoring.md, "No range").
+
+    A grid constant on the ``h×w`` grid gives all zeros; so does a non-constant grid whose
+    resampling is constant in exact arithmetic (a 1×1 frame reads a single grid point; a coarse
+    frame can read only equal values), where the literal formula is 0/0. Any positive range is
+    normalised. Where rounding could matter (a computed range within ``SUSPECT_ULPS`` units of
+    roundoff of the grid maximum, or a map whose range is small next to its grid's values) the map
+    is computed in exact rational arithmetic, and only the final values are rounded.
     """
+    return normalise_with_conditioning(grid, height, width)[0]
+
+
+def normalise_with_conditioning(grid: list[list[float]], height: int, width: int) -> tuple[list[list[float]], float]:
+    """``normalise`` and the map's conditioning ``grid maximum / map range`` (0 for a flat map): how
+    much the rounding of a grid value is magnified in the normalised map."""
     flat_values = [v for row in grid for v in row]
-    if max(flat_values) == min(flat_values):
-        return [[0.0] * width for _ in range(height)]
+    grid_max = max(flat_values)
+    if grid_max == min(flat_values):
+        return [[0.0] * width for _ in range(height)], 0.0
     up = upsample_bilinear(grid, height, width)
     low = min(min(row) for row in up)
     high = max(max(row) for row in up)
+    if high - low <= SUSPECT_ULPS * UNIT * grid_max or grid_max > EXACT_ABOVE_CONDITIONING * (high - low):
+        exact = upsample_exact(grid, height, width)
+        low_q = min(min(row) for row in exact)
+        high_q = max(max(row) for row in exact)
+        if low_q == high_q:
+            return [[0.0] * width for _ in range(height)], 0.0
+        span_q = high_q - low_q
+        return [[float((v - low_q) / span_q) for v in row] for row in exact], grid_max / float(span_q)
     span = high - low
-    if span <= DEGENERATE_SPAN * high:
-        return [[0.0] * width for _ in range(height)]
-    return [[(v - low) / span for v in row] for row in up]
+    return [[(v - low) / span for v in row] for row in up], grid_max / span
 
 
 # --------------------------------------------------------------------------- the ROI
@@ -164,6 +222,8 @@ class RefAlignment:
     ``PEAK_MARGIN`` of the maximum (the admissible hits when the peak is not unique).
     ``peak_unique_by_margin``: no other pixel at all within ``PEAK_MARGIN`` of the maximum, exact
     copies included (the looser criterion, for implementations whose plateaus carry rounding noise).
+    ``conditioning``: grid maximum / map range; ``sum_conditioning``: the largest ``Σ_k |α_k A_k|``
+    of a cell / map range; ``channels``: C. These scale the rounding a path may show (``at_band``).
     """
 
     dice: float
@@ -182,9 +242,24 @@ class RefAlignment:
     peak_hits: set = field(default_factory=set)
     constant: bool = False
     map: list | None = None
+    conditioning: float = 0.0
+    sum_conditioning: float = 0.0
+    channels: int = 1
+    threshold: float = 0.5
+    roi: np.ndarray | None = None
+    copies: list | None = None  # per pixel (row-major): the key of what it reads (exact copies share one)
 
     def dice_choices(self) -> list[float]:
         return reachable_dice(self)
+
+    def at_band(self, band: float, peak_margin: float | None = None) -> RefAlignment:
+        """The same item judged with another band (and peak margin, default ``band``): near counts
+        and peak ties recounted from the kept map."""
+        if math.isnan(self.dice) or self.map is None:
+            return self
+        near = _near_counts(self.map, self.roi, self.threshold, band)
+        peak = _peak_ties(self.map, self.roi, self.copies, self.constant, band if peak_margin is None else peak_margin)
+        return dataclasses.replace(self, **near, **peak)
 
 
 def reachable_dice(ref: RefAlignment) -> list[float]:
@@ -204,13 +279,54 @@ def reachable_dice(ref: RefAlignment) -> list[float]:
     return sorted(values)
 
 
+def _near_counts(norm: list[list[float]], roi: np.ndarray, threshold: float, band: float) -> dict:
+    near_in = near_out = near_pred_in = near_pred_out = 0
+    for y, row in enumerate(norm):
+        for x, v in enumerate(row):
+            if abs(v - threshold) <= band:
+                p = v >= threshold
+                if roi[y, x]:
+                    near_in += 1
+                    near_pred_in += p
+                else:
+                    near_out += 1
+                    near_pred_out += p
+    return dict(near_in=near_in, near_out=near_out, near_pred_in=near_pred_in, near_pred_out=near_pred_out)
+
+
+def _peak_ties(norm: list[list[float]], roi: np.ndarray, copies: list | None, constant: bool, margin: float) -> dict:
+    if constant:
+        return dict(peak_unique=True, peak_unique_by_margin=True, peak_hits={0.0})
+    height, width = len(norm), len(norm[0])
+    best = max(max(row) for row in norm)
+    near_peak = [(y, x) for y in range(height) for x in range(width) if norm[y][x] >= best - margin]
+    hits = {float(roi[yx]) for yx in near_peak}
+    # Pixels that read the grid in exactly the same way (the clamped plateaus at the borders) are
+    # equal in exact arithmetic, so only the first of them (row-major) can be the peak.
+    seen, distinct = set(), []
+    for y, x in near_peak:
+        key = copies[y * width + x]
+        if key not in seen:
+            seen.add(key)
+            distinct.append((y, x))
+    return dict(peak_unique=len(distinct) == 1, peak_unique_by_margin=len(near_peak) == 1, peak_hits=hits)
+
+
+def _first_peak_hit(norm: list[list[float]], roi: np.ndarray) -> float:
+    """The ROI value at the first maximum of the map in row-major order."""
+    best, where = -math.inf, (0, 0)
+    for y, row in enumerate(norm):
+        for x, v in enumerate(row):
+            if v > best:
+                best, where = v, (y, x)
+    return float(roi[where])
+
+
 def alignment(
     features: np.ndarray,
     weights: np.ndarray,
     roi: np.ndarray | None,
     threshold: float = 0.5,
-    *,
-    keep_map: bool = False,
 ) -> RefAlignment:
     """Dice, soft Dice, ROI energy and pointing hit of one image.
 
@@ -221,17 +337,13 @@ def alignment(
         raise ValueError("use alignment_unknown for an unknown ROI")
     roi = np.asarray(roi, dtype=bool)
     height, width = roi.shape
-    grid = cam_grid(features, weights)
-    norm = normalise(grid, height, width)
+    grid, magnitude = cam_grid_and_magnitude(features, weights)
+    norm, conditioning = normalise_with_conditioning(grid, height, width)
     # A normalised map either spans [0, 1] or is all zeros (constant: no peak, nothing attended).
     constant = max(max(row) for row in norm) == 0.0
 
     n_pred = n_truth = overlap = 0
-    near_in = near_out = near_pred_in = near_pred_out = 0
-    sum_l = sum_lg = 0.0
-    sum_g = 0
     terms_l, terms_lg = [], []
-    best = -math.inf
     for y in range(height):
         for x in range(width):
             v = norm[y][x]
@@ -240,18 +352,9 @@ def alignment(
             n_truth += g
             n_pred += p
             overlap += p and g
-            if abs(v - threshold) <= BAND:
-                if g:
-                    near_in += 1
-                    near_pred_in += p
-                else:
-                    near_out += 1
-                    near_pred_out += p
             terms_l.append(v)
             if g:
                 terms_lg.append(v)
-            if v > best:
-                best = v
     sum_l = math.fsum(terms_l)
     sum_lg = math.fsum(terms_lg)
     sum_g = n_truth
@@ -259,41 +362,27 @@ def alignment(
     dice = dice_from_counts(n_pred, n_truth, overlap)
     soft_dice = 1.0 if sum_l + sum_g == 0 else 2.0 * sum_lg / (sum_l + sum_g)
     roi_energy = 0.0 if sum_l == 0 else sum_lg / sum_l
-
-    if constant:
-        hit, unique, unique_by_margin, hits = 0.0, True, True, {0.0}
-    else:
-        near_peak = [(y, x) for y in range(height) for x in range(width) if norm[y][x] >= best - PEAK_MARGIN]
-        hits = {float(roi[yx]) for yx in near_peak}
-        # Pixels that read the grid in exactly the same way (the clamped plateaus at the borders)
-        # are equal in exact arithmetic, so only the first of them (row-major) can be the peak.
-        rows, cols = _sample_keys(len(grid), height), _sample_keys(len(grid[0]), width)
-        seen, distinct = set(), []
-        for y, x in near_peak:
-            key = (rows[y], cols[x])
-            if key not in seen:
-                seen.add(key)
-                distinct.append((y, x))
-        unique = len(distinct) == 1
-        unique_by_margin = len(near_peak) == 1
-        hit = float(roi[distinct[0]])
+    rows, cols = _sample_keys(len(grid), height), _sample_keys(len(grid[0]), width)
+    copies = [(r, c) for r in rows for c in cols]
+    span_ratio = conditioning / max(max(v for row in grid for v in row), 1e-300)  # 1 / map range
     return RefAlignment(
         dice=dice,
         soft_dice=soft_dice,
         roi_energy=roi_energy,
-        pointing_hit=hit,
+        pointing_hit=0.0 if constant else _first_peak_hit(norm, roi),
         n_pred=n_pred,
         n_truth=n_truth,
         overlap=overlap,
-        near_in=near_in,
-        near_out=near_out,
-        near_pred_in=near_pred_in,
-        near_pred_out=near_pred_out,
-        peak_unique=unique,
-        peak_unique_by_margin=unique_by_margin,
-        peak_hits=hits,
         constant=constant,
-        map=norm if keep_map else None,
+        map=norm,
+        conditioning=conditioning,
+        sum_conditioning=magnitude * span_ratio,
+        channels=int(np.asarray(features).shape[0]),
+        threshold=threshold,
+        roi=roi,
+        copies=copies,
+        **_near_counts(norm, roi, threshold, BAND),
+        **_peak_ties(norm, roi, copies, constant, PEAK_MARGIN),
     )
 
 

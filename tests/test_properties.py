@@ -72,7 +72,7 @@ def test_dice_is_symmetric(fast_alignment, a, seed, threshold):
     for features, weights in ((features_a, weights_a), (features_b, weights_b)):
         maps = []
         for b in range(features.shape[0]):
-            r = ref.alignment(as_f64(features[b]), as_f64(weights[b]), np.zeros((height, width), bool), threshold, keep_map=True)
+            r = ref.alignment(as_f64(features[b]), as_f64(weights[b]), np.zeros((height, width), bool), threshold)
             assume(r.near_in + r.near_out == 0)
             maps.append(np.array(r.map) >= threshold)
         binarised.append(torch.from_numpy(np.stack(maps)))

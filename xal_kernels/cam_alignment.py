@@ -4,9 +4,11 @@ One program per image (``_cam_alignment_kernel``) or, when a batch is too small 
 one image split over row bands (``_cam_stats_kernel`` → ``_cam_band_kernel`` → ``_cam_finish_kernel``).
 Both share the same ``@triton.jit`` helpers, in the order of the contract:
 
-1. ``_cam_grid``: ``L = ReLU(Σ_c α_c A_c)`` on the ``h×w`` grid, fp32 accumulation over channel
-   tiles, plus the per-item NaN/Inf flag (any non-finite feature or weight, exactly
-   ``xal_core.scoring.inputs.nonfinite_items``) and the grid's min/max (a constant grid is "flat").
+1. ``_cam_grid``: ``L = ReLU(Σ_c α_c A_c)`` on the ``h×w`` grid, accumulated over channel tiles in
+   ``ACC``: fp32 for float16/bfloat16/float32 inputs, fp64 when the features or weights are float64
+   (the float64 contract holds for float64 inputs on every path, DESIGN.md §2). Also the per-item
+   "invalid" flag: any non-finite feature or weight (exactly ``xal_core.scoring.inputs.nonfinite_items``)
+   or a channel sum that overflows ``ACC``; and the grid's min/max (a constant grid is "flat").
    The grid (``h·w`` floats per image, L1/L2 resident) is the only intermediate written: Triton has
    no register-indexed gather, so the bilinear taps read it back through the cache.
 2. ``_upsampled_extremes``: min, max and first arg-max (row-major) of the *upsampled* map. Bilinear
@@ -14,12 +16,16 @@ Both share the same ``@triton.jit`` helpers, in the order of the contract:
    the same pair of grid rows/columns (a "group"), so every extreme of the upsampled map — and the
    first pixel, in row-major order, that attains the maximum — lies on a row and a column that open
    or close a group. At most ``min(H, 2h) × min(W, 2w)`` candidate pixels are evaluated, with the
-   same arithmetic as every other pixel. A map is "flat" (normalised to zeros, no peak) when the
-   grid is constant or the resampled map has no range (docs/scoring.md, clarification 1).
+   same arithmetic as every other pixel. A map is "flat" (normalised to zeros, no peak) by the rule
+   of ``xal_core.scoring.flatness``: the grid is constant or the computed range is 0; items whose
+   range is within rounding of the grid maximum are flagged as suspects and settled exactly on the
+   host from the grid the kernel wrote.
 3. ``_band_terms``: one pass over the output pixels of a row band, each upsampled on the fly from
-   four grid taps (never stored): threshold counts, overlap with the ROI, map mass inside and
-   outside the ROI (measured from the minimum, divided by the span once at the end), and the ROI
-   value at the peak.
+   four grid taps (never stored) and normalised as the contract writes it, ``(v − min) / (max − min)``,
+   compared with τ (read from memory in the accumulation dtype, rounded up for fp32, so the
+   comparison is the contract's): threshold counts, overlap with
+   the ROI, normalised map mass inside and outside the ROI (values in [0, 1]: no sum can overflow),
+   and the ROI value at the peak.
 4. ``_ratios``: Dice, soft Dice, energy and hit in fp64, NaN for unknown ROIs and invalid items.
 
 ROIs come either as bit-packed masks ``uint8 [B, H, ceil(W/8)]`` in NumPy ``packbits`` order —
@@ -33,10 +39,12 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
 
+from xal_core.scoring import flatness
 from xal_core.scoring.alignment import check_threshold
 from xal_core.scoring.bilinear import axis_sampling
 from xal_core.scoring.inputs import check_cam_inputs, warn_nonfinite
@@ -48,41 +56,45 @@ __all__ = ["cam_alignment", "cam_alignment_packed", "cam_alignment_boxes", "laun
 
 # --------------------------------------------------------------------------- jit helpers
 @triton.jit
-def _cam_grid(features_ptr, weights_ptr, grid_ptr, item, C, HW, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """Write ``ReLU(Σ_c α_c A_c)`` of one image to ``grid_ptr[item]``; return (grid min, grid max,
-    whether any feature or weight of the image is NaN/Inf)."""
+def _cam_grid(features_ptr, weights_ptr, grid_ptr, item, C, HW, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr):
+    """Write ``ReLU(Σ_c α_c A_c)`` of one image to ``grid_ptr[item]`` (in ``ACC``); return (grid
+    min, grid max, whether the item is invalid: a NaN/Inf feature or weight, or a sum that overflows)."""
     item64 = item.to(tl.int64)
     f_item = features_ptr + item64 * C * HW
     w_item = weights_ptr + item64 * C
     g_item = grid_ptr + item64 * HW
-    grid_min = float("inf")
-    grid_max = -float("inf")
+    grid_min = tl.cast(float("inf"), ACC)
+    grid_max = tl.cast(-float("inf"), ACC)
     poison = 0.0
+    overflow = 0
     for p0 in range(0, HW, BLOCK_HW):
         offs_p = p0 + tl.arange(0, BLOCK_HW)
         in_p = offs_p < HW
-        acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=ACC)
         # x * 0 is 0 for finite x and NaN for NaN/Inf: these sums stay 0 exactly when all are finite.
         probe = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
         probe_alpha = tl.zeros([BLOCK_C], dtype=tl.float32)
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + tl.arange(0, BLOCK_C)
             in_c = offs_c < C
-            alpha = tl.load(w_item + offs_c, mask=in_c, other=0.0).to(tl.float32)
+            alpha = tl.load(w_item + offs_c, mask=in_c, other=0.0).to(ACC)
             tile = tl.load(
                 f_item + offs_c[:, None] * HW + offs_p[None, :],
                 mask=in_c[:, None] & in_p[None, :],
                 other=0.0,
-            ).to(tl.float32)
+            ).to(ACC)
             acc += alpha[:, None] * tile
-            probe += tile * 0.0
-            probe_alpha += alpha * 0.0
-        values = tl.maximum(tl.sum(acc, axis=0), 0.0)
+            probe += (tile * 0.0).to(tl.float32)
+            probe_alpha += (alpha * 0.0).to(tl.float32)
+        sums = tl.sum(acc, axis=0)
+        # Finite inputs whose products or partial sums leave ACC's range: Inf or NaN here.
+        overflow += tl.sum((in_p & ((sums != sums) | (tl.abs(sums) == float("inf")))).to(tl.int32), axis=0)
+        values = tl.maximum(sums, 0.0)
         tl.store(g_item + offs_p, values, mask=in_p)
         grid_min = tl.minimum(grid_min, tl.min(tl.where(in_p, values, float("inf")), axis=0))
         grid_max = tl.maximum(grid_max, tl.max(tl.where(in_p, values, -float("inf")), axis=0))
         poison += tl.sum(tl.sum(probe, axis=1), axis=0) + tl.sum(probe_alpha, axis=0)
-    return grid_min, grid_max, poison != 0.0
+    return grid_min, grid_max, (poison != 0.0) | (overflow > 0)
 
 
 @triton.jit
@@ -101,11 +113,11 @@ def _upsampled_extremes(
     g_item, w, W,
     cand_rows_ptr, n_cand_rows, cand_cols_ptr, n_cand_cols,
     row_lo_ptr, row_hi_ptr, row_mu_ptr, col_lo_ptr, col_hi_ptr, col_lam_ptr,
-    BLOCK_CY: tl.constexpr, BLOCK_CX: tl.constexpr,
+    BLOCK_CY: tl.constexpr, BLOCK_CX: tl.constexpr, ACC: tl.constexpr,
 ):
     """(min, max, first row-major flat index of the max) of the upsampled map, from candidates."""
-    low = float("inf")
-    high = -float("inf")
+    low = tl.cast(float("inf"), ACC)
+    high = tl.cast(-float("inf"), ACC)
     peak = 2147483647
     for r0 in range(0, n_cand_rows, BLOCK_CY):
         offs_r = r0 + tl.arange(0, BLOCK_CY)
@@ -136,19 +148,19 @@ def _upsampled_extremes(
 
 @triton.jit
 def _band_terms(
-    g_item, w, W, y_begin, y_end, low, cut, is_flat, peak,
+    g_item, w, W, y_begin, y_end, low, span, threshold, is_flat, peak,
     row_lo_ptr, row_hi_ptr, row_mu_ptr, col_lo_ptr, col_hi_ptr, col_lam_ptr,
     mask_item, WB, ranges_item, n_boxes,
-    ROI_BOXES: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
+    ROI_BOXES: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr, ACC: tl.constexpr,
 ):
-    """Threshold counts, overlap, ROI size, shifted map mass (all / inside the ROI) and the ROI value
-    at ``peak`` over rows ``[y_begin, y_end)`` of one image, upsampling each pixel on the fly."""
+    """Threshold counts, overlap, ROI size, normalised map mass (all / inside the ROI) and the ROI
+    value at ``peak`` over rows ``[y_begin, y_end)`` of one image, upsampling each pixel on the fly."""
     n_pred = tl.zeros([BLOCK_Y, BLOCK_X], dtype=tl.int32)
     n_overlap = tl.zeros([BLOCK_Y, BLOCK_X], dtype=tl.int32)
     n_truth = tl.zeros([BLOCK_Y, BLOCK_X], dtype=tl.int32)
     n_hit = tl.zeros([BLOCK_Y, BLOCK_X], dtype=tl.int32)
-    mass = tl.zeros([BLOCK_Y, BLOCK_X], dtype=tl.float32)
-    mass_in = tl.zeros([BLOCK_Y, BLOCK_X], dtype=tl.float32)
+    mass = tl.zeros([BLOCK_Y, BLOCK_X], dtype=ACC)
+    mass_in = tl.zeros([BLOCK_Y, BLOCK_X], dtype=ACC)
     for y0 in range(y_begin, y_end, BLOCK_Y):
         ys = y0 + tl.arange(0, BLOCK_Y)
         in_y = ys < y_end
@@ -162,7 +174,7 @@ def _band_terms(
             col_hi = tl.load(col_hi_ptr + xs, mask=in_x, other=0)[None, :]
             col_lam = tl.load(col_lam_ptr + xs, mask=in_x, other=0.0)[None, :]
             valid = in_y[:, None] & in_x[None, :]
-            shifted = _bilinear(g_item, w, row_lo, row_hi, row_mu, col_lo, col_hi, col_lam) - low
+            normalised = (_bilinear(g_item, w, row_lo, row_hi, row_mu, col_lo, col_hi, col_lam) - low) / span
             if ROI_BOXES:
                 inside = tl.zeros([BLOCK_Y, BLOCK_X], dtype=tl.int1)
                 for m in range(0, n_boxes):
@@ -177,13 +189,13 @@ def _band_terms(
             else:
                 byte = tl.load(mask_item + ys[:, None] * WB + (xs[None, :] >> 3), mask=valid, other=0).to(tl.int32)
                 truth = (byte >> (7 - (xs[None, :] & 7))) & 1
-            predicted = ((shifted >= cut) & valid & (is_flat == 0)).to(tl.int32)
+            predicted = ((normalised >= threshold) & valid & (is_flat == 0)).to(tl.int32)
             n_pred += predicted
             n_overlap += predicted & truth
             n_truth += truth
             n_hit += tl.where((ys[:, None] * W + xs[None, :]) == peak, truth, 0)
-            mass += tl.where(valid, shifted, 0.0)
-            mass_in += tl.where(truth != 0, shifted, 0.0)
+            mass += tl.where(valid, normalised, 0.0)
+            mass_in += tl.where(truth != 0, normalised, 0.0)
     return (
         tl.sum(tl.sum(n_pred, axis=1), axis=0),
         tl.sum(tl.sum(n_overlap, axis=1), axis=0),
@@ -195,17 +207,16 @@ def _band_terms(
 
 
 @triton.jit
-def _ratios(n_pred, n_overlap, n_truth, n_hit, mass, mass_in, span, is_flat, blank):
+def _ratios(n_pred, n_overlap, n_truth, n_hit, mass, mass_in, is_flat, blank):
     """The four metrics (fp32) from the summed terms; NaN where ``blank`` (unknown ROI or invalid)."""
     n_pred = n_pred.to(tl.float64)
     n_overlap = n_overlap.to(tl.float64)
     n_truth = n_truth.to(tl.float64)
-    span = span.to(tl.float64)
     flat = is_flat != 0
     pair = n_pred + n_truth
     dice = tl.where(pair == 0.0, 1.0, 2.0 * n_overlap / tl.where(pair == 0.0, 1.0, pair))
-    total = tl.where(flat, 0.0, mass.to(tl.float64) / span)
-    inside = tl.where(flat, 0.0, tl.minimum(tl.maximum(mass_in.to(tl.float64) / span, 0.0), total))
+    total = tl.where(flat, 0.0, mass.to(tl.float64))
+    inside = tl.where(flat, 0.0, tl.minimum(tl.maximum(mass_in.to(tl.float64), 0.0), total))
     soft_pair = total + n_truth
     soft_dice = tl.where(soft_pair == 0.0, 1.0, 2.0 * inside / tl.where(soft_pair == 0.0, 1.0, soft_pair))
     energy = tl.where(total == 0.0, 0.0, inside / tl.where(total == 0.0, 1.0, total))
@@ -223,77 +234,87 @@ def _ratios(n_pred, n_overlap, n_truth, n_hit, mass, mass_in, span, is_flat, bla
 @triton.jit
 def _cam_alignment_kernel(
     features_ptr, weights_ptr, grid_ptr, mask_ptr, ranges_ptr, counts_ptr, known_ptr,
-    dice_ptr, soft_dice_ptr, energy_ptr, hit_ptr, invalid_ptr,
-    C, HW, w, H, W, WB, M, threshold,
+    dice_ptr, soft_dice_ptr, energy_ptr, hit_ptr, invalid_ptr, suspect_ptr,
+    C, HW, w, H, W, WB, M, params_ptr,
     cand_rows_ptr, n_cand_rows, cand_cols_ptr, n_cand_cols,
     row_lo_ptr, row_hi_ptr, row_mu_ptr, col_lo_ptr, col_hi_ptr, col_lam_ptr,
     ROI_BOXES: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
     BLOCK_CY: tl.constexpr, BLOCK_CX: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
+    ACC: tl.constexpr,
 ):
     """Everything for one image in one program: grid, extremes, all pixels, ratios."""
     item = tl.program_id(0)
     item64 = item.to(tl.int64)
-    grid_min, grid_max, bad = _cam_grid(features_ptr, weights_ptr, grid_ptr, item, C, HW, BLOCK_C, BLOCK_HW)
+    threshold = tl.load(params_ptr)
+    near_flat = tl.load(params_ptr + 1)
+    grid_min, grid_max, bad = _cam_grid(features_ptr, weights_ptr, grid_ptr, item, C, HW, BLOCK_C, BLOCK_HW, ACC)
     tl.debug_barrier()  # the grid written above is read back by other threads of this program
     g_item = grid_ptr + item64 * HW
     low, high, peak = _upsampled_extremes(
         g_item, w, W, cand_rows_ptr, n_cand_rows, cand_cols_ptr, n_cand_cols,
-        row_lo_ptr, row_hi_ptr, row_mu_ptr, col_lo_ptr, col_hi_ptr, col_lam_ptr, BLOCK_CY, BLOCK_CX,
+        row_lo_ptr, row_hi_ptr, row_mu_ptr, col_lo_ptr, col_hi_ptr, col_lam_ptr, BLOCK_CY, BLOCK_CX, ACC,
     )
     is_flat = ((grid_max == grid_min) | (high <= low)).to(tl.int32)
+    suspect = (is_flat == 0) & (high - low <= near_flat * grid_max)
     span = tl.where(is_flat != 0, 1.0, high - low)
     n_boxes = tl.maximum(tl.load(counts_ptr + item), 0)
     n_pred, n_overlap, n_truth, n_hit, mass, mass_in = _band_terms(
-        g_item, w, W, 0, H, low, threshold * span, is_flat, peak,
+        g_item, w, W, 0, H, low, span, threshold, is_flat, peak,
         row_lo_ptr, row_hi_ptr, row_mu_ptr, col_lo_ptr, col_hi_ptr, col_lam_ptr,
         mask_ptr + item64 * H * WB, WB, ranges_ptr + item64 * M * 4, n_boxes,
-        ROI_BOXES, BLOCK_Y, BLOCK_X,
+        ROI_BOXES, BLOCK_Y, BLOCK_X, ACC,
     )
     blank = bad | (tl.load(known_ptr + item) == 0)
-    dice, soft_dice, energy, hit = _ratios(n_pred, n_overlap, n_truth, n_hit, mass, mass_in, span, is_flat, blank)
+    dice, soft_dice, energy, hit = _ratios(n_pred, n_overlap, n_truth, n_hit, mass, mass_in, is_flat, blank)
     tl.store(dice_ptr + item, dice)
     tl.store(soft_dice_ptr + item, soft_dice)
     tl.store(energy_ptr + item, energy)
     tl.store(hit_ptr + item, hit)
     tl.store(invalid_ptr + item, bad.to(tl.int8))
+    tl.store(suspect_ptr + item, suspect.to(tl.int8))
 
 
 @triton.jit
 def _cam_stats_kernel(
-    features_ptr, weights_ptr, grid_ptr, stats_ptr, peak_ptr,
-    C, HW, w, W,
+    features_ptr, weights_ptr, grid_ptr, stats_ptr, peak_ptr, suspect_ptr,
+    C, HW, w, W, params_ptr,
     cand_rows_ptr, n_cand_rows, cand_cols_ptr, n_cand_cols,
     row_lo_ptr, row_hi_ptr, row_mu_ptr, col_lo_ptr, col_hi_ptr, col_lam_ptr,
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_CY: tl.constexpr, BLOCK_CX: tl.constexpr,
+    ACC: tl.constexpr,
 ):
-    """Split path, pass 1: grid and ``stats[item] = (low, span, flat, invalid)``, ``peak[item]``."""
+    """Split path, pass 1: grid and ``stats[item] = (low, span, flat, invalid)`` (in ``ACC``),
+    ``peak[item]``, ``suspect[item]``."""
     item = tl.program_id(0)
-    grid_min, grid_max, bad = _cam_grid(features_ptr, weights_ptr, grid_ptr, item, C, HW, BLOCK_C, BLOCK_HW)
+    near_flat = tl.load(params_ptr + 1)
+    grid_min, grid_max, bad = _cam_grid(features_ptr, weights_ptr, grid_ptr, item, C, HW, BLOCK_C, BLOCK_HW, ACC)
     tl.debug_barrier()
     low, high, peak = _upsampled_extremes(
         grid_ptr + item.to(tl.int64) * HW, w, W, cand_rows_ptr, n_cand_rows, cand_cols_ptr, n_cand_cols,
-        row_lo_ptr, row_hi_ptr, row_mu_ptr, col_lo_ptr, col_hi_ptr, col_lam_ptr, BLOCK_CY, BLOCK_CX,
+        row_lo_ptr, row_hi_ptr, row_mu_ptr, col_lo_ptr, col_hi_ptr, col_lam_ptr, BLOCK_CY, BLOCK_CX, ACC,
     )
     flat = (grid_max == grid_min) | (high <= low)
     tl.store(stats_ptr + item * 4, low)
     tl.store(stats_ptr + item * 4 + 1, tl.where(flat, 1.0, high - low))
-    tl.store(stats_ptr + item * 4 + 2, flat.to(tl.float32))
-    tl.store(stats_ptr + item * 4 + 3, bad.to(tl.float32))
+    tl.store(stats_ptr + item * 4 + 2, flat.to(ACC))
+    tl.store(stats_ptr + item * 4 + 3, bad.to(ACC))
     tl.store(peak_ptr + item, peak)
+    tl.store(suspect_ptr + item, ((~flat) & (high - low <= near_flat * grid_max)).to(tl.int8))
 
 
 @triton.jit
 def _cam_band_kernel(
     grid_ptr, stats_ptr, peak_ptr, mask_ptr, ranges_ptr, counts_ptr, counts_out_ptr, sums_out_ptr,
-    HW, w, H, W, WB, M, threshold, rows_per_band,
+    HW, w, H, W, WB, M, params_ptr, rows_per_band,
     row_lo_ptr, row_hi_ptr, row_mu_ptr, col_lo_ptr, col_hi_ptr, col_lam_ptr,
-    ROI_BOXES: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
+    ROI_BOXES: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr, ACC: tl.constexpr,
 ):
     """Split path, pass 2: the terms of one row band of one image, written as partials."""
     item = tl.program_id(0)
     band = tl.program_id(1)
     n_bands = tl.num_programs(1)
     item64 = item.to(tl.int64)
+    threshold = tl.load(params_ptr)
     low = tl.load(stats_ptr + item * 4)
     span = tl.load(stats_ptr + item * 4 + 1)
     is_flat = (tl.load(stats_ptr + item * 4 + 2) != 0.0).to(tl.int32)
@@ -302,10 +323,10 @@ def _cam_band_kernel(
     y_end = tl.minimum(y_begin + rows_per_band, H)
     n_boxes = tl.maximum(tl.load(counts_ptr + item), 0)
     n_pred, n_overlap, n_truth, n_hit, mass, mass_in = _band_terms(
-        grid_ptr + item64 * HW, w, W, y_begin, y_end, low, threshold * span, is_flat, peak,
+        grid_ptr + item64 * HW, w, W, y_begin, y_end, low, span, threshold, is_flat, peak,
         row_lo_ptr, row_hi_ptr, row_mu_ptr, col_lo_ptr, col_hi_ptr, col_lam_ptr,
         mask_ptr + item64 * H * WB, WB, ranges_ptr + item64 * M * 4, n_boxes,
-        ROI_BOXES, BLOCK_Y, BLOCK_X,
+        ROI_BOXES, BLOCK_Y, BLOCK_X, ACC,
     )
     slot = item64 * n_bands + band
     tl.store(counts_out_ptr + slot * 4, n_pred)
@@ -341,11 +362,10 @@ def _cam_finish_kernel(
         n_hit += tl.load(counts_ptr + slot * 4 + 3, mask=live, other=0).to(tl.int64)
         mass += tl.load(sums_ptr + slot * 2, mask=live, other=0.0).to(tl.float64)
         mass_in += tl.load(sums_ptr + slot * 2 + 1, mask=live, other=0.0).to(tl.float64)
-    span = tl.load(stats_ptr + items64 * 4 + 1, mask=live, other=1.0)
     is_flat = (tl.load(stats_ptr + items64 * 4 + 2, mask=live, other=0.0) != 0.0).to(tl.int32)
     bad = tl.load(stats_ptr + items64 * 4 + 3, mask=live, other=0.0) != 0.0
     blank = bad | (tl.load(known_ptr + items64, mask=live, other=0) == 0)
-    dice, soft_dice, energy, hit = _ratios(n_pred, n_overlap, n_truth, n_hit, mass, mass_in, span, is_flat, blank)
+    dice, soft_dice, energy, hit = _ratios(n_pred, n_overlap, n_truth, n_hit, mass, mass_in, is_flat, blank)
     tl.store(dice_ptr + items64, dice, mask=live)
     tl.store(soft_dice_ptr + items64, soft_dice, mask=live)
     tl.store(energy_ptr + items64, energy, mask=live)
@@ -355,8 +375,8 @@ def _cam_finish_kernel(
 
 # --------------------------------------------------------------------------- host side
 @lru_cache(maxsize=64)
-def _axis(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(lo, hi, lam, candidates)`` for one axis: int32, int32, fp32, int32.
+def _axis(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(lo, hi, lam, candidates)`` for one axis: int32, int32, ``dtype`` (the accumulation's), int32.
 
     The sampling is ``xal_core.scoring.bilinear.axis_sampling`` (fp64, torch's own arithmetic) cast
     once, so group boundaries are exactly the reference's. ``candidates`` are the output indices
@@ -371,9 +391,22 @@ def _axis(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, to
     return (
         lo.to(torch.int32).contiguous(),
         sampling.hi.to(torch.int32).contiguous(),
-        sampling.lam.to(torch.float32).contiguous(),
+        sampling.lam.to(dtype).contiguous(),
         candidates.to(torch.int32).contiguous(),
     )
+
+
+def _scalar_params(threshold: float, near_flat: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``[τ, near_flat]`` in the accumulation dtype, read by the kernels from memory (a Python float
+    argument would reach them as fp32). In fp32, τ is rounded *up*: for an fp32 value ``v``,
+    ``v >= τ`` exactly when ``v >= fp32_ceil(τ)``, so the comparison stays the contract's."""
+    tau = torch.tensor(float(threshold), dtype=torch.float64)
+    if dtype != torch.float64:
+        rounded = tau.to(dtype)
+        if rounded.double() < tau:
+            rounded = torch.nextafter(rounded, torch.tensor(float("inf"), dtype=dtype))
+        tau = rounded
+    return torch.tensor([float(tau), near_flat], dtype=dtype, device=device)
 
 
 def _buffer(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -435,15 +468,20 @@ def launch_cam_alignment(
         tile: pixels per inner tile of the pixel pass (a power of two); ``None`` = by device.
 
     Returns:
-        ``AlignmentScores`` with ``invalid`` from the kernel's own NaN/Inf probe.
+        ``AlignmentScores`` with ``invalid`` from the kernel's own probe (NaN/Inf inputs, or a channel
+        sum that overflows the accumulation precision); suspects of ``flatness`` already settled.
     """
     batch, channels, h, w = features.shape
     height, width = size
     device = features.device
     features = features.contiguous()
     weights = weights.contiguous()
-    row_lo, row_hi, row_mu, cand_rows = _axis(h, height, device)
-    col_lo, col_hi, col_lam, cand_cols = _axis(w, width, device)
+    # The float64 contract holds for float64 inputs: then the kernels accumulate in fp64 throughout.
+    acc_dtype = torch.float64 if torch.float64 in (features.dtype, weights.dtype) else torch.float32
+    acc = tl.float64 if acc_dtype == torch.float64 else tl.float32
+    params = _scalar_params(threshold, flatness.NEAR_FLAT_ULPS * flatness.roundoff_unit(acc_dtype), acc_dtype, device)
+    row_lo, row_hi, row_mu, cand_rows = _axis(h, height, device, acc_dtype)
+    col_lo, col_hi, col_lam, cand_cols = _axis(w, width, device, acc_dtype)
     roi_boxes = packed is None
     if roi_boxes:
         ranges = ranges.to(device=device, dtype=torch.int32).contiguous()
@@ -458,9 +496,10 @@ def launch_cam_alignment(
         counts = torch.zeros(batch, dtype=torch.int32, device=device)
         n_slots = 0
     known_i8 = known.to(device=device, dtype=torch.int8).contiguous()
-    grid_scratch = _buffer((batch, h * w), torch.float32, device)
+    grid_scratch = _buffer((batch, h * w), acc_dtype, device)
     outputs = [_buffer((batch,), torch.float32, device) for _ in range(4)]
     invalid = _buffer((batch,), torch.int8, device)
+    suspect = _buffer((batch,), torch.int8, device)
     if batch == 0:
         return AlignmentScores(*outputs, invalid.bool())
 
@@ -485,29 +524,29 @@ def launch_cam_alignment(
     if n_bands == 1:
         _cam_alignment_kernel[(batch,)](
             features, weights, grid_scratch, packed, ranges, counts, known_i8,
-            *outputs, invalid,
-            channels, h * w, w, height, width, bytes_per_row, n_slots, float(threshold),
+            *outputs, invalid, suspect,
+            channels, h * w, w, height, width, bytes_per_row, n_slots, params,
             *candidates, *common_axes,
             ROI_BOXES=roi_boxes, BLOCK_C=block_c, BLOCK_HW=block_hw,
-            BLOCK_CY=block_cy, BLOCK_CX=block_cx, BLOCK_Y=block_y, BLOCK_X=block_x,
+            BLOCK_CY=block_cy, BLOCK_CX=block_cx, BLOCK_Y=block_y, BLOCK_X=block_x, ACC=acc,
             num_warps=8,
         )
     else:
-        stats = _buffer((batch, 4), torch.float32, device)
+        stats = _buffer((batch, 4), acc_dtype, device)
         peak = _buffer((batch,), torch.int32, device)
         band_counts = _buffer((batch, n_bands, 4), torch.int32, device)
-        band_sums = _buffer((batch, n_bands, 2), torch.float32, device)
+        band_sums = _buffer((batch, n_bands, 2), acc_dtype, device)
         _cam_stats_kernel[(batch,)](
-            features, weights, grid_scratch, stats, peak,
-            channels, h * w, w, width, *candidates, *common_axes,
-            BLOCK_C=block_c, BLOCK_HW=block_hw, BLOCK_CY=block_cy, BLOCK_CX=block_cx,
+            features, weights, grid_scratch, stats, peak, suspect,
+            channels, h * w, w, width, params, *candidates, *common_axes,
+            BLOCK_C=block_c, BLOCK_HW=block_hw, BLOCK_CY=block_cy, BLOCK_CX=block_cx, ACC=acc,
             num_warps=8,
         )
         _cam_band_kernel[(batch, n_bands)](
             grid_scratch, stats, peak, packed, ranges, counts, band_counts, band_sums,
-            h * w, w, height, width, bytes_per_row, n_slots, float(threshold), rows_per_band,
+            h * w, w, height, width, bytes_per_row, n_slots, params, rows_per_band,
             *common_axes,
-            ROI_BOXES=roi_boxes, BLOCK_Y=block_y, BLOCK_X=block_x,
+            ROI_BOXES=roi_boxes, BLOCK_Y=block_y, BLOCK_X=block_x, ACC=acc,
             num_warps=8,
         )
         block_b = min(triton.next_power_of_2(batch), 128)
@@ -515,7 +554,20 @@ def launch_cam_alignment(
             stats, band_counts, band_sums, known_i8, *outputs, invalid,
             batch, n_bands, BLOCK_B=block_b, num_warps=4,
         )
-    return AlignmentScores(*outputs, invalid.bool())
+    scores = AlignmentScores(*outputs, invalid.bool())
+    if bool(suspect.any()):
+        def grid_of(item: int):  # the grid the kernel wrote, exactly
+            return grid_scratch[item].view(h, w).double().cpu().numpy()
+
+        def roi_is_empty(item: int) -> bool:
+            if roi_boxes:
+                x_lo, y_lo, x_hi, y_hi = ranges[item, : max(int(counts[item]), 0)].cpu().unbind(-1)
+                return not bool(((x_hi > x_lo) & (y_hi > y_lo)).any())
+            bits = np.unpackbits(packed[item].cpu().numpy(), axis=-1)[:, :width]  # padding bits are not pixels
+            return not bits.any()
+
+        flatness.settle_suspects(scores, suspect.bool(), known, grid_of, size, roi_is_empty)
+    return scores
 
 
 def cam_alignment(
@@ -543,7 +595,7 @@ def cam_alignment(
             features, weights, roi.size, roi.known,
             ranges=roi.box_pixel_ranges(), counts=roi.counts, threshold=threshold,
         )
-    warn_nonfinite(scores.n_invalid, "features or CAM weights")
+    warn_nonfinite(scores.n_invalid, "features, CAM weights or channel sum")
     return scores
 
 
@@ -577,7 +629,7 @@ def cam_alignment_packed(
     scores = launch_cam_alignment(
         features, weights, (packed.shape[1], width), known_t, packed=packed.to(features.device), threshold=threshold
     )
-    warn_nonfinite(scores.n_invalid, "features or CAM weights")
+    warn_nonfinite(scores.n_invalid, "features, CAM weights or channel sum")
     return scores
 
 

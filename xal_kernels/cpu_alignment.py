@@ -9,7 +9,8 @@ different requests, truly in parallel.
 
 What it computes, per image (DESIGN.md §2; docs/kernels.md, "The compiled CPU kernel"):
 
-* the grid ``L = ReLU(Σ_k α_k A_k)`` in float64 (a non-finite sum marks the item invalid);
+* the grid ``L = ReLU(Σ_k α_k A_k)`` in float64 (a non-finite sum marks the item invalid), scaled by
+  a power of two that brings its maximum into ``[0.5, 1)`` (exact, and no later sum can overflow);
 * the horizontal pass of the upsampling on the ``h`` grid rows,
   ``U[i, x] = (1-λ_x)·L[i, lo_x] + λ_x·L[i, hi_x]``, so that every output row is a blend of two
   contiguous rows, ``v(y, x) = (1-μ_y)·U[lo_y, x] + μ_y·U[hi_y, x]``, with no gather per pixel;
@@ -20,7 +21,9 @@ What it computes, per image (DESIGN.md §2; docs/kernels.md, "The compiled CPU k
   bisection over the ordered bit patterns of non-negative floats): the same decision as the
   division, exact ties at ``τ`` included, for one comparison per pixel;
 * per row the counts (attended, ROI, both) as integers and the masses ``Σ (v − min)`` and
-  ``Σ G·(v − min)``, divided by the range once per image.
+  ``Σ G·(v − min)``, divided by the range once per image;
+* whether the map is flat, by the rule of ``xal_core.scoring.flatness``: items whose computed range
+  is small enough for rounding to matter are reported as suspects and settled exactly afterwards.
 
 Only the two mass sums may be reassociated by the compiler (``fastmath={"reassoc"}`` on
 ``_row_masses`` alone, so that they vectorise): sums of non-negative terms, any order keeps them to
@@ -30,6 +33,7 @@ Box ROIs are drawn one row at a time into a scratch row: they never become a who
 
 from __future__ import annotations
 
+import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,10 +43,10 @@ import numba
 import numpy as np
 import torch
 
+from xal_core.scoring import flatness
 from xal_core.scoring.alignment import check_threshold
 from xal_core.scoring.bilinear import axis_sampling
 from xal_core.scoring.inputs import check_cam_inputs, warn_nonfinite
-from xal_core.scoring.reference import RANGE_NOISE
 from xal_core.scoring.results import AlignmentScores
 from xal_core.scoring.roi import Roi
 
@@ -184,7 +188,9 @@ def _extremes(columns, row_lo, row_hi, row_mu, group_first, group_last, row_low,
 @numba.njit(**JIT)
 def _cam_grid(features, weights, out):
     """``ReLU(Σ_k α_k A_k)`` into ``out`` (float64 whatever the feature dtype: see
-    ``separable.cam_grids``); False when the sum is not finite (then ``out`` is all zeros)."""
+    ``separable.cam_grids``), scaled by the power of two that brings its maximum into ``[0.5, 1)``
+    (exact: the normalised map does not change, and no sum of grid values can overflow); False
+    when the sum is not finite (then ``out`` is all zeros)."""
     out[:] = 0.0
     for k in range(features.shape[0]):
         alpha = weights[k]
@@ -195,8 +201,14 @@ def _cam_grid(features, weights, out):
     for i in range(out.shape[0]):
         if not np.isfinite(out[i]):
             finite = False
+    high = 0.0
     for i in range(out.shape[0]):
         out[i] = max(out[i], 0.0) if finite else 0.0
+        high = max(high, out[i])
+    if high > 0.0:
+        scale = math.ldexp(1.0, -math.frexp(high)[1])
+        for i in range(out.shape[0]):
+            out[i] *= scale
     return finite
 
 
@@ -217,11 +229,13 @@ def _roi_row(b, y, masks, ranges, use_boxes, scratch):
 @numba.njit(**JIT)
 def _alignment(features, weights, h, masks, ranges, use_boxes, known, height, width,
               row_lo, row_hi, row_mu, col_lo, col_hi, col_lam, group_first, group_last,
-              tau, noise, scores, invalid):
-    """``scores[b] = (Dice, soft Dice, ROI energy, pointing hit)`` and ``invalid[b]`` for every
-    image: ``features`` ``[B, C, h·w]`` (float32 or float64), ``weights`` float64 ``[B, C]``,
-    the ROI as bool ``masks [B, H, W]`` or, with ``use_boxes``, as integer pixel ranges
-    ``[B, M, 4]``. Unknown ROIs and non-finite inputs give NaN scores."""
+              tau, near_flat, scores, invalid, suspect):
+    """``scores[b] = (Dice, soft Dice, ROI energy, pointing hit)``, ``invalid[b]`` and
+    ``suspect[b]`` for every image: ``features`` ``[B, C, h·w]`` (float32 or float64), ``weights``
+    float64 ``[B, C]``, the ROI as bool ``masks [B, H, W]`` or, with ``use_boxes``, as integer pixel
+    ranges ``[B, M, 4]``. Unknown ROIs and non-finite inputs give NaN scores. A suspect (computed
+    range at most ``near_flat`` of the grid maximum, see ``flatness``) is scored as not flat; the
+    caller settles it exactly."""
     batch = features.shape[0]
     w = features.shape[2] // h
     flat_grid = np.empty(h * w)
@@ -230,6 +244,7 @@ def _alignment(features, weights, h, masks, ranges, use_boxes, known, height, wi
     row_low = np.empty(height)
     row_high = np.empty(height)
     for b in range(batch):
+        suspect[b] = False
         invalid[b] = not _cam_grid(features[b], weights[b], flat_grid)
         if invalid[b] or not known[b]:
             scores[b, :] = np.nan
@@ -253,7 +268,7 @@ def _alignment(features, weights, h, masks, ranges, use_boxes, known, height, wi
         mass = 0.0
         mass_in = 0.0
         hit = 0.0
-        if grid_low == grid_high or high - low <= noise * grid_high:
+        if grid_low == grid_high or high <= low:
             # Constant on the grid, or no range left after resampling: the map is all zeros.
             for y in range(height):
                 row = _roi_row(b, y, masks, ranges, use_boxes, scratch)
@@ -261,6 +276,7 @@ def _alignment(features, weights, h, masks, ranges, use_boxes, known, height, wi
                     truth += row[x]
         else:
             span = high - low
+            suspect[b] = span <= near_flat * grid_high
             cut = _raw_cut(low, high, span, tau)
             for y in range(height):
                 row = _roi_row(b, y, masks, ranges, use_boxes, scratch)
@@ -338,12 +354,14 @@ def cam_alignment(
     known_np = roi.known.numpy()
     scores = np.empty((batch, 4), dtype=np.float32)
     invalid = np.empty(batch, dtype=np.bool_)
+    suspect = np.empty(batch, dtype=np.bool_)
+    near_flat = flatness.NEAR_FLAT_ULPS * flatness.roundoff_unit(torch.float64)
 
     def run(part: slice) -> None:
         _alignment(features_np[part], weights_np[part], h, masks_np[part], ranges_np[part], use_boxes,
                known_np[part], height, width, plan.row_lo, plan.row_hi, plan.row_mu, plan.col_lo,
                plan.col_hi, plan.col_lam, plan.group_first, plan.group_last, float(threshold),
-               RANGE_NOISE, scores[part], invalid[part])
+               near_flat, scores[part], invalid[part], suspect[part])
 
     threads = torch.get_num_threads() if threads is None else threads
     parts = max(1, min(threads, batch // MIN_ITEMS_PER_THREAD))
@@ -355,7 +373,14 @@ def cam_alignment(
         for future in futures:
             future.result()
     result = AlignmentScores(*torch.from_numpy(scores).T, invalid=torch.from_numpy(invalid))
-    warn_nonfinite(result.n_invalid, "features or CAM weights")
+    if suspect.any():
+        def grid_of(b: int) -> np.ndarray:  # the kernel's own grid (same function, same sums)
+            grid = np.empty(h * w)
+            _cam_grid(features_np[b], weights_np[b], grid)
+            return grid.reshape(h, w)
+
+        flatness.settle_suspects(result, torch.from_numpy(suspect), roi.known, grid_of, roi.size, roi.is_empty)
+    warn_nonfinite(result.n_invalid, "features, CAM weights or channel sum")
     return result
 
 

@@ -82,11 +82,14 @@ def numba_available() -> bool:
     return True
 
 
-def backend_for(tensor: object) -> str:
-    """``"triton"``, ``"numba"``, ``"torch"`` or ``"reference"`` for an input living where
-    ``tensor`` does. ``"numba"`` concerns CAM/ROI alignment only (see the module doc)."""
+def backend_for(tensor: object, *, op: str = "alignment") -> str:
+    """``"triton"``, ``"numba"``, ``"torch"`` or ``"reference"`` for op ``op`` on an input living
+    where ``tensor`` does. ``"numba"`` concerns CAM/ROI alignment only: for the other ops
+    (``"uncertainty"``, ``"fusion"``) ``XAL_KERNELS=numba`` behaves as ``auto`` (see the module doc)."""
     global _warned_no_triton, _warned_no_numba
     choice = requested_backend()
+    if choice == "numba" and op != "alignment":
+        choice = "auto"
     on_cuda = isinstance(tensor, torch.Tensor) and tensor.is_cuda
     on_cpu = not on_cuda and (not isinstance(tensor, torch.Tensor) or tensor.device.type == "cpu")
     if choice == "auto" and on_cpu:
@@ -174,7 +177,7 @@ def cam_alignment(features: torch.Tensor, weights: torch.Tensor, roi: Roi, *, th
 
 def uncertainty(logits: torch.Tensor, kind: str = "entropy") -> torch.Tensor:
     """``xal_core.scoring.uncertainty`` routed by device and ``XAL_KERNELS`` (same signature)."""
-    if backend_for(logits) == "triton":
+    if backend_for(logits, op="uncertainty") == "triton":
         return _op("uncertainty", logits).uncertainty(logits, kind)
     return scoring.uncertainty(logits, kind)
 
@@ -190,7 +193,7 @@ def dual_score(
 ) -> DualScore:
     """``xal_core.scoring.dual_score`` routed by device and ``XAL_KERNELS`` (same signature)."""
     options = dict(weight=weight, method=method, missing_roi=missing_roi, invalid=invalid)
-    if backend_for(uncertainty) == "triton":
+    if backend_for(uncertainty, op="fusion") == "triton":
         return _op("uncertainty", uncertainty).dual_score(uncertainty, misalignment, **options)
     return scoring.dual_score(uncertainty, misalignment, **options)
 
@@ -208,7 +211,7 @@ def uncertainty_and_dual_score(
     """``u = uncertainty(logits, kind)`` and ``dual_score(u, misalignment, ...)``; one fused kernel
     on the Triton route (weighted fusion)."""
     options = dict(weight=weight, method=method, missing_roi=missing_roi, invalid=invalid)
-    if backend_for(logits) == "triton":
+    if backend_for(logits, op="fusion") == "triton":
         return _op("uncertainty", logits).uncertainty_and_dual_score(logits, misalignment, kind=kind, **options)
     u = scoring.uncertainty(logits, kind)
     return u, scoring.dual_score(u, misalignment, **options)

@@ -20,40 +20,50 @@ import tempfile
 
 # Nothing happens at import (pytest --doctest-modules imports this file): main() sets up the
 # process, and must run in a fresh interpreter where no kernel module was imported yet.
-cam = unc = triton = None
+cam = unc = triton = tl = None
 
 P32, P64, PI32, PI8, PU8 = "*fp32", "*fp64", "*i32", "*i8", "*u8"
-AXES = {"row_lo_ptr": PI32, "row_hi_ptr": PI32, "row_mu_ptr": P32, "col_lo_ptr": PI32, "col_hi_ptr": PI32, "col_lam_ptr": P32}
 CANDIDATES = {"cand_rows_ptr": PI32, "n_cand_rows": "i32", "cand_cols_ptr": PI32, "n_cand_cols": "i32"}
 
 
-def fused_signature(feature_type: str) -> dict:
+def axes(acc: str) -> dict:
+    """The resampling arrays; the blend weights are in the accumulation dtype."""
+    return {"row_lo_ptr": PI32, "row_hi_ptr": PI32, "row_mu_ptr": acc, "col_lo_ptr": PI32, "col_hi_ptr": PI32, "col_lam_ptr": acc}
+
+
+def fused_signature(feature_type: str, acc: str) -> dict:
     return {
-        "features_ptr": feature_type, "weights_ptr": feature_type, "grid_ptr": P32, "mask_ptr": PU8,
+        "features_ptr": feature_type, "weights_ptr": feature_type, "grid_ptr": acc, "mask_ptr": PU8,
         "ranges_ptr": PI32, "counts_ptr": PI32, "known_ptr": PI8, "dice_ptr": P32, "soft_dice_ptr": P32,
-        "energy_ptr": P32, "hit_ptr": P32, "invalid_ptr": PI8, "C": "i32", "HW": "i32", "w": "i32",
-        "H": "i32", "W": "i32", "WB": "i32", "M": "i32", "threshold": "fp32", **CANDIDATES, **AXES,
+        "energy_ptr": P32, "hit_ptr": P32, "invalid_ptr": PI8, "suspect_ptr": PI8, "C": "i32", "HW": "i32", "w": "i32",
+        "H": "i32", "W": "i32", "WB": "i32", "M": "i32", "params_ptr": acc, **CANDIDATES, **axes(acc),
     }
 
 
 def cases():
-    # The blocks the launcher picks for the two benchmark shapes on a GPU (see launch_cam_alignment).
-    for feature_type, (bc, bhw, by, bx) in (("*fp16", (32, 64, 32, 32)), ("*bf16", (8, 256, 8, 128)), ("*fp32", (32, 64, 32, 32))):
+    # The blocks the launcher picks for the two benchmark shapes on a GPU (see launch_cam_alignment);
+    # float64 inputs accumulate in fp64 (the float64 contract).
+    for feature_type, (bc, bhw, by, bx) in (("*fp16", (32, 64, 32, 32)), ("*bf16", (8, 256, 8, 128)), ("*fp32", (32, 64, 32, 32)),
+                                            (P64, (32, 64, 32, 32))):
+        acc = P64 if feature_type == P64 else P32
         for boxes in (False, True):
-            consts = dict(ROI_BOXES=boxes, BLOCK_C=bc, BLOCK_HW=bhw, BLOCK_CY=16, BLOCK_CX=16, BLOCK_Y=by, BLOCK_X=bx)
-            yield f"fused {feature_type} boxes={boxes}", cam._cam_alignment_kernel, fused_signature(feature_type), consts, 8
-    yield "stats", cam._cam_stats_kernel, {
-        "features_ptr": "*fp16", "weights_ptr": "*fp32", "grid_ptr": P32, "stats_ptr": P32, "peak_ptr": PI32,
-        "C": "i32", "HW": "i32", "w": "i32", "W": "i32", **CANDIDATES, **AXES,
-    }, dict(BLOCK_C=8, BLOCK_HW=256, BLOCK_CY=32, BLOCK_CX=32), 8
+            consts = dict(ROI_BOXES=boxes, BLOCK_C=bc, BLOCK_HW=bhw, BLOCK_CY=16, BLOCK_CX=16, BLOCK_Y=by, BLOCK_X=bx,
+                          ACC=tl.float64 if acc == P64 else tl.float32)
+            yield f"fused {feature_type} boxes={boxes}", cam._cam_alignment_kernel, fused_signature(feature_type, acc), consts, 8
+    for acc, dtype in ((P32, tl.float32), (P64, tl.float64)):
+        yield f"stats acc={acc}", cam._cam_stats_kernel, {
+            "features_ptr": "*fp16" if acc == P32 else P64, "weights_ptr": "*fp32" if acc == P32 else P64, "grid_ptr": acc,
+            "stats_ptr": acc, "peak_ptr": PI32, "suspect_ptr": PI8, "C": "i32", "HW": "i32", "w": "i32", "W": "i32",
+            "params_ptr": acc, **CANDIDATES, **axes(acc),
+        }, dict(BLOCK_C=8, BLOCK_HW=256, BLOCK_CY=32, BLOCK_CX=32, ACC=dtype), 8
     for boxes in (False, True):
         yield f"band boxes={boxes}", cam._cam_band_kernel, {
             "grid_ptr": P32, "stats_ptr": P32, "peak_ptr": PI32, "mask_ptr": PU8, "ranges_ptr": PI32, "counts_ptr": PI32,
             "counts_out_ptr": PI32, "sums_out_ptr": P32, "HW": "i32", "w": "i32", "H": "i32", "W": "i32", "WB": "i32",
-            "M": "i32", "threshold": "fp32", "rows_per_band": "i32", **AXES,
-        }, dict(ROI_BOXES=boxes, BLOCK_Y=8, BLOCK_X=128), 8
+            "M": "i32", "params_ptr": P32, "rows_per_band": "i32", **axes(P32),
+        }, dict(ROI_BOXES=boxes, BLOCK_Y=8, BLOCK_X=128, ACC=tl.float32), 8
     yield "finish", cam._cam_finish_kernel, {
-        "stats_ptr": P32, "counts_ptr": PI32, "sums_ptr": P32, "known_ptr": PI8, "dice_ptr": P32, "soft_dice_ptr": P32,
+        "stats_ptr": P64, "counts_ptr": PI32, "sums_ptr": P32, "known_ptr": PI8, "dice_ptr": P32, "soft_dice_ptr": P32,
         "energy_ptr": P32, "hit_ptr": P32, "invalid_ptr": PI8, "B": "i32", "n_bands": "i32",
     }, dict(BLOCK_B=128), 4
     for kind in (0, 1, 2):
@@ -78,10 +88,11 @@ def resources(cubin: bytes) -> dict:
 
 
 def main() -> int:
-    global cam, unc, triton
+    global cam, unc, triton, tl
     os.environ.pop("TRITON_INTERPRET", None)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     import triton
+    import triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 

@@ -110,6 +110,19 @@ def test_forcing_numba_on_a_non_cpu_tensor_names_the_device(monkeypatch):
         dispatch.backend_for(torch.empty(2, device="meta"))
 
 
+def test_numba_value_leaves_uncertainty_and_fusion_on_any_device_as_auto(monkeypatch):
+    """``XAL_KERNELS=numba`` selects the compiled kernel for alignment only: uncertainty and fusion
+    route as ``auto`` on every device (they raised KernelsUnavailableError off the CPU)."""
+    monkeypatch.setenv("XAL_KERNELS", "numba")
+    meta = torch.empty(3, 4, device="meta")
+    for op in ("uncertainty", "fusion"):
+        assert dispatch.backend_for(meta, op=op) == "torch"
+    with pytest.raises(xal_kernels.KernelsUnavailableError, match="takes CPU tensors, got meta"):
+        dispatch.backend_for(meta)  # alignment itself still refuses
+    monkeypatch.setenv("XAL_KERNELS", "auto")
+    assert dispatch.backend_for(meta, op="uncertainty") == "torch"
+
+
 @needs_triton
 @pytest.mark.interpreter
 @pytest.mark.parametrize("value", ["triton", " Triton"])

@@ -52,7 +52,7 @@ def cam_alignment(
     blank = scores.invalid | ~roi.known
     for field in (scores.dice, scores.soft_dice, scores.roi_energy, scores.pointing_hit):
         field.masked_fill_(blank, float("nan"))
-    warn_nonfinite(scores.n_invalid, "features or CAM weights")
+    warn_nonfinite(scores.n_invalid, "features, CAM weights or channel sum")
     return scores
 
 
@@ -71,7 +71,9 @@ def cam_alignment_reference(
     check_cam_inputs(features, weights, roi)
     check_threshold(threshold)
     roi = roi.to(features.device)
+    # Invalid: a NaN/Inf input, or a float64 channel sum that overflows (DESIGN.md §2).
     invalid = nonfinite_items(features, weights)
+    invalid |= ~torch.isfinite(torch.einsum("bc,bchw->bhw", weights.double(), features.double())).flatten(1).all(dim=1)
     if invalid.any():
         keep = (~invalid)[:, None]
         features = torch.where(keep[..., None, None], features, torch.zeros((), dtype=features.dtype))
@@ -81,7 +83,7 @@ def cam_alignment_reference(
     for field in (scores.dice, scores.soft_dice, scores.roi_energy, scores.pointing_hit):
         field.masked_fill_(blank, float("nan"))
     scores.invalid.copy_(invalid)
-    warn_nonfinite(int(invalid.sum()), "features or CAM weights")
+    warn_nonfinite(int(invalid.sum()), "features, CAM weights or channel sum")
     return scores
 
 
@@ -105,7 +107,7 @@ def gradcam_maps(
         grids = reference.cam_grids(features[part], weights[part], torch.float64)
         out[part] = reference.normalised_maps(grids, (height, width)).float()
     out[invalid] = float("nan")
-    warn_nonfinite(int(invalid.sum()), "features or CAM weights")
+    warn_nonfinite(int(invalid.sum()), "features, CAM weights or channel sum")
     return out
 
 

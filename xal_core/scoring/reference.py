@@ -13,18 +13,14 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from . import flatness
 from .bilinear import axis_sampling, interpolation_matrix
 from .results import AlignmentScores, empty_scores
 from .roi import Roi
 
-__all__ = ["RANGE_NOISE", "cam_grids", "upsample", "normalised_maps", "cam_alignment_dense"]
+__all__ = ["cam_grids", "upsample", "normalised_maps", "cam_alignment_dense"]
 
 Upsampling = Literal["matrix", "interpolate"]
-
-# A resampled map whose range is below this fraction of its grid's maximum has no range: what is
-# left is rounding noise of the resampling (docs/scoring.md, "Clarifications"). The fast path uses
-# the same rule.
-RANGE_NOISE = 1e-12
 
 
 def cam_grids(features: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -55,13 +51,17 @@ def normalised_maps(grids: torch.Tensor, size: tuple[int, int], method: Upsampli
 
     A grid that is constant (on the grid, not after upsampling) normalises to all zeros, and so
     does a map left with no range after resampling (a 1×1 frame, say), where the contract's
-    ``(L − min) / (max − min)`` would be 0/0 (docs/scoring.md, "Clarifications").
+    ``(L − min) / (max − min)`` would be 0/0: decided as on every path (``flatness``).
     """
     maps = upsample(grids, size, method)
     low = maps.amin(dim=(1, 2), keepdim=True)
     high = maps.amax(dim=(1, 2), keepdim=True)
     grid_high = grids.amax(dim=(1, 2))
-    flat = (grid_high == grids.amin(dim=(1, 2))) | ((high - low)[:, 0, 0] <= RANGE_NOISE * grid_high)
+    span = (high - low)[:, 0, 0]
+    flat = (grid_high == grids.amin(dim=(1, 2))) | (span <= 0)
+    suspect = flatness.suspects(span, grid_high, flat, flatness.roundoff_unit(grids.dtype))
+    for b in torch.nonzero(suspect).flatten().tolist():
+        flat[b] = flatness.resampled_map_is_constant(grids[b].double().cpu().numpy(), *size)
     span = torch.where(flat[:, None, None], torch.ones_like(high), high - low)
     maps = (maps - low) / span
     return torch.where(flat[:, None, None], torch.zeros_like(maps), maps)

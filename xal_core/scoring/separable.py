@@ -14,11 +14,18 @@ in ``λ`` on each group. Hence, per row and group (``H·w`` pairs instead of ``H
   ``r_y`` with per-group column weights, of the ROI with the interpolation matrix, or (for boxes)
   with its running sums: boxes never become a dense mask.
 
-Precision: the channel sum, the vertical pass and the candidates (min, max, peak) run in float64;
-the rows are then normalised by the map's own min and max and the per-row work runs in float32 on
-values in ``[0, 1]``, with absolute errors near 1e-7 of the map's range; counts and sums accumulate
-in int32/float64. Everything runs batched over a chunk of images, with no Python loop over images,
-pixels or boxes.
+Precision (docs/scoring.md, "Precision per path and input dtype"): the channel sum, the vertical
+pass and the candidates (min, max, peak) run in float64, on a grid scaled by a power of two (exact,
+so that no later sum overflows). The rows are then normalised by the map's own min and max. A row
+holds the values at the *grid* columns, which lie outside ``[0, 1]`` wherever the frame's samples
+miss the grid's extremes: on a high-contrast grid read at a coarse frame they reach ±10⁴ and more,
+and their sums cancel. So the per-row work runs in float64 for float64 inputs (the float64 contract
+holds for them on every path), and for lower-precision inputs whenever a chunk's rows leave
+``[-ROW_FLOAT32_LIMIT, ROW_FLOAT32_LIMIT]``; otherwise in float32 (twice as fast), where a row value
+carries an absolute error below ~2.4e-7 of the map's range. Counts and sums accumulate in
+int32/float64. Everything runs batched over a chunk of images, with no Python loop over images,
+pixels or boxes (the exact check of ``flatness`` runs per suspect item, and suspects do not occur in
+real Grad-CAMs).
 """
 
 from __future__ import annotations
@@ -29,16 +36,18 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .bilinear import axis_sampling, interpolation_matrix
-from .reference import RANGE_NOISE
+from . import flatness
+from .bilinear import AxisSampling, axis_sampling, interpolation_matrix
 from .results import AlignmentScores, empty_scores
 from .roi import Roi
 
 __all__ = ["cam_alignment_separable"]
 
-ROW_DTYPE = torch.float32  # per-row values, all in [0, 1]
 SUM_DTYPE = torch.float64  # accumulations and final ratios
-TINY = 1e-30  # normalised row values below this are flushed to 0 (see _chunk_metrics)
+# Rows of lower-precision inputs run in float32 while every value of the chunk's normalised rows lies
+# within ±ROW_FLOAT32_LIMIT (then a float32 row value is within 2·2^-24·2 of the exact one).
+ROW_FLOAT32_LIMIT = 2.0
+TINY = 1e-30  # float32 normalised row values below this are flushed to 0 (see _chunk_metrics)
 # Images per chunk, measured on 2 cores at 224²: dense masks are read twice per chunk (a running
 # count along the rows, and their packed bytes for the projection), some 10 MB of temporaries for
 # 128 masks; larger chunks gain little. Box ROIs carry no per-pixel data.
@@ -55,19 +64,21 @@ class ColumnPlan:
 
     start: torch.Tensor  # int32 [g]: first column of the group
     end: torch.Tensor  # int32 [g]: one past its last column
-    group_f: torch.Tensor  # ROW_DTYPE [g]: j as a float, the group's source-coordinate origin
+    group_f: torch.Tensor  # row dtype [g]: j as a float, the group's source-coordinate origin
     candidates: torch.Tensor  # int64 [n_c]: columns where a row can take its min or max
     candidate_matrix: torch.Tensor  # float64 [w, n_c]: blended_row @ it = the row at the candidates
-    ends_matrix: torch.Tensor  # ROW_DTYPE [w, 2g]: blended_row @ it = (row[group], row[group_hi])
-    matrix: torch.Tensor  # ROW_DTYPE [W, w]: resized_row = matrix @ grid_row
-    running: torch.Tensor  # ROW_DTYPE [W + 1, w]: running[x] = sum of matrix rows before x
-    column_weight: torch.Tensor  # ROW_DTYPE [w]: matrix.sum(0), so Σ_x row(x) = column_weight · grid_row
+    ends_matrix: torch.Tensor  # row dtype [w, 2g]: blended_row @ it = (row[group], row[group_hi])
+    matrix: torch.Tensor  # row dtype [W, w]: resized_row = matrix @ grid_row
+    running: torch.Tensor  # row dtype [W + 1, w]: running[x] = sum of matrix rows before x
+    column_weight: torch.Tensor  # row dtype [w]: matrix.sum(0), so Σ_x row(x) = column_weight · grid_row
     integer: torch.Tensor  # float64 [W, w]: 2W · matrix, exact integers
     out_per_in: float  # W / w: converts a source coordinate back to a column
+    sampling: AxisSampling  # float64: where each column reads the row (the per-pixel formula)
 
 
 @lru_cache(maxsize=64)
-def column_plan(w: int, width: int, device: torch.device) -> ColumnPlan:
+def column_plan(w: int, width: int, device: torch.device, row_dtype: torch.dtype = torch.float32) -> ColumnPlan:
+    """The plan with its per-row tensors in ``row_dtype`` (float32 or float64; see the module doc)."""
     sampling = axis_sampling(w, width, dtype=torch.float64, device=device)
     groups = torch.arange(w, device=device)
     start = torch.searchsorted(sampling.lo, groups, side="left")
@@ -79,21 +90,22 @@ def column_plan(w: int, width: int, device: torch.device) -> ColumnPlan:
     running = torch.cat([torch.zeros(1, w, dtype=torch.float64, device=device), matrix.cumsum(0)])
     group_hi = sampling.hi[start]
     # Gathers along the last (length-w) axis as small matrix products: much faster than indexing.
-    ends = torch.zeros(w, 2 * len(group), dtype=ROW_DTYPE, device=device)
+    ends = torch.zeros(w, 2 * len(group), dtype=row_dtype, device=device)
     ends[group, torch.arange(len(group), device=device)] = 1.0
     ends[group_hi, len(group) + torch.arange(len(group), device=device)] = 1.0
     return ColumnPlan(
         start=start.to(torch.int32),
         end=end.to(torch.int32),
-        group_f=group.to(ROW_DTYPE),
+        group_f=group.to(row_dtype),
         candidates=candidates,
         candidate_matrix=matrix[candidates].T.contiguous(),
         ends_matrix=ends,
-        matrix=matrix.to(ROW_DTYPE),
-        running=running.to(ROW_DTYPE),
-        column_weight=matrix.sum(0).to(ROW_DTYPE),
+        matrix=matrix.to(row_dtype),
+        running=running.to(row_dtype),
+        column_weight=matrix.sum(0).to(row_dtype),
         integer=integer_weights(matrix),
         out_per_in=width / w,
+        sampling=sampling,
     )
 
 
@@ -102,7 +114,7 @@ class RowPlan:
     """The ``h → H`` row resampling as matrices."""
 
     matrix: torch.Tensor  # float64 [H, h]: blended = matrix @ grid
-    integer_t: torch.Tensor  # ROW_DTYPE [h, H]: (2H · matrix)^T, whose entries are exact integers
+    integer_t: torch.Tensor  # float32 [h, H]: (2H · matrix)^T, whose entries are exact integers
     candidates: torch.Tensor  # int64 [n_r]: rows where a column can take its min or max
 
 
@@ -110,7 +122,7 @@ class RowPlan:
 def row_plan(h: int, height: int, device: torch.device) -> RowPlan:
     sampling = axis_sampling(h, height, dtype=torch.float64, device=device)
     matrix = interpolation_matrix(sampling, h)
-    return RowPlan(matrix, integer_weights(matrix).T.contiguous().to(ROW_DTYPE), _group_ends(sampling.lo, h))
+    return RowPlan(matrix, integer_weights(matrix).T.contiguous().to(torch.float32), _group_ends(sampling.lo, h))
 
 
 def _group_ends(lo: torch.Tensor, n_in: int) -> torch.Tensor:
@@ -150,13 +162,13 @@ def cam_alignment_separable(
     height, width = roi.size
     device = features.device
     rows = row_plan(h, height, device)
-    plan = column_plan(w, width, device)
     scores = empty_scores(batch, device)
     grids, grid_flat, invalid = cam_grids(features, weights)  # [B, h, w]: small next to the features
     scores.invalid.copy_(invalid)
+    float64_rows = features.dtype == torch.float64  # the float64 contract holds for float64 inputs
     for begin in range(0, batch, chunk_size):
         part = slice(begin, begin + chunk_size)
-        metrics = _chunk_metrics(grids[part], grid_flat[part], rows, plan, roi[part], threshold)
+        metrics = _chunk_metrics(grids[part], grid_flat[part], rows, (w, width, device), roi[part], threshold, float64_rows)
         for name, value in metrics.items():
             getattr(scores, name)[part] = value.to(torch.float32)
     return scores
@@ -170,7 +182,10 @@ def cam_grids(features: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tens
     offset, float32 accumulation alone moves soft Dice by more than 1e-5. A NaN or ±Inf anywhere in
     an item's features or weights always leaves a NaN or ±Inf in its sum *before* the ReLU (finite
     float32 products cannot overflow float64), so checking the small grid replaces a pass over the
-    features; float64 inputs whose sum overflows are flagged too, which is what they deserve.
+    features; float64 inputs whose sum overflows are flagged too, like a NaN input (DESIGN.md §2).
+
+    Each grid is then scaled by a power of two that brings its maximum into ``[0.5, 1)``: exact (so
+    the normalised map is the same to the last bit), and no later sum of grid values can overflow.
 
     On the CPU the float64 copy of the features is made a block of items at a time into one small
     buffer (``GRID_BLOCK_BYTES``) rather than for the whole batch at once: the same products and the
@@ -192,43 +207,58 @@ def cam_grids(features: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tens
     grid = grid.reshape(b, h, w)
     invalid = ~torch.isfinite(grid).all(dim=2).all(dim=1)
     grid = torch.relu(grid.masked_fill_(invalid[:, None, None], 0.0))
-    return grid, grid.amax(dim=(1, 2)) == grid.amin(dim=(1, 2)), invalid
+    high = grid.amax(dim=(1, 2))
+    flat = high == grid.amin(dim=(1, 2))
+    exponent = torch.frexp(high).exponent  # high = mantissa · 2^exponent, mantissa in [0.5, 1)
+    grid = torch.ldexp(grid, -exponent[:, None, None].to(torch.float64))
+    return grid, flat, invalid
 
 
 def _chunk_metrics(
     grids: torch.Tensor,
     grid_flat: torch.Tensor,
     rows: RowPlan,
-    plan: ColumnPlan,
+    columns: tuple[int, int, torch.device],
     roi: Roi,
     threshold: float,
+    float64_rows: bool,
 ) -> dict[str, torch.Tensor]:
     height, width = roi.size
     blended = torch.matmul(rows.matrix, grids)  # vertical pass of the upsampling, float64 [b, H, w]
-    start, end = plan.start, plan.end
+    plan64 = column_plan(*columns, torch.float64)
 
     # Min, max and first arg-max of the upsampled map, from the candidate columns of the candidate
     # rows (the same argument holds along both axes: the map is linear in each between grid lines).
-    values = blended.index_select(1, rows.candidates) @ plan.candidate_matrix
+    values = blended.index_select(1, rows.candidates) @ plan64.candidate_matrix
     low = values.amin(dim=(1, 2))
     high = values.amax(dim=(1, 2))
-    # Constant on the grid (the contract), or no range left after resampling beyond rounding noise
-    # (a 1×1 frame, samples that all land on equal values): nothing to normalise, all zeros.
-    flat = grid_flat | (high - low <= RANGE_NOISE * grids.amax(dim=(1, 2)))
+    # Flat (all zeros, no peak): constant on the grid, or no range after resampling, decided as
+    # every path decides it (``flatness``): exactly, for the few items rounding could fool.
+    flat = grid_flat | (high <= low)
+    suspect = flatness.suspects(high - low, grids.amax(dim=(1, 2)), flat, flatness.roundoff_unit(torch.float64))
+    if bool(suspect.any()):
+        for b in torch.nonzero(suspect).flatten().tolist():
+            grid = grids[b].cpu().numpy()
+            if flatness.resampled_map_is_constant(grid, height, width):
+                flat[b] = True
     span = torch.where(flat, torch.ones_like(high), high - low)
     # Candidates are sorted, so the row-major order of (row, column) candidates is that of the
     # pixels, and argmax (which returns the first maximum) finds the first peak in row-major order.
     first = values.flatten(1).argmax(dim=1)
-    n_columns = plan.candidates.numel()
-    peak = rows.candidates[first // n_columns] * width + plan.candidates[first % n_columns]
+    n_columns = plan64.candidates.numel()
+    peak = rows.candidates[first // n_columns] * width + plan64.candidates[first % n_columns]
 
-    # The rows of the normalised map, scaled by the map's own range, so that float32 keeps ~1e-7 of
-    # it however small the range is next to the values. (A row holds the values at the *grid*
-    # columns, which may lie outside [0, 1]: the samples need not hit the grid's extremes.) Values
-    # this small are zero for every metric, but as float32 denormals they would slow every later
-    # operation several-fold.
-    normalised = ((blended - low[:, None, None]) / span[:, None, None]).to(ROW_DTYPE)
-    normalised = normalised.masked_fill_(normalised.abs() < TINY, 0.0)
+    # The rows of the normalised map, scaled by the map's own range. A row holds the values at the
+    # *grid* columns, which may lie far outside [0, 1] (the samples need not reach the grid's
+    # extremes) and then cancel: float32 only for lower-precision inputs whose rows stay near [0, 1]
+    # (see the module doc). Float32 values this small are zero for every metric, but as denormals
+    # they would slow every later operation several-fold.
+    normalised = (blended - low[:, None, None]) / span[:, None, None]
+    if not float64_rows and normalised.numel() and max(-float((extent := torch.aminmax(normalised)).min), float(extent.max)) <= ROW_FLOAT32_LIMIT:
+        normalised = normalised.to(torch.float32)
+        normalised = normalised.masked_fill_(normalised.abs() < TINY, 0.0)
+    plan = column_plan(*columns, normalised.dtype)
+    start, end = plan.start, plan.end
 
     # Per row and column group: the run [run_start, run_end) of pixels with value >= τ. On a group
     # the value is left + λ·slope with λ = source - j, so solve for the source coordinate and map it
@@ -251,6 +281,8 @@ def _chunk_metrics(
     run_start = torch.where(rising, first_at_or_above, start)
     level_end = torch.where(left >= cut, end, start)
     run_end = torch.where(rising, end, torch.where(falling, first_above, level_end))
+    if normalised.dtype == torch.float64:
+        run_start, run_end = _settle_run_edges(blended, low, span, plan, run_start, run_end, rising, falling, threshold)
     run_end = torch.where(flat[:, None, None], run_start, run_end)
     n_predicted = (run_end - run_start).sum(dim=(1, 2), dtype=torch.int64).to(SUM_DTYPE)
 
@@ -273,6 +305,39 @@ def _chunk_metrics(
         "roi_energy": torch.where(mass == 0, 0.0, mass_in_roi / mass.clamp_min(1e-300)),
         "pointing_hit": hit,
     }
+
+
+def _settle_run_edges(blended, low, span, plan: ColumnPlan, run_start, run_end, rising, falling, threshold: float):
+    """Make each run's moving edge agree with the per-pixel test ``(v − low) / span >= τ``, with
+    ``v = (1 − λ)·row[lo] + λ·row[hi]`` in float64, the order every path evaluates a pixel in.
+
+    The analytic crossing is accurate to a few units of roundoff of the range, but a pixel exactly
+    at ``τ`` (a grid of binary fractions, say) must be attended, and the crossing may round to its
+    far side: so the pixel on each side of the edge is evaluated and the edge moved by one where
+    they disagree. (A rising run ends at its group's end, a falling one starts at its start.)
+    """
+    b, height, _ = blended.shape
+    width = plan.sampling.lo.numel()
+    lo, hi, lam = plan.sampling.lo, plan.sampling.hi, plan.sampling.lam
+    low, span = low[:, None, None], span[:, None, None]
+
+    def attended(x: torch.Tensor) -> torch.Tensor:
+        column = x.clamp(0, width - 1).long()
+        left = blended.gather(2, lo[column])
+        right = blended.gather(2, hi[column])
+        weight = lam[column]
+        return ((1.0 - weight) * left + weight * right - low) / span >= threshold
+
+    start, end = plan.start, plan.end
+    before = run_start - 1
+    grow = rising & (before >= start) & attended(before)
+    shrink = rising & ~grow & (run_start < end) & ~attended(run_start)
+    run_start = torch.where(grow, before, torch.where(shrink, run_start + 1, run_start))
+    last = run_end - 1
+    cut_back = falling & (last >= start) & ~attended(last)
+    extend = falling & ~cut_back & (run_end < end) & attended(run_end)
+    run_end = torch.where(cut_back, last, torch.where(extend, run_end + 1, run_end))
+    return run_start, run_end
 
 
 def _mask_terms(roi: Roi, grids, low, span, rows: RowPlan, plan: ColumnPlan, run_start, run_end, peak):
@@ -304,7 +369,7 @@ def _mask_terms(roi: Roi, grids, low, span, rows: RowPlan, plan: ColumnPlan, run
         bounds = count_before(torch.cat([run_start, run_end], dim=2))
         overlap = (bounds[..., run_start.shape[2] :] - bounds[..., : run_start.shape[2]]).sum(dim=(1, 2), dtype=torch.int64)
         overlap = overlap.to(SUM_DTYPE)
-        row_projected = torch.matmul(rows.integer_t, as_bytes.to(ROW_DTYPE))  # [b, h, W], exact integers
+        row_projected = torch.matmul(rows.integer_t, as_bytes.to(torch.float32))  # [b, h, W], exact integers
         projected = torch.matmul(row_projected.to(torch.float64), plan.integer)  # [b, h, w], exact
     scale = 4.0 * height * width
     mass_in = ((grids * projected).sum(dim=(1, 2)) / scale - low * n_truth) / span
