@@ -10,8 +10,9 @@ Providers, measured in the same run on the same inputs:
   normalise → threshold → sums, in float32 over the whole batch (boxes rasterised to masks), as
   ``xal_core.scoring.reference.cam_alignment_dense`` writes it.
 
-Cases: 512 images (512×7×7 → 224², mask and box ROIs), and the service's inline ``ScoreBatch``
-batch (64 images, masks). It prints a table of medians with the ratio against the eager pipeline,
+Cases: 512 images (512×7×7 → 224², mask and box ROIs), the service's inline ``ScoreBatch``
+batch (64 images, masks), and 512 float64 images (masks), where every path meets the float64
+contract (the separable path's rows run in float64 there: docs/scoring.md, "Precision"). It prints a table of medians with the ratio against the eager pipeline,
 checks that xal's paths agree with the float64 reference
 (soft metrics to 1e-5; hard Dice only through pixels at the threshold), and writes JSON to
 ``bench/results/scoring_cpu.json``. Run: ``python bench/scoring_cpu.py`` (``--quick`` for a smoke run).
@@ -36,10 +37,10 @@ from xal_kernels import cpu_alignment
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def make_inputs(batch: int, channels: int, grid: int, frame: int, roi_kind: str, seed: int = 0):
+def make_inputs(batch: int, channels: int, grid: int, frame: int, roi_kind: str, dtype: torch.dtype = torch.float32, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
-    features = torch.rand(batch, channels, grid, grid, generator=generator)
-    weights = torch.randn(batch, channels, generator=generator) / channels
+    features = torch.rand(batch, channels, grid, grid, generator=generator).to(dtype)
+    weights = (torch.randn(batch, channels, generator=generator) / channels).to(dtype)
     if roi_kind == "mask":
         roi = Roi.from_masks(torch.rand(batch, frame, frame, generator=generator) < 0.25)
     else:
@@ -50,8 +51,9 @@ def make_inputs(batch: int, channels: int, grid: int, frame: int, roi_kind: str,
     return features, weights, roi
 
 
-def run_case(batch: int, channels: int, grid: int, frame: int, roi_kind: str, repeats: int) -> dict:
-    features, weights, roi = make_inputs(batch, channels, grid, frame, roi_kind)
+def run_case(batch: int, channels: int, grid: int, frame: int, roi_kind: str, repeats: int,
+             dtype: torch.dtype = torch.float32) -> dict:
+    features, weights, roi = make_inputs(batch, channels, grid, frame, roi_kind, dtype)
     ours = {
         "xal-numba": lambda: cpu_alignment.cam_alignment(features, weights, roi),
         "xal-separable": lambda: cam_alignment(features, weights, roi),
@@ -73,7 +75,8 @@ def run_case(batch: int, channels: int, grid: int, frame: int, roi_kind: str, re
         }
     medians = {name: statistics.median(t) for name, t in timings.items()}
     return {
-        "case": {"B": batch, "C": channels, "h": grid, "w": grid, "H": frame, "W": frame, "roi": roi_kind},
+        "case": {"B": batch, "C": channels, "h": grid, "w": grid, "H": frame, "W": frame, "roi": roi_kind,
+                 "dtype": str(dtype).removeprefix("torch.")},
         "median_s": medians,
         "images_per_s": {name: batch / m for name, m in medians.items()},
         "speedup_vs_torch_eager": {name: medians["torch-eager"] / medians[name] for name in ours},
@@ -94,20 +97,22 @@ def main() -> None:
     shapes = [(64, 64, 7, 112, "mask"), (64, 64, 7, 112, "boxes")] if args.quick else [
         (512, 512, 7, 224, "mask"), (512, 512, 7, 224, "boxes"), (64, 512, 7, 224, "mask")]
     cases = [run_case(*shape, repeats) for shape in shapes]
-    header = f"{'case':<22} {'provider':<14} {'median ms':>10} {'images/s':>10} {'vs eager':>9}"
+    if not args.quick:
+        cases.append(run_case(512, 512, 7, 224, "mask", repeats, torch.float64))
+    header = f"{'case':<26} {'provider':<14} {'median ms':>10} {'images/s':>10} {'vs eager':>9}"
     print(f"{torch.get_num_threads()} threads, median of {repeats}; ratio = torch-eager time / provider time")
     print(header)
     print("-" * len(header))
     for case in cases:
         c = case["case"]
-        label = f"B={c['B']} C={c['C']} {c['H']}² {c['roi']}"
+        label = f"B={c['B']} C={c['C']} {c['H']}² {c['roi']}" + (" f64" if c["dtype"] == "float64" else "")
         for name, median in case["median_s"].items():
             ratio = case["median_s"]["torch-eager"] / median
-            print(f"{label:<22} {name:<14} {median * 1e3:>10.2f} {c['B'] / median:>10.0f} {ratio:>8.1f}×")
-        print(f"{'':<22} xal-numba is {case['numba_vs_separable']:.1f}× the separable path")
+            print(f"{label:<26} {name:<14} {median * 1e3:>10.2f} {c['B'] / median:>10.0f} {ratio:>8.1f}×")
+        print(f"{'':<26} xal-numba is {case['numba_vs_separable']:.1f}× the separable path")
         for name, a in case["agreement_vs_float64_reference"].items():
             print(
-                f"{'':<22} {name} vs float64 reference: soft Dice {a['soft_dice_max_abs_diff']:.1e}, "
+                f"{'':<26} {name} vs float64 reference: soft Dice {a['soft_dice_max_abs_diff']:.1e}, "
                 f"ROI energy {a['roi_energy_max_abs_diff']:.1e}, Dice {a['dice_max_abs_diff']:.1e}, "
                 f"pointing mismatches {a['pointing_hit_mismatches']}"
             )
