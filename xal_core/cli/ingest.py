@@ -2,7 +2,9 @@
 
 ``SOURCE`` is a dataset folder (its kind is detected, or given with ``--kind``) or the word
 ``synthetic`` for the built-in shortcut benchmark. Adapter options go as ``--option key=value``.
-Bad items are skipped and listed in ``POOL/ingest_report.tsv``; the summary counts them.
+Bad items are skipped and listed in ``POOL/ingest_report.tsv``; the summary counts them. Images
+above ``--max-pixels`` are refused from their header (generic, vindr, siim). A killed ingest leaves
+no half-written pool: rerun the same command (docs/data.md, "Interrupted ingests").
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from xal_core.data import KINDS, detect_kind, open_dataset
+from xal_core.data.guards import DEFAULT_MAX_PIXELS, pixel_limit
 from xal_core.data.ingest import ingest
 
 from .adapter_options import parse_adapter_options
@@ -40,11 +43,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--chunk", type=int, default=1024, help="items per chunk (default 1024)")
     parser.add_argument("--max-boxes", type=int, default=64, help="box slots per item in a box pool (default 64)")
     parser.add_argument("--workers", type=int, default=4, help="loader threads (default 4)")
+    parser.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                        help=f"refuse (one report line each) images above N pixels, from their header, before "
+                        f"decoding (default {DEFAULT_MAX_PIXELS:,}; kinds generic, vindr, siim)")
     parser.add_argument("--append", action="store_true", help="add the items to an existing pool")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 
 
+_DECODING_KINDS = ("generic", "vindr", "siim")  # the adapters that take max_pixels
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,10 +60,14 @@ def run(args: argparse.Namespace) -> int:
     size = (args.size[0], args.size[-1])
     options = parse_adapter_options(args.option)
     if args.source == "synthetic":
-        dataset = open_dataset("synthetic", None, size=size, **options)
+        kind, root = "synthetic", None
     else:
-        kind = detect_kind(args.source) if args.kind == "auto" else args.kind
-        dataset = open_dataset(kind, args.source, size=size, **options)
+        kind, root = (detect_kind(args.source) if args.kind == "auto" else args.kind), args.source
+    if args.max_pixels is not None:
+        if kind not in _DECODING_KINDS:
+            raise ValueError(f"--max-pixels applies to the kinds {', '.join(_DECODING_KINDS)}, not {kind}")
+        options.setdefault("max_pixels", pixel_limit(args.max_pixels))
+    dataset = open_dataset(kind, root, size=size, **options)
     console = Console(stderr=True, quiet=args.quiet)
     columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), ItemsPerSecond(),
                TextColumn("skipped {task.fields[skipped]}"), TimeElapsedColumn())
@@ -65,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         summary = ingest(dataset, args.out, chunk=args.chunk, max_boxes=args.max_boxes, append=args.append,
                          workers=args.workers,
                          on_progress=lambda done, skipped: progress.update(task, completed=done, skipped=skipped))
+    if summary.discarded_partial:
+        print("an interrupted earlier ingest into this --out was discarded and started over")
     print(f"{summary.written} items written, {summary.skipped} skipped, {summary.total} in the pool "
           f"({summary.rate:,.0f} items/s); report: {summary.report}")
     return 0

@@ -9,6 +9,9 @@ window centre/width) → ``MONOCHROME1`` inverted so that bright always means de
 Compressed transfer syntaxes decode through pydicom's plugins; JPEG variants that Pillow cannot
 decode (12-bit JPEG Extended, JPEG-LS, lossless JPEG) need the ``jpeg`` extra (pylibjpeg). A file
 that cannot be decoded raises :class:`~xal_core.data.item.ItemError` naming the file and the fix.
+An image whose header declares more than ``max_pixels`` decoded pixels (rows × columns × frames ×
+samples: pydicom decodes every frame) is refused before decoding, so a small compressed file cannot
+expand to gigabytes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from .guards import DEFAULT_MAX_PIXELS, check_pixels
 from .item import ItemError
 
 __all__ = ["DicomImage", "read_dicom", "JPEG_HINT"]
@@ -38,8 +42,8 @@ class DicomImage:
     bits_stored: int
 
 
-def read_dicom(path: str | Path) -> DicomImage:
-    """Read and decode ``path`` (see the module doc for the steps)."""
+def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DicomImage:
+    """Read and decode ``path`` (see the module doc for the steps and the ``max_pixels`` guard)."""
     path = Path(path)
     try:
         with warnings.catch_warnings():
@@ -51,6 +55,7 @@ def read_dicom(path: str | Path) -> DicomImage:
         raise ItemError(str(path), f"not a readable DICOM file ({type(error).__name__}: {error})") from None
     if "PixelData" not in dataset:
         raise ItemError(str(path), "DICOM file has no pixel data")
+    check_pixels(path, _declared_shape(dataset), max_pixels)
     try:
         stored = dataset.pixel_array
     except (RuntimeError, NotImplementedError) as error:
@@ -79,3 +84,16 @@ def read_dicom(path: str | Path) -> DicomImage:
         scaled = 1.0 - scaled
     bits = int(getattr(dataset, "BitsStored", 8) or 8)
     return DicomImage(scaled.astype(np.float32), (int(values.shape[0]), int(values.shape[1])), photometric, bits)
+
+
+def _declared_shape(dataset: pydicom.Dataset) -> tuple[int, ...]:
+    """Rows, columns (and frames, samples when above 1) as the header declares them: what
+    ``pixel_array`` allocates."""
+    def number(keyword: str, default: int) -> int:
+        try:
+            return int(getattr(dataset, keyword, default) or default)
+        except (TypeError, ValueError):
+            return default
+    frames, samples = number("NumberOfFrames", 1), number("SamplesPerPixel", 1)
+    return ((frames,) if frames > 1 else ()) + (number("Rows", 0), number("Columns", 0)) + \
+        ((samples,) if samples > 1 else ())

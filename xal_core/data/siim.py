@@ -6,7 +6,8 @@ boxes; an image without boxes (label ``none 1 0 0 1 1``) has a known-empty ROI. 
 parsed with ``ast.literal_eval`` (never ``eval``) and checked against the schema
 ``[{'x', 'y', 'width', 'height'}, ...]`` with finite, non-negative sizes; anything else skips
 the image with a report line, as do a row whose study is not in ``train_study_level.csv`` and an
-image file that is not under ``train/<study>/<series>/``.
+image file that is not under ``train/<study>/<series>/`` or that is a symlink leading out of the
+dataset folder. DICOMs above ``max_pixels`` decoded pixels are refused per image.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .dicom import read_dicom
+from .guards import DEFAULT_MAX_PIXELS, contained_path, pixel_limit
 from .item import IndexedDataset, Item, Skip, check_boxes, resize_image, scale_boxes
 
 __all__ = ["SiimCovid", "parse_boxes"]
@@ -64,8 +66,9 @@ class _Record:
 class SiimCovid(IndexedDataset):
     kind = "siim"
 
-    def __init__(self, root: Path, size: tuple[int, int]) -> None:
-        super().__init__(size, CLASSES, "boxes", {})
+    def __init__(self, root: Path, size: tuple[int, int], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self.max_pixels = pixel_limit(max_pixels)
+        super().__init__(size, CLASSES, "boxes", {"max_pixels": self.max_pixels})
         self.root = root
         for name in ("train_study_level.csv", "train_image_level.csv"):
             if not (root / name).is_file():
@@ -92,6 +95,11 @@ class SiimCovid(IndexedDataset):
                     self.skipped.append(Skip(where, f"no image file train/{study}/*/{uid}.dcm"))
                 else:
                     try:
+                        contained_path(root, str(path.relative_to(root)), "image file")
+                    except ValueError as error:
+                        self.skipped.append(Skip(where, str(error)))
+                        continue
+                    try:
                         boxes = parse_boxes(row["boxes"])
                     except ValueError as error:
                         self.skipped.append(Skip(where, f"unparseable boxes: {error}"))
@@ -117,7 +125,7 @@ class SiimCovid(IndexedDataset):
         return studies, broken
 
     def load(self, record: _Record) -> Item:
-        decoded = read_dicom(record.path)
+        decoded = read_dicom(record.path, max_pixels=self.max_pixels)
         raw = np.array(record.boxes, dtype=np.float64).reshape(-1, 4)
         boxes = scale_boxes(check_boxes(raw, decoded.shape, str(record.path)), decoded.shape, self.size)
         meta = {"path": str(record.path), "study": record.study, "source_shape": list(decoded.shape),

@@ -13,8 +13,12 @@ ROI merge across radiologists (``merge``):
 
 A negative image has a known-empty ROI (every reader looked; none drew a box of the task's
 findings), never an unknown one. Boxes are in the DICOM's pixel frame and are rescaled with the
-image. Bad rows (unparseable boxes) and missing image files skip the image with a report line;
-a box outside the image skips it when it is loaded.
+image. Bad rows (unparseable boxes, a class name the layout does not define, a Kaggle
+``class_id`` that does not match its name) and missing image files skip the image with a report
+line; a box outside the image skips it when it is loaded. An image skipped for an unknown class
+is not guessed at: the row may be the only finding that makes it abnormal. An ``image_id`` whose
+file would lie outside ``train/`` (``..``, an absolute path, a symlink out of the dataset) is
+refused for that image; so is a DICOM above ``max_pixels`` decoded pixels.
 """
 
 from __future__ import annotations
@@ -32,11 +36,19 @@ import torch
 from xal_core.scoring import Roi
 
 from .dicom import read_dicom
+from .guards import DEFAULT_MAX_PIXELS, contained_path, pixel_limit
 from .item import IndexedDataset, Item, ItemError, Skip, check_boxes, resize_image, scale_boxes
 
-__all__ = ["VinDrCXR"]
+__all__ = ["VinDrCXR", "KAGGLE_FINDINGS", "PHYSIONET_FINDINGS"]
 
 NO_FINDING = "No finding"
+# Kaggle (VinBigData) train.csv: these 14 findings are class_id 0..13, "No finding" is 14.
+KAGGLE_FINDINGS = ("Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Consolidation", "ILD",
+                   "Infiltration", "Lung Opacity", "Nodule/Mass", "Other lesion", "Pleural effusion",
+                   "Pleural thickening", "Pneumothorax", "Pulmonary fibrosis")
+# PhysioNet vindr-cxr 1.0.0 annotations: the 22 local labels (the Kaggle 14 and 8 rarer ones).
+PHYSIONET_FINDINGS = (*KAGGLE_FINDINGS, "Clavicle fracture", "Edema", "Emphysema", "Enlarged PA", "Lung cavity",
+                      "Lung cyst", "Mediastinal shift", "Rib fracture")
 _BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
 
 
@@ -50,19 +62,22 @@ class _Record:
 
 
 class VinDrCXR(IndexedDataset):
-    """Args: root, size; ``merge`` (``union``/``majority``); ``findings`` (None = any finding)."""
+    """Args: root, size; ``merge`` (``union``/``majority``); ``findings`` (None = any finding; else
+    names of the layout's findings); ``max_pixels`` (larger DICOMs are refused per image)."""
 
     kind = "vindr"
 
     def __init__(self, root: Path, size: tuple[int, int], *, merge: str = "union",
-                 findings: Sequence[str] | None = None) -> None:
+                 findings: Sequence[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         if merge not in ("union", "majority"):
             raise ValueError(f"merge: expected 'union' or 'majority', got {merge!r}")
+        self.max_pixels = pixel_limit(max_pixels)
         if isinstance(findings, str):
             findings = [findings]
         classes = ("no_finding", "abnormal") if findings is None else ("negative", "positive")
         super().__init__(size, classes, "boxes" if merge == "union" else "mask",
-                         {"merge": merge, "findings": None if findings is None else list(findings)})
+                         {"merge": merge, "findings": None if findings is None else list(findings),
+                          "max_pixels": self.max_pixels})
         self.root, self.merge = root, merge
         self.findings = None if findings is None else set(findings)
         kaggle, physionet = root / "train.csv", root / "annotations" / "annotations_train.csv"
@@ -76,6 +91,11 @@ class VinDrCXR(IndexedDataset):
         if not (root / "train").is_dir():
             raise ValueError(f"{root}: not a VinDr-CXR root: missing the train/ folder of DICOM images")
         self.options["layout"] = self.layout
+        self.known = KAGGLE_FINDINGS if self.layout == "kaggle" else PHYSIONET_FINDINGS
+        unknown = sorted(self.findings - set(self.known)) if self.findings is not None else []
+        if unknown:
+            raise ValueError(f"findings: {unknown} are not findings of the VinDr-CXR {self.layout} layout; "
+                             f"known: {list(self.known)}")
         self._index(csv_path)
 
     def _index(self, csv_path: Path) -> None:
@@ -88,7 +108,14 @@ class VinDrCXR(IndexedDataset):
             if missing:
                 raise ValueError(f"{csv_path}: missing columns {sorted(missing)}")
             for line, row in enumerate(reader, start=2):
-                image_id, name = row["image_id"].strip(), row["class_name"].strip()
+                image_id, name = (row["image_id"] or "").strip(), (row["class_name"] or "").strip()
+                if any(row[key] is None for key in needed):  # csv gives None for the fields of a short row
+                    broken.setdefault(image_id, f"{csv_path.name} line {line}: too few fields")
+                    continue
+                problem = self._class_problem(name, row.get("class_id"))
+                if problem is not None:
+                    broken.setdefault(image_id, f"{csv_path.name} line {line}: {problem}")
+                    continue
                 if name == NO_FINDING:
                     rows[image_id].append((row["rad_id"], name, None))
                     continue
@@ -101,8 +128,17 @@ class VinDrCXR(IndexedDataset):
                                                 f"{[row[key] for key in _BOX_COLUMNS]} for {name!r}")
                     continue
                 rows[image_id].append((row["rad_id"], name, box))  # type: ignore[arg-type]
+        for image_id in broken:
+            rows.setdefault(image_id, [])  # every row of the image was broken: it still gets its report line
         for image_id, entries in rows.items():
             path = self.root / "train" / f"{image_id}.dicom"
+            try:
+                if Path(image_id).name != image_id or image_id in (".", ".."):
+                    raise ValueError(f"image_id {image_id!r} is not a plain file name; refused")
+                path = contained_path(self.root, f"train/{image_id}.dicom", "image file")
+            except ValueError as error:
+                self.skipped.append(Skip(str(path), f"{csv_path.name}: {error}"))
+                continue
             if image_id in broken:
                 self.skipped.append(Skip(str(path), broken[image_id]))
                 continue
@@ -115,8 +151,23 @@ class VinDrCXR(IndexedDataset):
             readers = tuple(sorted({rad for rad, _, _ in entries}))
             self.records.append(_Record(image_id, path, boxes, readers, int(bool(boxes))))
 
+    def _class_problem(self, name: str, class_id: str | None) -> str | None:
+        """Why a row's class is not one this layout defines (``None`` when it is fine)."""
+        if name != NO_FINDING and name not in self.known:
+            return f"unknown class name {name!r} (not one of the {len(self.known)} findings of the {self.layout} layout)"
+        if self.layout != "kaggle" or class_id is None:
+            return None
+        expected = len(KAGGLE_FINDINGS) if name == NO_FINDING else KAGGLE_FINDINGS.index(name)
+        try:
+            number = float(class_id.strip())
+        except ValueError:
+            number = float("nan")
+        if number != expected:
+            return f"class_id {class_id.strip()!r} does not match class name {name!r} (its id is {expected})"
+        return None
+
     def load(self, record: _Record) -> Item:
-        decoded = read_dicom(record.path)
+        decoded = read_dicom(record.path, max_pixels=self.max_pixels)
         image = resize_image(decoded.pixels, self.size)
         raw = np.array([box for _, box in record.boxes], dtype=np.float64).reshape(-1, 4)
         checked = check_boxes(raw, decoded.shape, str(record.path))
