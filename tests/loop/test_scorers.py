@@ -14,10 +14,13 @@ import pytest
 import torch
 import zarr
 
+from tests.pool_edits import record_checksums
 from xal_core.acquisition import ScoringConfig
 from xal_core.acquisition.strategies import make_strategy
 from xal_core.data import open_dataset
 from xal_core.data.ingest import ingest
+from xal_core.loop.extras import McDropout, TableExtras, extras_for
+from xal_core.loop.protocol import Protocol
 from xal_core.loop.scorers import EXTRA_COLUMNS, InProcessScorer, ScoredPool, ServiceScorer
 from xal_core.models import ExplainableModel, build_backbone, export
 from xal_service.client import ScoringClient
@@ -39,15 +42,18 @@ def assets(tmp_path_factory):
     known = zarr.open_array(str(group / "roi_known"), mode="r+")
     for item in UNKNOWN_ROI:
         known[item] = False
+    record_checksums(root / "pool")  # the edited chunks are the pool's content now (the service verifies them)
     torch.manual_seed(0)
     model = ExplainableModel(build_backbone("resnet18", in_channels=1, num_classes=2)).eval()
     export(model, root / "model.onnx", "onnx", input_shape=(1, 32, 32), onnx_exporter="legacy")
+    torch.save(model.linear.state_dict(), root / "head.pt")  # W, b for the MC-dropout passes
     return root
 
 
 @pytest.fixture(scope="module")
 def server(assets):
-    with LocalServer.start(assets / "state") as running:
+    roots = ("--model-root", str(assets), "--pool-root", str(assets))  # where the test's files are
+    with LocalServer.start(assets / "state", *roots) as running:
         yield running
 
 
@@ -150,13 +156,15 @@ def test_bad_requests_are_clear_errors(assets, client):
 
 
 def test_a_failing_job_raises_with_the_job_error(assets, client):
-    """A chunk that went bad on disk after ingest: the job fails, the scorer says why."""
+    """A chunk that went bad on disk after ingest: the job skips its items and reports them; the
+    scorer, which needs every unlabeled item scored, raises with the job's item error."""
     broken = assets / "broken-pool"
     shutil.copytree(assets / "pool", broken)
     chunk_files = sorted(p for p in (broken / "scoring" / "images").rglob("*") if p.is_file() and p.name != "zarr.json")
     assert len(chunk_files) == 4
     chunk_files[2].write_bytes(b"not a compressed chunk")
-    with ServiceScorer(client, broken) as remote, pytest.raises(RuntimeError, match=r"scoring job \w+ .* ended JOB_FAILED: \S"):
+    with ServiceScorer(client, broken) as remote, pytest.raises(
+            RuntimeError, match=r"scoring job \w+: the ranking holds \d+ items.* pool chunk 2 unreadable.*: item skipped"):
         remote.score(assets / "model.onnx", exclude=[], config=CONFIG)
     with InProcessScorer(broken) as local, pytest.raises(Exception):  # noqa: B017 - the codec's own error
         local.score(assets / "model.onnx", exclude=[], config=CONFIG)
@@ -194,3 +202,96 @@ def test_a_server_that_forgot_the_pool_is_set_up_again(assets, client, both):
         again = remote.score(assets / "model.onnx", exclude=EXCLUDE, config=CONFIG)
     assert_same(first, again)
     assert "forgotten" in {p.name for p in client.list_pools().pools}
+
+
+# ---------------------------------------------------------------------- extra columns (k-center, BALD)
+def head(assets) -> torch.nn.Linear:
+    """The exported model's linear head (saved by the ``assets`` fixture)."""
+    state = torch.load(assets / "head.pt")
+    linear = torch.nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
+    linear.load_state_dict(state)
+    return linear
+
+
+def bald_extras(assets, round: int, **changes) -> TableExtras:
+    protocol = Protocol(strategies=("bald",), **changes)
+    return extras_for(protocol, "bald", 0, round, head(assets))
+
+
+def test_extras_are_computed_only_when_asked(both):
+    in_process, service, _ = both
+    for scored in (in_process, service):
+        assert scored.table.embeddings is None and scored.table.mc_probabilities is None
+
+
+def test_embeddings_are_the_mean_of_the_exported_models_features(assets):
+    from xal_core.data import PoolStore
+    from xal_service.runtime import load
+
+    with InProcessScorer(assets / "pool") as local:
+        table = local.score(assets / "model.onnx", exclude=EXCLUDE, config=CONFIG,
+                            extras=TableExtras(embeddings=True)).table
+    runtime, store = load(assets / "model.onnx"), PoolStore.open(assets / "pool")
+    means = {}
+    for chunk in store.chunks():
+        features = runtime.run(runtime.metadata.normalise(chunk.images))[1]
+        assert features.ndim == 4
+        means.update(zip(chunk.index.tolist(), features.double().mean(dim=(2, 3)).numpy(), strict=True))
+    expected = np.stack([means[i] for i in table.ids.tolist()])
+    assert table.embeddings.shape == (N - len(EXCLUDE), 512) and table.mc_probabilities is None
+    np.testing.assert_allclose(table.embeddings, expected, rtol=1e-6, atol=1e-7)
+    assert np.isnan(table.embeddings[table.ids == NAN_IMAGE]).all()
+    assert np.isfinite(table.embeddings[table.ids != NAN_IMAGE]).all()
+
+
+def test_mc_passes_are_distributions_seeded_by_seed_and_round(assets):
+    with InProcessScorer(assets / "pool") as local:
+        first = local.score(assets / "model.onnx", exclude=EXCLUDE, extras=bald_extras(assets, 1, mc_passes=7)).table
+        again = local.score(assets / "model.onnx", exclude=EXCLUDE, extras=bald_extras(assets, 1, mc_passes=7)).table
+        later = local.score(assets / "model.onnx", exclude=EXCLUDE, extras=bald_extras(assets, 2, mc_passes=7)).table
+    mc = first.mc_probabilities
+    assert mc.shape == (7, N - len(EXCLUDE), 2) and first.embeddings is None
+    valid = first.ids != NAN_IMAGE
+    np.testing.assert_allclose(mc[:, valid].sum(axis=2), 1.0, atol=1e-12)
+    assert (mc[:, valid] >= 0).all() and np.isnan(mc[:, ~valid]).all()
+    assert not np.allclose(mc[0, valid], mc[1, valid])  # the passes differ from one another
+    np.testing.assert_array_equal(mc, again.mc_probabilities)  # same (seed, round): same masks
+    assert not np.allclose(mc[:, valid], later.mc_probabilities[:, valid])  # another round: other masks
+    bald = make_strategy("bald").scores(first)
+    assert (bald[valid] > 0).all() and bald[~valid].tolist() == [-np.inf]
+
+
+def test_without_dropout_every_pass_is_the_models_prediction(assets):
+    linear = head(assets)
+    extras = TableExtras(mc_dropout=McDropout.from_linear(linear, passes=3, p=0.0, seed=5))
+    with InProcessScorer(assets / "pool") as local:
+        table = local.score(assets / "model.onnx", exclude=EXCLUDE, extras=extras).table
+    valid = table.ids != NAN_IMAGE
+    for passed in table.mc_probabilities:
+        np.testing.assert_allclose(passed[valid], table.probabilities[valid], atol=1e-6)
+
+
+def test_both_scorers_give_the_same_extras(assets, client):
+    extras = bald_extras(assets, 3, mc_passes=4, mc_dropout=0.3)
+    extras = TableExtras(embeddings=True, mc_dropout=extras.mc_dropout)
+    local_progress: list = []
+    with InProcessScorer(assets / "pool") as local, ServiceScorer(client, assets / "pool") as remote:
+        a = local.score(assets / "model.onnx", exclude=EXCLUDE, config=CONFIG, extras=extras)
+        b = remote.score(assets / "model.onnx", exclude=EXCLUDE, config=CONFIG, extras=extras,
+                         progress=lambda *p: local_progress.append(p))
+        empty = remote.score(assets / "model.onnx", exclude=range(N), extras=extras).table
+    for name in ("embeddings", "mc_probabilities"):
+        np.testing.assert_array_equal(getattr(a.table, name), getattr(b.table, name), err_msg=name)
+    assert a.table.mc_probabilities.shape == (4, N - len(EXCLUDE), 2)
+    assert local_progress[-1] == (N, N)  # the service's job, then the pass here for the extras
+    assert empty.embeddings.shape[0] == 0 and empty.mc_probabilities.shape == (4, 0, 2)
+    picks = [make_strategy("bald", diversity="kcenter").select(s.table, 20) for s in (a, b)]
+    assert picks[0].ids.tolist() == picks[1].ids.tolist() and len(picks[0]) == 20
+
+
+def test_a_head_of_another_model_is_refused(assets):
+    torch.manual_seed(7)
+    other = torch.nn.Linear(512, 2)
+    extras = TableExtras(mc_dropout=McDropout.from_linear(other, passes=2, p=0.5, seed=0))
+    with InProcessScorer(assets / "pool") as local, pytest.raises(ValueError, match="do not reproduce the model's logits"):
+        local.score(assets / "model.onnx", exclude=EXCLUDE, extras=extras)

@@ -21,13 +21,16 @@ from xal_core.models import (
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_each_backbone_at_224_gives_a_7x7_grid(name):
+    """(``smallcnn``, stride 8, gives 28×28: it is sized for 64² inputs, an 8×8 grid there.)"""
     torch.manual_seed(0)
     model = ExplainableModel(build_backbone(name, in_channels=3, num_classes=4)).eval()
     with torch.no_grad():
         logits, features, cam_weights = model(torch.randn(1, 3, 224, 224))
-    channels = {"densenet121": 1024, "resnet10": 512, "resnet18": 512, "resnet34": 512, "resnet50": 2048}[name]
+    channels = {"densenet121": 1024, "resnet10": 512, "resnet18": 512, "resnet34": 512, "resnet50": 2048,
+                "smallcnn": 128}[name]
+    grid = 28 if name == "smallcnn" else 7
     assert logits.shape == (1, 4)
-    assert features.shape == (1, channels, 7, 7)
+    assert features.shape == (1, channels, grid, grid)
     assert cam_weights.shape == (1, channels)
 
 

@@ -4,7 +4,9 @@
 
 Runs of the same protocol split by seed (e.g. run in parallel, one process per seed, each with its
 own ledger) merge into one table and one set of learning curves with confidence intervals over all
-their seeds. A (strategy, seed) pair found in two runs is an error: it would count twice.
+their seeds. A (strategy, seed) pair found in two runs is an error: it would count twice. Runs
+trained differently (``metrics.csv``'s ``training`` column: ROI loss or swap, schedule, warm start)
+are kept apart as their own lines, ``dual+swap`` beside ``dual``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 def merge_runs(runs: list[Path]) -> tuple[list[dict], dict]:
     """All runs' metrics rows and a config that records where they came from."""
     from xal_core.loop.metrics import read_metrics_csv
+    from xal_core.loop.report.stats import series
 
     rows: list[dict] = []
     owner: dict[tuple[str, int], Path] = {}
@@ -34,7 +37,7 @@ def merge_runs(runs: list[Path]) -> tuple[list[dict], dict]:
         if not path.is_file():
             raise ValueError(f"{run}: no metrics.csv (not a run folder, or no round finished yet)")
         for row in read_metrics_csv(path):
-            arm = (str(row["strategy"]), int(row["seed"]))
+            arm = (series(row), int(row["seed"]))
             if owner.setdefault(arm, run) != run:
                 raise ValueError(f"strategy {arm[0]!r} seed {arm[1]} appears in both {owner[arm]} and {run}")
             rows.append(row)

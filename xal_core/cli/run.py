@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from xal_core.acquisition.strategies import DIVERSITY_MODES, STRATEGY_NAMES
+from xal_core.loop.protocol import MC_DROPOUT, MC_PASSES
 from xal_core.models.backbones import ARCHITECTURES
 from xal_core.scoring import UNCERTAINTY_KINDS
 
@@ -58,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     protocol.add_argument("--uncertainty", choices=UNCERTAINTY_KINDS, default="entropy")
     protocol.add_argument("--missing-roi", choices=("uncertainty_only", "exclude"), default="uncertainty_only")
     protocol.add_argument("--diversity", choices=DIVERSITY_MODES, default=None, help="batch-diversity mode (default none)")
+    protocol.add_argument("--mc-passes", type=int, default=MC_PASSES,
+                          help=f"bald: stochastic passes T of last-layer MC dropout (default {MC_PASSES})")
+    protocol.add_argument("--mc-dropout", type=float, default=MC_DROPOUT,
+                          help=f"bald: drop probability p of those passes, on the pooled features (default {MC_DROPOUT})")
     train = parser.add_argument_group("training")
     train.add_argument("--architecture", choices=ARCHITECTURES, default="resnet18")
     train.add_argument("--output-stride", type=int, choices=(32, 16), default=32,
@@ -68,6 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_roi_training_arguments(train)
     scoring = parser.add_argument_group("scoring and annotation")
     scoring.add_argument("--scorer", choices=("service", "inprocess"), default="service",
                          help="score through the gRPC service (default) or in this process; same rankings")
@@ -81,6 +87,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="the file oracle's CSV (default RUN_DIR/to_label.csv, written when labels are needed)")
     parser.add_argument("--overlay-images", type=int, default=8, help="test images in the report's CAM grid")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+
+
+def add_roi_training_arguments(train: argparse._ArgumentGroup) -> None:
+    """Training with the expert's ROIs and the stable-round options (``xal_core.train.options``).
+
+    Modes are checked by ``TrainRecipe``, not by argparse ``choices``, so a bad value is one line
+    (``xal run: error: roi_loss: expected one of none, dice, outside, got 'x'``) before anything runs.
+    """
+    train.add_argument("--roi-loss", default="none", metavar="none|dice|outside",
+                       help="CAM–ROI loss term on the labelled items' ROIs (default none)")
+    train.add_argument("--roi-weight", type=float, default=1.0, help="its weight α >= 0 (default 1.0)")
+    train.add_argument("--roi-augment", default="none", metavar="none|swap",
+                       help="swap: ROI-guided background swap of labelled items with an ROI (default none)")
+    train.add_argument("--roi-swap-prob", type=float, default=0.5, help="probability an item is swapped (default 0.5)")
+    train.add_argument("--roi-dilate", type=int, default=2, help="pixels the kept ROI is grown by (default 2)")
+    train.add_argument("--roi-swap-source", default="any", metavar="any|other",
+                       help="the outside comes from another labelled image of any class (default) or of another class")
+    train.add_argument("--schedule", default="constant", metavar="constant|cosine",
+                       help="constant: early stopping on the validation loss (default); cosine: a cosine-annealed "
+                            "learning rate over all --epochs, last epoch kept, no hold-out")
+    train.add_argument("--warm-start", action="store_true",
+                       help="start each round from the previous round's weights instead of from scratch")
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -101,12 +129,15 @@ def build_protocol(args: argparse.Namespace):
     from xal_core.loop.protocol import Protocol, TrainRecipe
 
     recipe = TrainRecipe(architecture=args.architecture, epochs=args.epochs, patience=args.patience,
-                         batch_size=args.batch_size, lr=args.lr, output_stride=args.output_stride)
+                         batch_size=args.batch_size, lr=args.lr, output_stride=args.output_stride,
+                         roi_loss=args.roi_loss, roi_weight=args.roi_weight, roi_augment=args.roi_augment,
+                         roi_swap_prob=args.roi_swap_prob, roi_dilate=args.roi_dilate,
+                         roi_swap_source=args.roi_swap_source, schedule=args.schedule, warm_start=args.warm_start)
     return Protocol(strategies=tuple(s.strip() for s in args.strategies.split(",") if s.strip()),
                     seeds=tuple(args.seed) if args.seed else _seeds(args.seeds), initial=args.initial, rounds=args.rounds, per_round=args.per_round,
                     weight=args.weight, threshold=args.threshold, uncertainty=args.uncertainty,
                     missing_roi=args.missing_roi, diversity=args.diversity, export_format=args.export_format,
-                    train=recipe)
+                    train=recipe, mc_passes=args.mc_passes, mc_dropout=args.mc_dropout)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,15 +29,19 @@ from xal_core.acquisition import ScoringConfig
 from xal_core.acquisition.strategies import Acquisition, NoRoiWarning, Strategy, make_strategy
 from xal_core.models import Checkpoint, ExplainableModel, ModelMetadata, build_backbone, export, load_checkpoint
 from xal_core.models.backbones import BackboneConfig
-from xal_core.train import TrainConfig, fit
+from xal_core.models.checkpoint import load_weights
+from xal_core.train import fit
 
 from .experiment import ExperimentData
+from .extras import extras_for
 from .ledger import AcquisitionRow, Arm, Ledger
-from .metrics import METRICS_COLUMNS, RoundMetrics, evaluate
+from .metrics import METRICS_COLUMNS, TRAINING_COLUMN, RoundMetrics, evaluate
 from .oracle import FileOracle, Oracle, write_labelling_sheet
 from .protocol import INITIAL_STRATEGY, Protocol, derived_seed
 from .report.overlays import overlay_path, write_overlays
+from .report.stats import series_name
 from .scorers import PoolScorer, ScoredPool
+from .training import round_training_set, train_config
 
 __all__ = ["ActiveLearner", "NeedsAnnotations", "RoundEvent", "ROI_STRATEGIES"]
 
@@ -96,6 +100,15 @@ class ActiveLearner:
         self._warned_no_roi = False
         self._strategies: dict[Arm, Strategy] = {}
         self._check_rois()
+        self._check_roi_training()
+
+    def _check_roi_training(self) -> None:
+        """ROI training on a pool without a single ROI would quietly train as without: refuse it at
+        the start. (A person answering through the file oracle may draw ROIs the pool lacks.)"""
+        if not self.protocol.train.uses_rois or isinstance(self.oracle, FileOracle) or self.pool.roi_known().any():
+            return
+        raise ValueError(f"{self.data.pool_path}: training with ROIs ({self.protocol.train.label}) asked for, but no "
+                         "item of the pool has an ROI; drop --roi-loss/--roi-augment or give ROIs")
 
     def _check_rois(self) -> None:
         """Say at the start, not mid-run, when ROI-based strategies will have no ROI to use."""
@@ -128,6 +141,8 @@ class ActiveLearner:
                 rows.append({"strategy": arm.strategy, "seed": arm.seed, "round": record.round,
                              "labels": record.labels, **{k: record.metrics.get(k, float("nan"))
                                                          for k in METRICS_COLUMNS[4:]}})
+                if self.protocol.train.label:  # the column exists only for non-default training
+                    rows[-1][TRAINING_COLUMN] = self.protocol.train.label
         return rows
 
     def write_metrics(self) -> list[dict]:
@@ -205,23 +220,24 @@ class ActiveLearner:
         return path, f"{arm.strategy}/seed-{arm.seed}/round-{round}@{digest}"
 
     def _train(self, arm: Arm, round: int, path: Path) -> None:
-        labeled = self.ledger.labeled(arm)
-        self.on_event(RoundEvent(arm, round, "train", 0, len(labeled)))
-        ids = np.fromiter(labeled.keys(), dtype=np.int64, count=len(labeled))
-        labels = torch.tensor(list(labeled.values()), dtype=torch.int64)
-        images = self.pool.images(ids)
         recipe = self.protocol.train
+        previous = self._arm_dir(arm) / f"round-{round - 1:02d}.pt"
+        if recipe.warm_start and round > 0 and not previous.is_file():
+            self._model(arm, round - 1)  # lost: retrained from its own predecessor, with its own labels
+        labeled = round_training_set(self.ledger, arm, round, self.data.size, with_rois=recipe.uses_rois)
+        self.on_event(RoundEvent(arm, round, "train", 0, len(labeled)))
+        images = self.pool.images(labeled.ids)
         torch.manual_seed(derived_seed("weights", arm.seed, round))  # same start for every strategy
         backbone = build_backbone(BackboneConfig(recipe.architecture, self.data.channels, len(self.data.class_names),
                                                  output_stride=recipe.output_stride))
-        config = TrainConfig(epochs=recipe.epochs, patience=recipe.patience, batch_size=recipe.batch_size,
-                             lr=recipe.lr, val_fraction=recipe.val_fraction, seed=derived_seed("fit", arm.seed, round),
-                             device=self.device, amp=False)
+        if recipe.warm_start and round > 0:
+            load_weights(backbone, previous)
+        config = train_config(recipe, seed=derived_seed("fit", arm.seed, round), device=self.device)
         val = self.data.val
         scratch = path.with_name(path.name + ".tmp.pt")
-        fit(backbone, images, labels, config=config, class_names=self.data.class_names,
+        fit(backbone, images, labeled.labels, config=config, class_names=self.data.class_names,
             val_data=None if val is None else val.images, val_labels=None if val is None else val.labels,
-            checkpoint_path=scratch, progress=False)
+            checkpoint_path=scratch, progress=False, rois=labeled.rois)
         os.replace(scratch, path)  # a checkpoint on disk is always a whole one
         for older in self._arm_dir(arm).glob("round-*.pt"):
             if older != path and older.name < path.name:
@@ -260,7 +276,12 @@ class ActiveLearner:
         def progress(done: int, total: int) -> None:
             self.on_event(RoundEvent(arm, round, "score", done, total))
 
-        scored = self.scorer.score(exported, exclude=exclude, config=config, progress=progress)
+        # The extra columns the arm's strategy reads (k-center's embeddings, BALD's MC passes from the
+        # head of this very model, masks seeded by seed and round), and only those. Passed only when
+        # there are some, so a PoolScorer written before ``extras`` existed still runs the other arms.
+        extras = extras_for(protocol, arm.strategy, arm.seed, round + 1, model.linear)
+        scored = self.scorer.score(exported, exclude=exclude, config=config, progress=progress,
+                                   **({"extras": extras} if extras else {}))
         exported.unlink(missing_ok=True)
         self.on_event(RoundEvent(arm, round, "acquire"))
         strategy = self._strategy(arm)
@@ -296,7 +317,7 @@ class ActiveLearner:
         """The final model's Grad-CAM on the first test images (first seed only: one row per strategy)."""
         if arm.seed != self.protocol.seeds[0] or self.overlay_images <= 0:
             return
-        target = overlay_path(self.run_dir / "overlays", arm.strategy)
+        target = overlay_path(self.run_dir / "overlays", series_name(arm.strategy, self.protocol.train.label))
         if target.is_file():
             return
         if saved is None:

@@ -15,19 +15,28 @@ from dataclasses import dataclass, field
 from xal_core.acquisition.strategies import DIVERSITY_MODES, STRATEGY_NAMES
 from xal_core.models.backbones import ARCHITECTURES, BackboneConfig
 from xal_core.scoring import UNCERTAINTY_KINDS
+from xal_core.train.options import ROI_DEFAULTS, check_training_options, training_label
 
 __all__ = ["Protocol", "TrainRecipe", "INITIAL_STRATEGY"]
 
 INITIAL_STRATEGY = "initial"  # the strategy name recorded for round 0's random labels
+MC_PASSES, MC_DROPOUT = 20, 0.5  # BALD's default last-layer MC dropout: T passes, drop probability p
 
 
 @dataclass(frozen=True)
 class TrainRecipe:
     """How each round's model is trained (``xal_core.train.fit`` from scratch on the labels so far).
 
-    From scratch rather than fine-tuned: the usual AL protocol (and the paper's), and it keeps a
-    round's model a function of its labeled set and seed alone, which is what makes a resumed run
-    retrain bit for bit the model it lost.
+    From scratch rather than fine-tuned by default: the usual AL protocol (and the paper's), and it
+    keeps a round's model a function of its labeled set and seed alone, which is what makes a
+    resumed run retrain bit for bit the model it lost. ``warm_start`` starts round ``r`` from round
+    ``r − 1``'s weights instead (steadier rounds; a lost checkpoint is then retrained from the
+    previous round's, itself retrained first if it is gone).
+
+    The ROI and schedule options (``roi_loss`` … ``schedule``, see ``xal_core.train.options``) train
+    with the expert's ROIs of the labelled items (never the test split's) and choose early stopping
+    or a fixed cosine-annealed budget. They and ``warm_start`` are recorded only when changed, and
+    name the training in ``metrics.csv`` (``label``).
     """
 
     architecture: str = "resnet18"
@@ -37,16 +46,47 @@ class TrainRecipe:
     lr: float = 1e-3
     val_fraction: float = 0.2  # used when the dataset has no validation split of its own
     output_stride: int = 32  # 16: a ResNet without the stem's max-pool, a CAM grid twice as fine
+    roi_loss: str = "none"
+    roi_weight: float = 1.0
+    roi_augment: str = "none"
+    roi_swap_prob: float = 0.5
+    roi_dilate: int = 2
+    roi_swap_source: str = "any"
+    schedule: str = "constant"
+    warm_start: bool = False
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture: expected one of {ARCHITECTURES}, got {self.architecture!r}")
         BackboneConfig(self.architecture, 1, 2, output_stride=self.output_stride)  # its own checks
+        check_training_options(self.roi_loss, self.roi_weight, self.roi_augment, self.roi_swap_prob,
+                               self.roi_dilate, self.roi_swap_source, self.schedule)
+        if not isinstance(self.warm_start, bool):
+            raise ValueError(f"warm_start: expected True or False, got {self.warm_start!r}")
         if self.epochs < 1 or self.patience < 1 or self.batch_size < 2:
             raise ValueError(f"epochs and patience must be >= 1 and batch_size >= 2, got {self.epochs}, "
                              f"{self.patience}, {self.batch_size}")
         if not self.lr > 0:
             raise ValueError(f"lr: must be > 0, got {self.lr}")
+
+    @property
+    def uses_rois(self) -> bool:
+        """Whether training reads the labelled items' ROIs."""
+        return self.roi_loss != "none" or self.roi_augment != "none"
+
+    @property
+    def label(self) -> str:
+        """The non-default training options as a short name (``swap+cosine``), ``""`` for the default."""
+        return training_label(self.roi_loss, self.roi_weight, self.roi_augment, self.roi_swap_prob, self.roi_dilate,
+                              self.roi_swap_source, self.schedule, self.warm_start)
+
+    def record(self) -> dict:
+        """The recipe for the ledger: fields added after the first ledgers are left out at their default."""
+        data = dataclasses.asdict(self)
+        for key, default in {**ROI_DEFAULTS, "output_stride": 32, "warm_start": False}.items():
+            if data[key] == default:
+                del data[key]
+        return data
 
 
 @dataclass(frozen=True)
@@ -63,6 +103,8 @@ class Protocol:
             (λ, τ, the uncertainty measure, the missing-ROI policy, an optional batch-diversity mode).
         export_format: how each round's model reaches the scorer (``onnx`` or ``torchscript``).
         train: the training recipe.
+        mc_passes, mc_dropout: BALD's ``T`` stochastic passes and drop probability ``p`` of the
+            last-layer MC dropout that stands in for a dropout network (``xal_core.loop.extras``).
     """
 
     strategies: tuple[str, ...] = ("random", "entropy", "dual")
@@ -77,6 +119,8 @@ class Protocol:
     diversity: str | None = None
     export_format: str = "onnx"
     train: TrainRecipe = field(default_factory=TrainRecipe)
+    mc_passes: int = MC_PASSES
+    mc_dropout: float = MC_DROPOUT
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "strategies", tuple(self.strategies))
@@ -103,6 +147,13 @@ class Protocol:
             raise ValueError(f"diversity: expected one of {DIVERSITY_MODES} or none, got {self.diversity!r}")
         if self.export_format not in ("onnx", "torchscript"):
             raise ValueError(f"export_format: expected 'onnx' or 'torchscript', got {self.export_format!r}")
+        if isinstance(self.mc_passes, bool) or not isinstance(self.mc_passes, int) or self.mc_passes < 2:
+            raise ValueError(f"mc_passes: expected an integer >= 2 (BALD compares passes), got {self.mc_passes!r}")
+        if not 0.0 <= self.mc_dropout < 1.0:
+            raise ValueError(f"mc_dropout: expected a drop probability in [0, 1), got {self.mc_dropout!r}")
+        from .extras import check_runnable  # deferred: it builds strategies
+
+        check_runnable(self)  # a strategy the loop cannot feed is refused now, not after a round of training
 
     @property
     def budget(self) -> int:
@@ -114,10 +165,16 @@ class Protocol:
 
     def to_dict(self) -> dict:
         """The ledger's ``run_config`` part. Fields added after a ledger format was fixed are left
-        out at their default, so that runs recorded before them still resume."""
+        out at their default, so that runs recorded before them still resume; the MC-dropout
+        settings also when no strategy uses them, as they do not change such a run."""
         data = dataclasses.asdict(self)
-        if self.train.output_stride == 32:
-            del data["train"]["output_stride"]
+        data["train"] = self.train.record()
+        from .extras import needed_columns
+
+        uses_mc = any(needed_columns(self, name)[1] for name in self.strategies)
+        for key, default in (("mc_passes", MC_PASSES), ("mc_dropout", MC_DROPOUT)):
+            if not uses_mc or data[key] == default:
+                del data[key]
         return data
 
     def strategy_params(self, name: str) -> dict:

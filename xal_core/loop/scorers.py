@@ -10,10 +10,16 @@ One interface, two implementations that give identical tables (and so identical 
   steps, so the numbers are the same.
 
 Both return a :class:`ScoredPool`: the strategies' :class:`ScoreTable` (rows by ascending id:
-``ids``, ``probabilities``, ``dice``, ``soft_dice``, ``invalid``; no MC passes nor embeddings, which
-the service does not compute), each item's source id, and the per-item columns a ledger records
-(``uncertainty``, ``roi_energy``, ``pointing_hit``, ``predicted_class``). Values pass through float32 in both, the
-precision of the wire.
+``ids``, ``probabilities``, ``dice``, ``soft_dice``, ``invalid``), each item's source id, and the
+per-item columns a ledger records (``uncertainty``, ``roi_energy``, ``pointing_hit``,
+``predicted_class``). Values pass through float32 in both, the precision of the wire.
+
+``extras=TableExtras(...)`` (``xal_core.loop.extras``) adds the columns only some strategies read:
+``embeddings`` (k-center) and ``mc_probabilities`` (BALD, by last-layer MC dropout). The service
+does not send feature maps over its wire, so :class:`ServiceScorer` computes them with the same
+exported model in this process, over the same chunks: a second forward pass over the pool (about
+the cost of scoring it in-process), paid only when extras are asked for. The in-process scorer
+takes them from its one forward pass. Either way the extras are the same numbers.
 
 >>> with InProcessScorer("pool/") as scorer:                                  # doctest: +SKIP
 ...     scored = scorer.score(Path("model.onnx"), exclude=labelled)
@@ -38,6 +44,8 @@ from xal_core.acquisition.batch_scoring import BatchScores, ScoringConfig
 from xal_core.acquisition.pool_scoring import keep_rows, score_chunk
 from xal_core.acquisition.strategies.table import ScoreTable
 from xal_core.data.pool_store import PoolStore
+
+from .extras import ExtrasCollector, TableExtras
 
 if TYPE_CHECKING:
     from xal_service.client import ScoringClient
@@ -94,9 +102,12 @@ class PoolScorer(ABC):
         pool_path: a pool store written by ``xal ingest`` (item ids are its row numbers).
     """
 
-    def __init__(self, pool_path: str | Path) -> None:
+    def __init__(self, pool_path: str | Path, *, runtime_options: dict[str, Any] | None = None) -> None:
         self.pool_path = Path(pool_path).resolve()
         self.store = PoolStore.open(self.pool_path)
+        self.runtime_options = dict(runtime_options or {})
+        self._runtime: Any = None
+        self._runtime_key: tuple | None = None
 
     @abstractmethod
     def score(
@@ -106,6 +117,7 @@ class PoolScorer(ABC):
         exclude: Sequence[int],
         config: ScoringConfig = ScoringConfig(),
         progress: Progress | None = None,
+        extras: TableExtras = TableExtras(),
     ) -> ScoredPool:
         """Score every pool item not in ``exclude`` (the labelled ones).
 
@@ -116,15 +128,19 @@ class PoolScorer(ABC):
                 ``uncertainty`` column. (``weight``, ``fusion`` and ``missing_roi`` only shape the
                 service's own ranking score, which the table does not carry.)
             progress: called with ``(items done, items total)`` over the whole pool as chunks finish.
+            extras: the table's optional columns to compute (``embeddings``, ``mc_probabilities``);
+                none by default, as they cost memory (``N × C'`` and ``T × N × K`` floats).
 
         Raises:
             ValueError: no such model file; an excluded id outside the pool; a model that does not
-                take the pool's images (the service's INVALID_ARGUMENT errors).
+                take the pool's images (the service's INVALID_ARGUMENT errors); an MC-dropout head
+                that does not reproduce the model's logits.
             RuntimeError: the scoring failed (the service's job error, or another RPC error).
         """
 
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release what the scorer holds (a loaded model)."""
+    def close(self) -> None:
+        """Release what the scorer holds (a model loaded in this process)."""
+        self._runtime, self._runtime_key = None, None
 
     def __enter__(self):
         return self
@@ -150,18 +166,46 @@ class PoolScorer(ABC):
             raise ValueError(f"{path}: no such model file")
         return path
 
+    def _load(self, path: Path):
+        """The model, run in this process (``xal_service.runtime``), loaded once per file version."""
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key != self._runtime_key:
+            from xal_service.runtime import load  # ONNX Runtime / TorchScript only when a model is scored
 
-def _empty(classes: int) -> ScoredPool:
+            self._runtime, self._runtime_key = None, None
+            self._runtime = load(path, **self.runtime_options)
+            self._runtime_key = key
+        return self._runtime
+
+
+class _Capture:
+    """A runtime that keeps its last outputs: ``score_chunk`` runs it, the extras read its features."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.runtime, self.metadata = runtime, runtime.metadata
+        self.outputs: tuple | None = None
+
+    def run(self, images: torch.Tensor):
+        self.outputs = self.runtime.run(images)
+        return self.outputs
+
+
+def _empty(classes: int, extras: TableExtras) -> ScoredPool:
     empty = {name: np.zeros(0) for name in ("ids", "dice", "soft_dice", *EXTRA_COLUMNS)}
-    return _scored_pool({**empty, "probabilities": np.zeros((0, classes))}, np.zeros(0, bool), {})
+    columns = ExtrasCollector(extras).columns(np.zeros(0, dtype=np.int64))
+    return _scored_pool({**empty, "probabilities": np.zeros((0, classes))}, np.zeros(0, bool), {}, columns)
 
 
-def _scored_pool(values: dict[str, Any], invalid: np.ndarray, source_ids: dict[int, str]) -> ScoredPool:
+def _scored_pool(values: dict[str, Any], invalid: np.ndarray, source_ids: dict[int, str],
+                 extras: dict[str, np.ndarray] | None = None) -> ScoredPool:
     """A ScoredPool from per-item values in ascending id order (``ids``, ``probabilities``, ``dice``,
-    ``soft_dice`` and ``EXTRA_COLUMNS``), built the same way by both scorers so their tables agree."""
+    ``soft_dice`` and ``EXTRA_COLUMNS``), built the same way by both scorers so their tables agree;
+    ``extras``: ``embeddings`` and/or ``mc_probabilities`` in the same row order."""
     ids = np.asarray(values["ids"], dtype=np.int64)
     table = ScoreTable(ids=ids, probabilities=_wire_float(values["probabilities"]), dice=_wire_float(values["dice"]),
-                       soft_dice=_wire_float(values["soft_dice"]), invalid=np.asarray(invalid, dtype=bool))
+                       soft_dice=_wire_float(values["soft_dice"]), invalid=np.asarray(invalid, dtype=bool),
+                       **(extras or {}))
     columns = {name: np.asarray(values[name], dtype=np.int64) if name == "predicted_class" else _wire_float(values[name])
                for name in EXTRA_COLUMNS}
     return ScoredPool(table, {int(i): source_ids[int(i)] for i in ids}, columns)
@@ -190,21 +234,7 @@ class InProcessScorer(PoolScorer):
     """
 
     def __init__(self, pool_path: str | Path, *, runtime_options: dict[str, Any] | None = None) -> None:
-        super().__init__(pool_path)
-        self.runtime_options = dict(runtime_options or {})
-        self._runtime: Any = None
-        self._runtime_key: tuple | None = None
-
-    def _load(self, path: Path):
-        stat = path.stat()
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
-        if key != self._runtime_key:
-            from xal_service.runtime import load  # ONNX Runtime / TorchScript only when a model is scored
-
-            self._runtime, self._runtime_key = None, None
-            self._runtime = load(path, **self.runtime_options)
-            self._runtime_key = key
-        return self._runtime
+        super().__init__(pool_path, runtime_options=runtime_options)
 
     def score(
         self,
@@ -213,15 +243,17 @@ class InProcessScorer(PoolScorer):
         exclude: Sequence[int],
         config: ScoringConfig = ScoringConfig(),
         progress: Progress | None = None,
+        extras: TableExtras = TableExtras(),
     ) -> ScoredPool:
         path = self._model_file(model_path)
         excluded, unlabeled = self._unlabeled(exclude)
-        runtime = self._load(path)
+        runtime = _Capture(self._load(path))
         _check_shapes(self.store, runtime.metadata, path)
         if unlabeled.size == 0:
-            return _empty(len(runtime.metadata.class_names))
+            return _empty(len(runtime.metadata.class_names), extras)
         excluded_t = torch.from_numpy(excluded)
         batches: list[BatchScores] = []
+        collector = ExtrasCollector(extras)
         source_ids: dict[int, str] = {}
         done, total = 0, len(self.store)
         for chunk in self.store.chunks():
@@ -229,6 +261,9 @@ class InProcessScorer(PoolScorer):
             scores = score_chunk(runtime, chunk, config)
             keep = ~torch.isin(scores.ids, excluded_t)
             batches.append(keep_rows(scores, keep))
+            if extras:
+                logits, features, _ = runtime.outputs
+                collector.add(chunk.index, logits, features, keep)
             source_ids.update((i, s) for i, s, k in zip(chunk.index.tolist(), chunk.ids, keep.tolist(), strict=True) if k)
             done += len(chunk.index)
             if progress is not None:
@@ -236,11 +271,9 @@ class InProcessScorer(PoolScorer):
         merged = {name: torch.cat([getattr(b, name) for b in batches]).numpy()
                   for name in ("ids", "probabilities", "dice", "soft_dice", "invalid", *EXTRA_COLUMNS)}
         order = np.argsort(merged["ids"], kind="stable")
+        ids = merged["ids"][order]
         return _scored_pool({name: values[order] for name, values in merged.items()}, merged["invalid"][order],
-                            source_ids)
-
-    def close(self) -> None:
-        self._runtime, self._runtime_key = None, None
+                            source_ids, collector.columns(ids) if extras else None)
 
 
 class ServiceScorer(PoolScorer):
@@ -256,7 +289,8 @@ class ServiceScorer(PoolScorer):
     next :meth:`score` of the same scorer then starts a fresh job.
 
     Invalid items (a non-finite image or model output) are the ones the service ranks with score
-    ``-inf``. The job is always run with ``fusion="weighted"`` and ``missing_roi="uncertainty_only"``
+    ``-inf``. Extra columns (``extras=``) are computed in this process from the same model file
+    (see the module's docstring), so that file must be readable here too. The job is always run with ``fusion="weighted"`` and ``missing_roi="uncertainty_only"``
     so that every unlabeled item is in its ranking (those two change only the ranking score, not
     the table's columns).
 
@@ -265,6 +299,7 @@ class ServiceScorer(PoolScorer):
         pool_path: the pool store, as a path the server can read (it is sent absolute).
         pool_name: the name to register the pool under.
         page_size: items per ``GetRanking`` page.
+        runtime_options: for the in-process pass that computes extra columns (as ``InProcessScorer``).
     """
 
     def __init__(
@@ -275,8 +310,9 @@ class ServiceScorer(PoolScorer):
         pool_name: str | None = None,
         page_size: int = 4096,
         close_client: bool = False,
+        runtime_options: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(pool_path)
+        super().__init__(pool_path, runtime_options=runtime_options)
         self.client = client
         self.pool_name = pool_name or f"{self.pool_path.name}-{_short_hash(str(self.pool_path).encode())}"
         self.page_size = page_size
@@ -321,7 +357,35 @@ class ServiceScorer(PoolScorer):
         exclude: Sequence[int],
         config: ScoringConfig = ScoringConfig(),
         progress: Progress | None = None,
+        extras: TableExtras = TableExtras(),
     ) -> ScoredPool:
+        scored = self._score_on_service(model_path, exclude, config, progress, extras)
+        if not extras or len(scored) == 0:
+            return scored
+        columns = self._local_extras(self._model_file(model_path), scored.table.ids, extras, progress)
+        return ScoredPool(dataclasses.replace(scored.table, **columns), scored.source_ids, scored.columns)
+
+    def _local_extras(self, path: Path, ids: np.ndarray, extras: TableExtras,
+                      progress: Progress | None) -> dict[str, np.ndarray]:
+        """The extra columns of items ``ids``, from the model run here over the pool's chunks (the
+        batches a service job and ``InProcessScorer`` use, so the numbers are theirs)."""
+        runtime = self._load(path)
+        _check_shapes(self.store, runtime.metadata, path)
+        collector = ExtrasCollector(extras)
+        wanted = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+        done, total = 0, len(self.store)
+        for chunk in self.store.chunks():
+            keep = torch.isin(chunk.index, wanted)
+            if bool(keep.any()):
+                logits, features, _ = runtime.run(runtime.metadata.normalise(chunk.images))
+                collector.add(chunk.index, logits, features, keep)
+            done += len(chunk.index)
+            if progress is not None:
+                progress(done, total)
+        return collector.columns(ids)
+
+    def _score_on_service(self, model_path: Path, exclude: Sequence[int], config: ScoringConfig,
+                          progress: Progress | None, extras: TableExtras) -> ScoredPool:
         import grpc
 
         path = self._model_file(model_path)
@@ -331,7 +395,7 @@ class ServiceScorer(PoolScorer):
                 try:
                     model, classes = self._ensure_model(path)
                     if unlabeled.size == 0:
-                        return _empty(classes)
+                        return _empty(classes, extras)
                     self._ensure_pool()
                     return self._run_job(model, excluded, unlabeled, config, progress)
                 except grpc.RpcError as error:
@@ -378,7 +442,11 @@ class ServiceScorer(PoolScorer):
         items = [item for page in self.client.get_ranking(job_id, page_size=self.page_size) for item in page.items]
         ids = np.asarray([item.id for item in items], dtype=np.int64)
         if ids.size != k or not np.array_equal(np.sort(ids), unlabeled):
-            raise RuntimeError(f"scoring job {job_id}: the ranking holds {ids.size} items, expected the {k} unlabeled ones")
+            reasons = list(dict.fromkeys(error.reason for error in final.item_errors))[:3]
+            why = f"; the job reports {final.n_item_errors} item error(s): {'; '.join(reasons)}" \
+                if reasons else ""  # e.g. a pool chunk that failed its checksum, its items skipped
+            raise RuntimeError(f"scoring job {job_id}: the ranking holds {ids.size} items, expected the {k} "
+                               f"unlabeled ones{why}")
         order = np.argsort(ids, kind="stable")
         items = [items[i] for i in order]
         score = np.asarray([item.score for item in items], dtype=np.float64)
@@ -390,6 +458,7 @@ class ServiceScorer(PoolScorer):
         return _scored_pool(values, invalid, {int(item.id): item.source_id for item in items})
 
     def close(self) -> None:
+        super().close()
         if self.close_client:
             self.client.close()
 

@@ -1,8 +1,8 @@
-"""2D classification backbones from MONAI, built by name.
+"""2D classification backbones, built by name: MONAI's, and xal's small CNN for 64² inputs.
 
 xal needs a classifier whose last spatial layer feeds global average pooling and one linear layer:
 for that head the Grad-CAM weights are analytic (see ``explainable.py``). MONAI's DenseNet121 and
-ResNets have that head. MONAI's ResNet defaults to a stride-1 stem (``conv1_t_stride=1``), which costs
+ResNets have that head, and so has ``smallcnn`` (``smallcnn.py``: stride 8, an 8×8 CAM at 64²). MONAI's ResNet defaults to a stride-1 stem (``conv1_t_stride=1``), which costs
 4× the compute of the ImageNet design at 224²; xal always builds the stride-2, 7×7 stem.
 
 Nothing is downloaded: weights come only from a local path (``checkpoint.load_weights``).
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
-ARCHITECTURES = ("densenet121", "resnet10", "resnet18", "resnet34", "resnet50")
+ARCHITECTURES = ("densenet121", "resnet10", "resnet18", "resnet34", "resnet50", "smallcnn")
 
 
 @dataclass(frozen=True)
@@ -30,9 +30,13 @@ class BackboneConfig:
         densenet_block_config / densenet_init_features / densenet_growth_rate: DenseNet121 sizes;
             smaller values give a cheap DenseNet of the same design (used by the tests).
         output_stride: input pixels per cell of the last feature map, i.e. of the Grad-CAM grid:
-            32 (the ImageNet design) or, for the ResNets, 16 (the stem's max-pool left out: 4× the
-            compute of the later stages, and a grid twice as fine each way). At 64×64 inputs 32
-            gives a 2×2 CAM, too coarse to say where in the image the model looks.
+            32 (the architecture's standard design) or, for the ResNets, 16 (the stem's max-pool
+            left out: 4× the compute of the later stages, and a grid twice as fine each way). At
+            64×64 inputs 32 gives the ResNets a 2×2 CAM, too coarse to say where in the image the
+            model looks. ``smallcnn``'s standard design has stride 8 (an 8×8 CAM at 64²): it takes
+            the default only, so that the CLI's and the recipe's default stays valid for it.
+        smallcnn_width: channels of ``smallcnn``'s first stage (doubled twice); smaller values give
+            a cheaper model of the same design (used by the tests). Recorded only when changed.
     """
 
     name: str
@@ -42,6 +46,7 @@ class BackboneConfig:
     densenet_init_features: int = 64
     densenet_growth_rate: int = 32
     output_stride: int = 32
+    smallcnn_width: int = 32
 
     def __post_init__(self) -> None:
         if self.name not in ARCHITECTURES:
@@ -54,6 +59,8 @@ class BackboneConfig:
             raise ValueError(f"backbone {self.name}: output_stride must be 32 or 16, got {self.output_stride}")
         if self.output_stride == 16 and not self.name.startswith("resnet"):
             raise ValueError(f"backbone {self.name}: output_stride 16 is available for the ResNets only")
+        if self.smallcnn_width < 1:
+            raise ValueError(f"backbone {self.name}: smallcnn_width must be >= 1, got {self.smallcnn_width}")
         object.__setattr__(self, "densenet_block_config", tuple(int(v) for v in self.densenet_block_config))
 
     def to_dict(self) -> dict:
@@ -61,6 +68,8 @@ class BackboneConfig:
         data["densenet_block_config"] = list(self.densenet_block_config)
         if self.output_stride == 32:  # recorded only when it differs, so earlier records read the same
             del data["output_stride"]
+        if self.smallcnn_width == 32:
+            del data["smallcnn_width"]
         return data
 
     @classmethod
@@ -102,12 +111,19 @@ def _resnet(factory: str) -> Callable[[BackboneConfig], nn.Module]:
     return build
 
 
+def _smallcnn(config: BackboneConfig) -> nn.Module:
+    from .smallcnn import SmallCNN
+
+    return SmallCNN(config.in_channels, config.num_classes, width=config.smallcnn_width)
+
+
 _BUILDERS: dict[str, Callable[[BackboneConfig], nn.Module]] = {
     "densenet121": _densenet,
     "resnet10": _resnet("resnet10"),
     "resnet18": _resnet("resnet18"),
     "resnet34": _resnet("resnet34"),
     "resnet50": _resnet("resnet50"),
+    "smallcnn": _smallcnn,
 }
 
 

@@ -23,6 +23,10 @@ class GapLinearSplit:
 
 def split_gap_linear(backbone: nn.Module) -> GapLinearSplit | None:
     """The trunk/head split of a known GAP + linear backbone, or ``None`` for any other model."""
+    from .smallcnn import SmallCNN
+
+    if isinstance(backbone, SmallCNN):  # checked first: it needs no MONAI import
+        return GapLinearSplit(backbone.features, backbone.fc, "features")
     from monai.networks import nets  # deferred: see backbones._nets
 
     if isinstance(backbone, nets.DenseNet):

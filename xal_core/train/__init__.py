@@ -15,5 +15,23 @@ from .augment import Augment
 from .config import TrainConfig
 from .data import DataSummary, class_weights
 from .fit import FitResult, fit
+from .options import ROI_AUGMENTS, ROI_LOSSES, SCHEDULES, SWAP_SOURCES, training_label
+from .roi_loss import roi_cam_loss
+from .roi_swap import dilate, roi_swap
 
-__all__ = ["Augment", "DataSummary", "FitResult", "TrainConfig", "class_weights", "fit"]
+__all__ = [
+    "ROI_AUGMENTS",
+    "ROI_LOSSES",
+    "SCHEDULES",
+    "SWAP_SOURCES",
+    "Augment",
+    "DataSummary",
+    "FitResult",
+    "TrainConfig",
+    "class_weights",
+    "dilate",
+    "fit",
+    "roi_cam_loss",
+    "roi_swap",
+    "training_label",
+]

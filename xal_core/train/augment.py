@@ -56,8 +56,21 @@ class Augment:
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Augmented copy of ``images [B, C, H, W]``; draws happen on the CPU generator."""
+        return self.transform(images, generator)[0]
+
+    def transform(self, images: torch.Tensor, generator: torch.Generator,
+                  masks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(augmented images, masks moved with them)``.
+
+        ``masks [B, H, W]`` (ROIs) follow the flips and the affine warp of their image (bilinear, so
+        they come back soft in ``[0, 1]``, and zero where the warp looks outside the frame); the
+        intensity jitter leaves them alone. The draws are the same with or without masks, so
+        passing masks changes no image.
+        """
+        if masks is not None:
+            masks = masks.to(images.device, images.dtype)[:, None]
         if not self.active:
-            return images
+            return images, None if masks is None else masks[:, 0]
         batch = images.shape[0]
 
         def uniform(bound: float) -> torch.Tensor:
@@ -67,9 +80,13 @@ class Augment:
         if self.hflip > 0:
             flip = (torch.rand(batch, generator=generator) < self.hflip).to(images.device)
             out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+            if masks is not None:
+                masks = torch.where(flip[:, None, None, None], masks.flip(-1), masks)
         if self.vflip > 0:
             flip = (torch.rand(batch, generator=generator) < self.vflip).to(images.device)
             out = torch.where(flip[:, None, None, None], out.flip(-2), out)
+            if masks is not None:
+                masks = torch.where(flip[:, None, None, None], masks.flip(-2), masks)
         if self.rotate_deg > 0 or self.translate > 0 or self.scale > 0:
             angle = uniform(math.radians(self.rotate_deg))
             zoom = 1 + uniform(self.scale)
@@ -80,9 +97,11 @@ class Augment:
             ).to(out.dtype)
             grid = F.affine_grid(theta, list(out.shape), align_corners=False)
             out = F.grid_sample(out, grid, mode="bilinear", padding_mode="border", align_corners=False)
+            if masks is not None:
+                masks = F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if self.contrast > 0 or self.brightness > 0:
             spread = out.flatten(1).std(dim=1).clamp_min(1e-6)[:, None, None, None]
             gain = 1 + uniform(self.contrast)[:, None, None, None]
             offset = uniform(self.brightness)[:, None, None, None] * spread
             out = out * gain.to(out.dtype) + offset.to(out.dtype)
-        return out
+        return out, None if masks is None else masks[:, 0]

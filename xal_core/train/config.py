@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from .augment import Augment
+from .options import ROI_DEFAULTS, check_training_options
 
 
 @dataclass(frozen=True)
@@ -12,7 +13,8 @@ class TrainConfig:
     """Training settings.
 
     Attributes:
-        epochs: upper bound on epochs; early stopping may end sooner.
+        epochs: upper bound on epochs; early stopping may end sooner (the whole budget with
+            ``schedule="cosine"``).
         batch_size: images per step.
         lr, weight_decay: AdamW settings.
         val_fraction: share of the training data held out for early stopping when no validation
@@ -26,6 +28,13 @@ class TrainConfig:
         seed: seeds the split, the shuffling, the augmentations and dropout.
         device: ``"cuda"``, ``"cpu"`` or ``None`` (CUDA when available).
         num_workers: DataLoader workers.
+        roi_loss, roi_weight: a CAM–ROI term added to the cross-entropy, ``none`` / ``dice`` /
+            ``outside`` with weight α (``xal_core.train.roi_loss``); needs ``fit(..., rois=...)``.
+        roi_augment, roi_swap_prob, roi_dilate, roi_swap_source: the ROI-guided background swap
+            (``xal_core.train.roi_swap``); needs ``rois`` too.
+        schedule: ``constant`` (early stopping, best epoch) or ``cosine`` (cosine-annealed learning
+            rate over all ``epochs``, no early stopping and no validation hold-out, last epoch kept).
+        The last seven are described in ``xal_core.train.options`` and recorded only when changed.
     """
 
     epochs: int = 20
@@ -41,6 +50,13 @@ class TrainConfig:
     seed: int = 0
     device: str | None = None
     num_workers: int = 0
+    roi_loss: str = "none"
+    roi_weight: float = 1.0
+    roi_augment: str = "none"
+    roi_swap_prob: float = 0.5
+    roi_dilate: int = 2
+    roi_swap_source: str = "any"
+    schedule: str = "constant"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -53,6 +69,21 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: min_delta must be >= 0, got {self.min_delta}")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(f"TrainConfig: lr must be > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
+        try:
+            check_training_options(self.roi_loss, self.roi_weight, self.roi_augment, self.roi_swap_prob,
+                                   self.roi_dilate, self.roi_swap_source, self.schedule)
+        except ValueError as error:
+            raise ValueError(f"TrainConfig: {error}") from None
+
+    @property
+    def uses_rois(self) -> bool:
+        """Whether training reads the labelled items' ROIs (an ROI loss or the swap)."""
+        return self.roi_loss != "none" or self.roi_augment != "none"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """All fields, except the ROI and schedule options at their defaults (older records' shape)."""
+        data = asdict(self)
+        for name, default in ROI_DEFAULTS.items():
+            if data[name] == default:
+                del data[name]
+        return data

@@ -35,6 +35,28 @@ def as_dataset(data: Dataset | torch.Tensor, labels: torch.Tensor | None, name: 
     return data
 
 
+def with_rois(dataset: Dataset, rois: torch.Tensor | None) -> Dataset:
+    """``dataset``'s items as ``(image, label, roi mask)``: from ``rois [N, H, W]`` when given, else the
+    dataset must already yield triples. A mask is bool; all-False means no usable ROI."""
+    if rois is None:
+        first = dataset[0]
+        if len(first) != 3:
+            raise ValueError("fit: the TrainConfig trains with ROIs (roi_loss / roi_augment) but no rois were given")
+        return dataset
+    if not isinstance(dataset, TensorDataset) or len(dataset.tensors) != 2:
+        raise ValueError("fit: rois go with images given as a tensor; a Dataset may yield (image, label, mask) instead")
+    images, labels = dataset.tensors
+    rois = torch.as_tensor(rois)
+    if rois.shape != (images.shape[0], *images.shape[2:]):
+        raise ValueError(f"fit: rois must be [N, H, W] = {[images.shape[0], *images.shape[2:]]}, "
+                         f"got {list(rois.shape)}")
+    if rois.dtype != torch.bool:
+        if rois.is_floating_point() and not bool(torch.isfinite(rois).all()):
+            raise ValueError("fit: rois hold NaN/Inf")
+        rois = rois != 0
+    return TensorDataset(images, labels, rois)
+
+
 def split(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
     """A seeded random hold-out of ``fraction`` of the items (at least one, at most all but one)."""
     n = len(dataset)
@@ -64,8 +86,8 @@ def summarise(dataset: Dataset, num_classes: int, batch_size: int) -> DataSummar
     total = total_sq = None
     pixels = 0
     shape = None
-    for images, labels in DataLoader(dataset, batch_size=max(batch_size, 64)):
-        images = images.double()
+    for batch in DataLoader(dataset, batch_size=max(batch_size, 64)):
+        images, labels = batch[0].double(), batch[1]  # a third element (ROI masks) is not summarised
         if shape is None:
             shape = tuple(images.shape[1:])
         elif tuple(images.shape[1:]) != shape:

@@ -6,6 +6,12 @@ float32 and, with a fixed ``TrainConfig.seed`` and the same initial weights, rep
 The checkpoint records the architecture, the class names, the preprocessing (input size, channels,
 intensity normalisation: the model is trained on ``(x - mean) / std``) and the training config, so
 ``xal export`` needs nothing else.
+
+With ``rois`` (the labelled items' ROI masks) training can use the expert's ROIs: a CAM–ROI loss
+term (``roi_loss.py``) and/or the ROI-guided background swap (``roi_swap.py``), per ``TrainConfig``.
+The swap happens first, on the normalised batch; the augmentation then moves the ROI masks with
+their images, so the loss compares the CAM with where the ROI really is. Validation loss (early
+stopping) is the cross-entropy alone.
 """
 
 from __future__ import annotations
@@ -22,10 +28,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from xal_core.models.checkpoint import Checkpoint, save_checkpoint
+from xal_core.models.head import GapLinearSplit, split_gap_linear
 from xal_core.models.metadata import Preprocessing
 
 from .config import TrainConfig
-from .data import as_dataset, class_weights, split, summarise
+from .data import as_dataset, class_weights, split, summarise, with_rois
+from .roi_loss import roi_cam_loss
+from .roi_swap import roi_swap
 
 
 @dataclass
@@ -52,6 +61,7 @@ def fit(
     val_labels: torch.Tensor | None = None,
     checkpoint_path: str | Path | None = None,
     progress: bool = True,
+    rois: torch.Tensor | None = None,
 ) -> FitResult:
     """Train ``model`` (a backbone from ``build_backbone``) on images and integer labels.
 
@@ -64,6 +74,10 @@ def fit(
         val_data / val_labels: a validation set; otherwise ``config.val_fraction`` is held out.
         checkpoint_path: where to write the best checkpoint (``.pt`` or ``.safetensors``).
         progress: show a rich progress bar.
+        rois: the training items' ROI masks ``[N, H, W]`` (bool or 0/1, the images' frame; all zero
+            where the ROI is unknown or known to be empty), with ``data`` as a tensor; needed when
+            ``config`` uses ROIs (``roi_loss`` / ``roi_augment``), ignored otherwise. The items of a
+            ``Dataset`` may instead be ``(image, label, mask)``.
     """
     config = config or TrainConfig()
     architecture = getattr(model, "xal_config", None)
@@ -75,8 +89,13 @@ def fit(
         raise ValueError(f"fit: {len(names)} class names for a model with {num_classes} classes")
 
     dataset = as_dataset(data, labels, "training data")
+    if config.uses_rois:
+        dataset = with_rois(dataset, rois)
+    head = _roi_head(model, config)
     if val_data is not None:
         train_set, val_set = dataset, as_dataset(val_data, val_labels, "validation data")
+    elif config.schedule == "cosine":  # a fixed budget: every label trains, nothing is held out to stop on
+        train_set, val_set = dataset, None
     else:
         train_set, val_set = split(dataset, config.val_fraction, config.seed)
     if len(train_set) < 2:
@@ -103,6 +122,7 @@ def fit(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     shuffle = torch.Generator().manual_seed(config.seed)
     augment_rng = torch.Generator().manual_seed(config.seed + 1)
+    swap_rng = torch.Generator().manual_seed(config.seed + 2)  # its own stream: no other draw moves
     train_loader = DataLoader(
         train_set,
         batch_size=config.batch_size,
@@ -112,14 +132,33 @@ def fit(
         drop_last=len(train_set) % config.batch_size == 1 and len(train_set) > 1,  # BatchNorm needs 2 per batch
     )
     val_loader = DataLoader(val_set, batch_size=config.batch_size) if val_set is not None else None
+    steps = config.epochs * len(train_loader)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1)) \
+        if config.schedule == "cosine" else None
 
-    def step_loss(images: torch.Tensor, targets: torch.Tensor, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def step_loss(batch: list, train: bool) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """``(loss, logits, ROI term)`` of one batch; the ROI parts only when training."""
+        images, targets = batch[0], batch[1].to(device).long()
+        masks = batch[2].to(device) if train and config.uses_rois else None
         images = (images.to(device, torch.float32) - mean) / std
+        if masks is not None and config.roi_augment == "swap":
+            images, _ = roi_swap(images, targets, masks.bool(), prob=config.roi_swap_prob,
+                                 dilate_px=config.roi_dilate, source=config.roi_swap_source, generator=swap_rng)
         if train:
-            images = config.augment(images, augment_rng)
+            images, masks = config.augment.transform(images, augment_rng, masks if head is not None else None)
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            logits = model(images).float()
-        return F.cross_entropy(logits, targets.to(device).long(), weight=weights), logits
+            if head is not None and train:
+                features = head.trunk(images)
+                logits = head.linear(features.mean(dim=(2, 3))).float()
+            else:
+                logits = model(images).float()
+        loss = F.cross_entropy(logits, targets, weight=weights)
+        roi_term = 0.0
+        if head is not None and train:
+            per_item = roi_cam_loss(features, head.linear.weight, targets, masks, config.roi_loss)
+            roi_term = float(per_item.detach().sum()) / len(targets)
+            loss = loss + config.roi_weight * per_item.sum() / len(targets)
+        return loss, logits, roi_term
 
     history: list[dict] = []
     best = (math.inf, 0, copy.deepcopy(model.state_dict()))
@@ -133,30 +172,37 @@ def fit(
         for epoch in range(1, config.epochs + 1):
             model.train()
             batches_task = bar.add_task(f"epoch {epoch}", total=len(train_loader), status="")
-            train_loss, seen = 0.0, 0
-            for images, targets in train_loader:
+            train_loss, roi_loss, seen = 0.0, 0.0, 0
+            for batch in train_loader:
                 optimizer.zero_grad(set_to_none=True)
-                loss, _ = step_loss(images, targets, train=True)
+                loss, _, roi_term = step_loss(batch, train=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                train_loss += float(loss.detach()) * len(targets)
-                seen += len(targets)
+                if scheduler is not None:
+                    scheduler.step()
+                train_loss += float(loss.detach()) * len(batch[1])
+                roi_loss += roi_term * len(batch[1])
+                seen += len(batch[1])
                 bar.update(batches_task, advance=1, status=f"loss {float(loss.detach()):.4f}")
             bar.remove_task(batches_task)
             record = {"epoch": epoch, "train_loss": train_loss / max(seen, 1)}
+            if head is not None:
+                record["train_roi_loss"] = roi_loss / max(seen, 1)
             if val_loader is not None:
                 record.update(_evaluate(model, val_loader, step_loss))
             history.append(record)
             monitored = record.get("val_loss", record["train_loss"])
-            if monitored < best[0] - config.min_delta or val_loader is None:
-                best = (monitored, epoch, copy.deepcopy(model.state_dict()))
+            keep_last = val_loader is None or scheduler is not None  # cosine: the budget's last epoch
+            if keep_last or monitored < best[0] - config.min_delta:
+                best = (monitored, epoch, None if scheduler is not None else copy.deepcopy(model.state_dict()))
             bar.update(epochs_task, advance=1, status=_status(record))
-            if val_loader is not None and epoch - best[1] >= config.patience:
+            if scheduler is None and val_loader is not None and epoch - best[1] >= config.patience:
                 stopped_early = epoch < config.epochs
                 break
 
-    model.load_state_dict(best[2])
+    if best[2] is not None:
+        model.load_state_dict(best[2])
     model.eval()
     checkpoint = Checkpoint(
         architecture=architecture,
@@ -173,12 +219,24 @@ def fit(
 def _evaluate(model: nn.Module, loader: DataLoader, step_loss) -> dict:
     model.eval()
     total, correct, seen = 0.0, 0, 0
-    for images, targets in loader:
-        loss, logits = step_loss(images, targets, train=False)
+    for batch in loader:
+        targets = torch.as_tensor(batch[1]).long()
+        loss, logits, _ = step_loss(batch, train=False)
         total += float(loss) * len(targets)
-        correct += int((logits.argmax(1).cpu() == torch.as_tensor(targets).long()).sum())
+        correct += int((logits.argmax(1).cpu() == targets).sum())
         seen += len(targets)
     return {"val_loss": total / max(seen, 1), "val_accuracy": correct / max(seen, 1)}
+
+
+def _roi_head(model: nn.Module, config: TrainConfig) -> GapLinearSplit | None:
+    """The trunk/head split the ROI loss reads the CAM from; ``None`` without an ROI loss."""
+    if config.roi_loss == "none":
+        return None
+    head = split_gap_linear(model)
+    if head is None:
+        raise ValueError(f"fit: roi_loss {config.roi_loss!r} needs a backbone with a GAP + linear head "
+                         f"(analytic Grad-CAM); {type(model).__name__} has none")
+    return head
 
 
 def _status(record: dict) -> str:

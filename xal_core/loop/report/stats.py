@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["CurvePoint", "MeanCI", "curve_points", "final_rounds", "mean_ci", "strategies", "t_quantile"]
+__all__ = ["CurvePoint", "MeanCI", "curve_points", "final_rounds", "mean_ci", "series", "series_name", "strategies", "t_quantile"]
 
 
 @dataclass(frozen=True)
@@ -121,9 +121,19 @@ def _beta_fraction(a: float, b: float, x: float) -> float:
 
 
 # ---------------------------------------------------------------------------------- rows → summaries
+def series_name(strategy: str, training: str = "") -> str:
+    """A strategy's name with its training when that is not the default: ``dual``, ``dual+swap``."""
+    return f"{strategy}+{training}" if training else strategy
+
+
+def series(row: Mapping[str, object]) -> str:
+    """The line a ``metrics.csv`` row belongs to (``series_name`` of its strategy and training)."""
+    return series_name(str(row["strategy"]), str(row.get("training") or ""))
+
+
 def strategies(rows: Iterable[Mapping[str, object]]) -> list[str]:
-    """Strategy names in order of first appearance."""
-    return list(dict.fromkeys(str(row["strategy"]) for row in rows))
+    """Strategy names (``series``: with a non-default training) in order of first appearance."""
+    return list(dict.fromkeys(series(row) for row in rows))
 
 
 def curve_points(rows: Iterable[Mapping[str, object]], metric: str,
@@ -131,7 +141,7 @@ def curve_points(rows: Iterable[Mapping[str, object]], metric: str,
     """Per strategy, per round (ascending): the mean labels count and the metric's ``MeanCI`` over seeds."""
     groups: dict[str, dict[int, list[Mapping[str, object]]]] = {}
     for row in rows:
-        groups.setdefault(str(row["strategy"]), {}).setdefault(int(row["round"]), []).append(row)
+        groups.setdefault(series(row), {}).setdefault(int(row["round"]), []).append(row)
     return {
         strategy: [
             CurvePoint(round_index, math.fsum(float(r["labels"]) for r in members) / len(members),
@@ -147,6 +157,6 @@ def final_rounds(rows: Iterable[Mapping[str, object]]) -> dict[str, list[Mapping
     last: dict[str, int] = {}
     rows = list(rows)
     for row in rows:
-        strategy = str(row["strategy"])
+        strategy = series(row)
         last[strategy] = max(last.get(strategy, int(row["round"])), int(row["round"]))
-    return {s: [r for r in rows if str(r["strategy"]) == s and int(r["round"]) == last[s]] for s in last}
+    return {s: [r for r in rows if series(r) == s and int(r["round"]) == last[s]] for s in last}
