@@ -48,6 +48,30 @@ def test_new_recipe_fields_are_recorded_only_when_set_and_round_trip():
     assert recipe.label == "dice0.5+swap-other-d3+cosine+warm" and TrainRecipe().label == ""
 
 
+def test_augmentation_preset_and_width_are_recorded_only_when_set_and_reach_fit_and_the_backbone():
+    from xal_core.loop.training import train_config
+    from xal_core.train.augment import AUGMENT_PRESETS
+
+    recipe = TrainRecipe(architecture="smallcnn", augment="noflip", smallcnn_width=16)
+    record = Protocol(train=recipe).to_dict()["train"]
+    assert record["augment"] == "noflip" and record["smallcnn_width"] == 16 and TrainRecipe(**record) == recipe
+    assert "augment" not in Protocol().to_dict()["train"] and "smallcnn_width" not in Protocol().to_dict()["train"]
+    assert recipe.label == "aug-noflip"
+    config = train_config(recipe, seed=0, device="cpu")
+    assert config.augment == AUGMENT_PRESETS["noflip"] and config.augment.hflip == 0.0 and config.augment.rotate_deg > 0
+    assert train_config(TrainRecipe(augment="none"), seed=0, device="cpu").augment.active is False
+    assert recipe.backbone(1, 2).smallcnn_width == 16
+
+
+def test_bad_augmentation_or_width_is_one_line_before_anything_runs(tmp_path, capsys):
+    for argv, message in ((["--augment", "flip"], "augment: expected one of default, noflip, none, got 'flip'"),
+                          (["--architecture", "smallcnn", "--width", "0"], "smallcnn_width must be >= 1")):
+        assert xal(["run", "--out", str(tmp_path / "never"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "never").exists()
+
+
 def test_metrics_csv_names_the_training_only_when_set_and_merges_keep_arms_apart(tmp_path):
     row = {"strategy": "dual", "seed": 0, "round": 0, "labels": 10, **{k: 0.5 for k in METRICS_COLUMNS[4:]}}
     plain, swapped = tmp_path / "plain", tmp_path / "swap"

@@ -107,6 +107,11 @@ def add_roi_training_arguments(train: argparse._ArgumentGroup) -> None:
     train.add_argument("--schedule", default="constant", metavar="constant|cosine",
                        help="constant: early stopping on the validation loss (default); cosine: a cosine-annealed "
                             "learning rate over all --epochs, last epoch kept, no hold-out")
+    train.add_argument("--augment", default="default", metavar="default|noflip|none",
+                       help="augmentation preset: default (flip, small affine, intensity), noflip (the same without "
+                            "the left-right flip), none")
+    train.add_argument("--width", type=int, default=32, dest="smallcnn_width",
+                       help="smallcnn's first-stage channels (default 32; cost grows as its square)")
     train.add_argument("--warm-start", action="store_true",
                        help="start each round from the previous round's weights instead of from scratch")
 
@@ -132,7 +137,8 @@ def build_protocol(args: argparse.Namespace):
                          batch_size=args.batch_size, lr=args.lr, output_stride=args.output_stride,
                          roi_loss=args.roi_loss, roi_weight=args.roi_weight, roi_augment=args.roi_augment,
                          roi_swap_prob=args.roi_swap_prob, roi_dilate=args.roi_dilate,
-                         roi_swap_source=args.roi_swap_source, schedule=args.schedule, warm_start=args.warm_start)
+                         roi_swap_source=args.roi_swap_source, schedule=args.schedule, warm_start=args.warm_start,
+                         augment=args.augment, smallcnn_width=args.smallcnn_width)
     return Protocol(strategies=tuple(s.strip() for s in args.strategies.split(",") if s.strip()),
                     seeds=tuple(args.seed) if args.seed else _seeds(args.seeds), initial=args.initial, rounds=args.rounds, per_round=args.per_round,
                     weight=args.weight, threshold=args.threshold, uncertainty=args.uncertainty,

@@ -28,7 +28,6 @@ import torch
 from xal_core.acquisition import ScoringConfig
 from xal_core.acquisition.strategies import Acquisition, NoRoiWarning, Strategy, make_strategy
 from xal_core.models import Checkpoint, ExplainableModel, ModelMetadata, build_backbone, export, load_checkpoint
-from xal_core.models.backbones import BackboneConfig
 from xal_core.models.checkpoint import load_weights
 from xal_core.train import fit
 
@@ -228,8 +227,7 @@ class ActiveLearner:
         self.on_event(RoundEvent(arm, round, "train", 0, len(labeled)))
         images = self.pool.images(labeled.ids)
         torch.manual_seed(derived_seed("weights", arm.seed, round))  # same start for every strategy
-        backbone = build_backbone(BackboneConfig(recipe.architecture, self.data.channels, len(self.data.class_names),
-                                                 output_stride=recipe.output_stride))
+        backbone = build_backbone(recipe.backbone(self.data.channels, len(self.data.class_names)))
         if recipe.warm_start and round > 0:
             load_weights(backbone, previous)
         config = train_config(recipe, seed=derived_seed("fit", arm.seed, round), device=self.device)

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from xal_core.acquisition.strategies import DIVERSITY_MODES, STRATEGY_NAMES
 from xal_core.models.backbones import ARCHITECTURES, BackboneConfig
 from xal_core.scoring import UNCERTAINTY_KINDS
-from xal_core.train.options import ROI_DEFAULTS, check_training_options, training_label
+from xal_core.train.augment import augment_preset
+from xal_core.train.options import AUGMENT_DEFAULT, ROI_DEFAULTS, check_training_options, training_label
 
 __all__ = ["Protocol", "TrainRecipe", "INITIAL_STRATEGY"]
 
@@ -54,11 +55,14 @@ class TrainRecipe:
     roi_swap_source: str = "any"
     schedule: str = "constant"
     warm_start: bool = False
+    augment: str = AUGMENT_DEFAULT  # an xal_core.train.augment.AUGMENT_PRESETS name
+    smallcnn_width: int = 32  # channels of smallcnn's first stage (its cost grows as the square)
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture: expected one of {ARCHITECTURES}, got {self.architecture!r}")
-        BackboneConfig(self.architecture, 1, 2, output_stride=self.output_stride)  # its own checks
+        self.backbone(1, 2)  # its own checks
+        augment_preset(self.augment)
         check_training_options(self.roi_loss, self.roi_weight, self.roi_augment, self.roi_swap_prob,
                                self.roi_dilate, self.roi_swap_source, self.schedule)
         if not isinstance(self.warm_start, bool):
@@ -69,6 +73,11 @@ class TrainRecipe:
         if not self.lr > 0:
             raise ValueError(f"lr: must be > 0, got {self.lr}")
 
+    def backbone(self, channels: int, classes: int) -> BackboneConfig:
+        """The architecture this recipe trains, for ``channels`` input channels and ``classes`` classes."""
+        return BackboneConfig(self.architecture, channels, classes, output_stride=self.output_stride,
+                              smallcnn_width=self.smallcnn_width)
+
     @property
     def uses_rois(self) -> bool:
         """Whether training reads the labelled items' ROIs."""
@@ -78,12 +87,13 @@ class TrainRecipe:
     def label(self) -> str:
         """The non-default training options as a short name (``swap+cosine``), ``""`` for the default."""
         return training_label(self.roi_loss, self.roi_weight, self.roi_augment, self.roi_swap_prob, self.roi_dilate,
-                              self.roi_swap_source, self.schedule, self.warm_start)
+                              self.roi_swap_source, self.schedule, self.warm_start, self.augment)
 
     def record(self) -> dict:
         """The recipe for the ledger: fields added after the first ledgers are left out at their default."""
         data = dataclasses.asdict(self)
-        for key, default in {**ROI_DEFAULTS, "output_stride": 32, "warm_start": False}.items():
+        for key, default in {**ROI_DEFAULTS, "output_stride": 32, "warm_start": False, "augment": AUGMENT_DEFAULT,
+                             "smallcnn_width": 32}.items():
             if data[key] == default:
                 del data[key]
         return data

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from xal_core.train import TrainConfig
+from xal_core.train.augment import augment_preset
 
 from .annotations import roi_batch
 from .ledger import Arm, Ledger
@@ -58,4 +59,5 @@ def train_config(recipe: TrainRecipe, *, seed: int, device: str) -> TrainConfig:
                        val_fraction=recipe.val_fraction, seed=seed, device=device, amp=False,
                        roi_loss=recipe.roi_loss, roi_weight=recipe.roi_weight, roi_augment=recipe.roi_augment,
                        roi_swap_prob=recipe.roi_swap_prob, roi_dilate=recipe.roi_dilate,
-                       roi_swap_source=recipe.roi_swap_source, schedule=recipe.schedule)
+                       roi_swap_source=recipe.roi_swap_source, schedule=recipe.schedule,
+                       augment=augment_preset(recipe.augment))

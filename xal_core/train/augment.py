@@ -105,3 +105,21 @@ class Augment:
             offset = uniform(self.brightness)[:, None, None, None] * spread
             out = out * gain.to(out.dtype) + offset.to(out.dtype)
         return out, None if masks is None else masks[:, 0]
+
+
+#: Named augmentation settings, for recipes and the command line (``xal run --augment``):
+#: ``default`` the mild set above; ``noflip`` the same without the left-right flip (anatomy is not
+#: symmetric, and a flip moves a burned-in marker to the other corner, a cue the synthetic shortcut
+#: benchmark encodes the class in); ``none`` no augmentation.
+AUGMENT_PRESETS: dict[str, Augment] = {
+    "default": Augment(),
+    "noflip": Augment(hflip=0.0),
+    "none": Augment.none(),
+}
+
+
+def augment_preset(name: str) -> Augment:
+    """The ``Augment`` of a preset name; ``ValueError`` naming the choices for another."""
+    if name not in AUGMENT_PRESETS:
+        raise ValueError(f"augment: expected one of {', '.join(AUGMENT_PRESETS)}, got {name!r}")
+    return AUGMENT_PRESETS[name]

@@ -27,6 +27,7 @@ __all__ = [
     "ROI_LOSSES",
     "SCHEDULES",
     "SWAP_SOURCES",
+    "AUGMENT_DEFAULT",
     "check_training_options",
     "training_label",
 ]
@@ -47,6 +48,8 @@ ROI_DEFAULTS: dict[str, object] = {
     "roi_swap_source": "any",
     "schedule": "constant",
 }
+#: The default augmentation preset (``xal_core.train.augment.AUGMENT_PRESETS``), left out of records.
+AUGMENT_DEFAULT = "default"
 
 
 def check_training_options(roi_loss: str, roi_weight: float, roi_augment: str, roi_swap_prob: float,
@@ -80,14 +83,14 @@ def check_training_options(roi_loss: str, roi_weight: float, roi_augment: str, r
 
 def training_label(roi_loss: str = "none", roi_weight: float = 1.0, roi_augment: str = "none",
                    roi_swap_prob: float = 0.5, roi_dilate: int = 2, roi_swap_source: str = "any",
-                   schedule: str = "constant", warm_start: bool = False) -> str:
+                   schedule: str = "constant", warm_start: bool = False, augment: str = AUGMENT_DEFAULT) -> str:
     """A short, file-name-safe name of the non-default options, ``""`` when all are defaults.
 
     ``metrics.csv``'s ``training`` column and the report's series names (``dual+swap``) use it, so
     that runs of one strategy trained differently stay apart when ``xal report`` merges them. Tokens
     joined by ``+``: ``dice`` / ``outside`` (``dice0.5`` with a weight other than 1), ``swap`` (with
     ``-other`` / ``-p0.3`` / ``-d4`` for a non-default source, probability, dilation), ``cosine``,
-    ``warm``.
+    ``warm``, and ``aug-noflip`` / ``aug-none`` for a non-default augmentation preset.
     """
     tokens = []
     if roi_loss != "none":
@@ -105,4 +108,6 @@ def training_label(roi_loss: str = "none", roi_weight: float = 1.0, roi_augment:
         tokens.append(schedule)
     if warm_start:
         tokens.append("warm")
+    if augment != AUGMENT_DEFAULT:
+        tokens.append(f"aug-{augment}")
     return "+".join(tokens)
