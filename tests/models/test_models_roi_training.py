@@ -171,6 +171,14 @@ def test_cosine_schedule_trains_on_every_label_for_the_whole_budget():
     assert [r["epoch"] for r in result.history] == [1, 2, 3] and result.best_epoch == 3
     assert "val_loss" not in result.history[0] and not result.stopped_early
     assert result.checkpoint.config["train"]["schedule"] == "cosine"
+    # With a validation set, a cosine budget scores it once, after the last epoch (nothing reads it
+    # earlier), and trains exactly the model it trains without one.
+    torch.manual_seed(0)
+    with_val = fit(build_backbone("smallcnn", 1, 2, smallcnn_width=4), torch.rand(10, 1, 16, 16), torch.arange(10) % 2,
+                   val_data=torch.rand(4, 1, 16, 16), val_labels=torch.arange(4) % 2, progress=False,
+                   config=TrainConfig(epochs=3, batch_size=5, schedule="cosine"))
+    assert ["val_loss" in r for r in with_val.history] == [False, False, True]
+    assert all(torch.equal(a, b) for a, b in zip(with_val.model.state_dict().values(), result.model.state_dict().values()))
 
 
 # ------------------------------------------------------------------ the two-region toy

@@ -189,7 +189,9 @@ def fit(
             record = {"epoch": epoch, "train_loss": train_loss / max(seen, 1)}
             if head is not None:
                 record["train_roi_loss"] = roi_loss / max(seen, 1)
-            if val_loader is not None:
+            # Early stopping reads the validation loss every epoch; a cosine budget reads nothing, so
+            # the validation set is scored once, after the last epoch, for the history alone.
+            if val_loader is not None and (scheduler is None or epoch == config.epochs):
                 record.update(_evaluate(model, val_loader, step_loss))
             history.append(record)
             monitored = record.get("val_loss", record["train_loss"])
