@@ -69,13 +69,13 @@ def load(runs: Path) -> tuple[dict, list[str]]:
 def aulc(curve: dict[int, dict]) -> float:
     """Mean height of the accuracy curve over [50, 570] labels (trapezoids)."""
     labels = sorted(n for n in curve if FIRST <= n <= LAST)
-    area = sum((b - a) * (curve[a]["accuracy"] + curve[b]["accuracy"]) / 2 for a, b in zip(labels, labels[1:]))
+    area = sum((b - a) * (curve[a]["accuracy"] + curve[b]["accuracy"]) / 2 for a, b in zip(labels, labels[1:], strict=False))
     return area / (LAST - FIRST)
 
 
 def swing(curve: dict[int, dict]) -> float:
     labels = sorted(n for n in curve if n >= STABLE_FROM)
-    steps = [abs(curve[b]["accuracy"] - curve[a]["accuracy"]) for a, b in zip(labels, labels[1:])]
+    steps = [abs(curve[b]["accuracy"] - curve[a]["accuracy"]) for a, b in zip(labels, labels[1:], strict=False)]
     return sum(steps) / len(steps) if steps else math.nan
 
 
@@ -110,7 +110,7 @@ def analyse(arms: dict, best: str) -> dict:
     for first, second in PAIRS:
         a = tuple(best if part == "best" else part for part in first)
         b = tuple(best if part == "best" else part for part in second)
-        if a not in arms or b not in arms:
+        if a == b or a not in arms or b not in arms:
             continue
         shared = sorted(set(arms[a]) & set(arms[b]))
         if len(shared) < 2:
@@ -141,7 +141,7 @@ def tables(result: dict) -> str:
     lines = [f"Best training on random sampling: **{result['best_training']}**.", ""]
     for metric in METRICS:
         lines += [f"**{metric.replace('_', ' ')}** (mean ± 95 % CI over seeds)", "",
-                  "| arm | seeds | " + " | ".join(f"{n} labels" for n in CHECKPOINTS) + (" | AULC |" if metric == "accuracy" else ""),
+                  "| arm | seeds | " + " | ".join(f"{n} labels" for n in CHECKPOINTS) + (" | AULC |" if metric == "accuracy" else " |"),
                   "|---|---:|" + "---:|" * len(CHECKPOINTS) + ("---:|" if metric == "accuracy" else "")]
         for name, e in result["arms"].items():
             cells = [fmt(ci(e["at"][n][metric])) for n in CHECKPOINTS]
@@ -181,8 +181,8 @@ def plot(result: dict, path: Path) -> None:
             half = [0.0 if math.isnan(h) else h for h in half]
             style = "-" if "best" in name or result["best_training"] in name else ("--" if "plain" in name else ":")
             line, = ax.plot([int(n) for n in labels], mean, style, label=name)
-            ax.fill_between([int(n) for n in labels], [m - h for m, h in zip(mean, half)],
-                            [m + h for m, h in zip(mean, half)], alpha=0.12, color=line.get_color())
+            ax.fill_between([int(n) for n in labels], [m - h for m, h in zip(mean, half, strict=True)],
+                            [m + h for m, h in zip(mean, half, strict=True)], alpha=0.12, color=line.get_color())
     for ax, title in zip(axes, ("test accuracy", "test CAM–ROI Dice"), strict=True):
         ax.set_xlabel("labels")
         ax.set_title(f"{title} (mean ± 95 % CI over seeds)")
