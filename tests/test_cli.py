@@ -58,3 +58,21 @@ def test_bench_quick_run_writes_results(tmp_path: Path) -> None:
         assert set(case["speedup_vs_torch_eager"]) == {"xal-numba", "xal-separable"}
         assert case["numba_vs_separable"] > 0
     assert "ratio" in done.stdout
+
+
+def test_main_job_demo_runs_both_parts_through_the_service_and_merges_them(tmp_path: Path) -> None:
+    """`xal demo` (what `make demo` runs), shrunk: the plain and swap parts each run through a real
+    `xal serve`, then one table and one merged report cover the three arms; a rerun resumes."""
+    args = ("demo", "--out", str(tmp_path / "demo"), "--rounds", "1", "--pool-size", "200", "--val-size", "20",
+            "--test-size", "40", "--epochs", "2", "--no-progress")
+    done = _xal(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = done.stdout.split("the demo's arms")[-1]
+    for arm in ("| random+cosine+warm+aug-noflip |", "| random+swap+cosine+warm+aug-noflip |", "| dual+swap+cosine+warm+aug-noflip |"):
+        assert arm in table, table
+    for part in ("plain", "swap"):
+        assert (tmp_path / "demo" / part / "ledger.sqlite").is_file()
+        assert "scoring through gRPC" in done.stdout
+    assert (tmp_path / "demo" / "report.html").is_file()
+    again = _xal(*args)  # finished: resumes from the ledgers, trains nothing, prints the same arms
+    assert again.returncode == 0 and "| dual+swap+cosine+warm+aug-noflip |" in again.stdout.split("the demo's arms")[-1]
