@@ -154,7 +154,7 @@ def run_job(pool_items: int, workdir: Path) -> dict:
     ingest_s = time.perf_counter() - started
     model = ExplainableModel(build_backbone("resnet18", in_channels=1, num_classes=2)).eval()
     export(model, workdir / "model.onnx", "onnx", input_shape=(1, 32, 32))
-    server = server_process.start(workdir / "state")
+    server = server_process.start(workdir / "state", "--model-root", str(workdir), "--pool-root", str(workdir))
     try:
         with ScoringClient(server.target, timeout=3600) as client:
             client.load_model("m", str(workdir / "model.onnx"))

@@ -37,7 +37,6 @@ y_hi)``, half-open, from ``Roi.box_pixel_ranges()``, with per-item counts (``-1`
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -48,6 +47,7 @@ from xal_core.scoring import flatness
 from xal_core.scoring.alignment import check_threshold
 from xal_core.scoring.bilinear import axis_sampling
 from xal_core.scoring.inputs import check_cam_inputs, warn_nonfinite
+from xal_core.scoring.plan_cache import byte_bounded_cache
 from xal_core.scoring.results import AlignmentScores
 from xal_core.scoring.roi import Roi
 
@@ -374,7 +374,7 @@ def _cam_finish_kernel(
 
 
 # --------------------------------------------------------------------------- host side
-@lru_cache(maxsize=64)
+@byte_bounded_cache()  # bounded by bytes: a plan grows with the frame (plan_cache)
 def _axis(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(lo, hi, lam, candidates)`` for one axis: int32, int32, ``dtype`` (the accumulation's), int32.
 

@@ -37,7 +37,6 @@ import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numba
 import numpy as np
@@ -47,6 +46,7 @@ from xal_core.scoring import flatness
 from xal_core.scoring.alignment import check_threshold
 from xal_core.scoring.bilinear import axis_sampling
 from xal_core.scoring.inputs import check_cam_inputs, warn_nonfinite
+from xal_core.scoring.plan_cache import byte_bounded_cache
 from xal_core.scoring.results import AlignmentScores
 from xal_core.scoring.roi import Roi
 
@@ -70,7 +70,7 @@ class ResamplingPlan:
     group_last: np.ndarray  # int64 [g]: its last column
 
 
-@lru_cache(maxsize=64)
+@byte_bounded_cache()  # bounded by bytes: a plan grows with the frame (plan_cache)
 def resampling_plan(h: int, w: int, height: int, width: int) -> ResamplingPlan:
     rows = axis_sampling(h, height, dtype=torch.float64)
     cols = axis_sampling(w, width, dtype=torch.float64)

@@ -1,11 +1,23 @@
 """Scoring jobs over registered pools: a queue, durable per-chunk results, resume after a crash.
 
-A job lives in ``state/jobs/<id>/``: ``job.json`` (the request and its progress) and one
-``chunks/<n>.npz`` per finished pool chunk, written under a temporary name and renamed, so a chunk
-is either wholly recorded or not at all. One worker thread runs jobs one at a time (they are the
-GPU-heavy work; inline ``ScoreBatch`` calls stay on the handler threads). A job that finds chunk
-files (after a restart, even a ``kill -9``) continues after the last contiguous finished chunk and
-rebuilds its ranking from the files: no item lost, none scored twice.
+A job lives in ``state/jobs/<id>/``: ``job.json`` (the request, the inputs it pinned, its
+progress) and one ``chunks/<n>.npz`` per finished pool chunk (``job_files``). One worker thread
+runs jobs one at a time (they are the GPU-heavy work; inline ``ScoreBatch`` calls stay on the
+handler threads). A job that finds chunk files (after a restart, even a ``kill -9``) continues
+after the last contiguous finished chunk and rebuilds its ranking from the files: no item lost,
+none scored twice.
+
+What may go wrong, and what happens then:
+
+* an item's image or model outputs are not finite: it ranks last and is listed in the job's
+  item errors;
+* a pool chunk fails its checksum (a file deleted or damaged after ingest): its items are listed
+  as item errors and skipped, the rest is ranked;
+* the model or pool the job pinned changed before it ran or resumed (``job_pins``): the job fails
+  and says which;
+* the state folder cannot be written (``state_probe``): the job fails with that reason, health
+  turns NOT_SERVING, and the worker waits until the folder is writable before the next job. The
+  worker itself never dies of a job's exception.
 """
 
 from __future__ import annotations
@@ -18,17 +30,23 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+import grpc
 import torch
 
-from xal_core.acquisition import BatchScores, PoolRanking, ScoringConfig, rank_pool, score_chunk
+from xal_core.acquisition import PoolRanking, ScoringConfig, rank_pool, score_chunk
+from xal_core.data.pool_store import CorruptChunk
 
+from . import job_pins
 from .engines.ray.config import RayEngineConfig
 from .errors import RequestError, invalid_argument, not_found
+from .job_files import INVALID_REASON, ChunkFiles
+from .job_pins import Pins
 from .registry import Registry
+from .state_probe import StateMonitor, StateUnwritable, state_write
 from .statistics import Statistics
 
 __all__ = ["JobSpec", "Job", "JobManager", "TERMINAL"]
@@ -37,7 +55,6 @@ log = logging.getLogger("xal.service")
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
 MAX_ITEM_ERRORS = 100  # kept in job.json; all are counted
-_BATCH_FIELDS = [f.name for f in dataclasses.fields(BatchScores)]
 
 
 @dataclass(frozen=True)
@@ -72,6 +89,16 @@ class Job:
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     ranking: PoolRanking | None = None
     source_ids: list[str] = field(default_factory=list)  # of the ranked items, best first
+    pins: Pins | None = None  # the model file and pool content the job runs on (None: an older job)
+
+    @property
+    def files(self) -> ChunkFiles:
+        return ChunkFiles(self.directory)
+
+    def add_item_errors(self, errors: list[tuple[int, str]]) -> None:
+        self.n_item_errors += len(errors)
+        room = MAX_ITEM_ERRORS - len(self.item_errors)
+        self.item_errors.extend(errors[: max(room, 0)])
 
     @property
     def items_per_second(self) -> float:
@@ -82,11 +109,12 @@ class Job:
         record = {
             "id": self.id, "spec": self.spec.to_json(), "state": self.state, "items_done": self.items_done,
             "items_total": self.items_total, "error": self.error, "item_errors": self.item_errors,
-            "n_item_errors": self.n_item_errors,
+            "n_item_errors": self.n_item_errors, "pins": self.pins.to_json() if self.pins else None,
         }
         scratch = self.directory / "job.json.tmp"
-        scratch.write_text(json.dumps(record, indent=2))
-        os.replace(scratch, self.directory / "job.json")
+        with state_write():
+            scratch.write_text(json.dumps(record, indent=2))
+            os.replace(scratch, self.directory / "job.json")
 
     @classmethod
     def load(cls, directory: Path) -> Job:
@@ -95,15 +123,26 @@ class Job:
             id=record["id"], spec=JobSpec.from_json(record["spec"]), directory=directory, state=record["state"],
             items_done=record["items_done"], items_total=record["items_total"], error=record["error"],
             item_errors=[tuple(e) for e in record["item_errors"]], n_item_errors=record["n_item_errors"],
+            pins=Pins.from_json(record.get("pins")),
         )
 
 
 class JobManager:
-    """Jobs queued and run one at a time: in this process, or on a Ray cluster when ``ray`` is given."""
+    """Jobs queued and run one at a time: in this process, or on a Ray cluster when ``ray`` is given.
+
+    Args:
+        state, registry, statistics: the server's.
+        ray: run jobs on this Ray cluster instead of in this process.
+        on_state_writable: told whether the state folder can be written (health listens).
+        probe_interval: seconds between probes of the state folder.
+        redact: strips the server's paths from a job's error, which clients read.
+    """
 
     def __init__(self, state: Path, registry: Registry, statistics: Statistics,
-                 ray: RayEngineConfig | None = None) -> None:
+                 ray: RayEngineConfig | None = None, *, on_state_writable: Callable[[bool], None] | None = None,
+                 probe_interval: float = 1.0, redact: Callable[[str], str] = lambda message: message) -> None:
         self.ray = ray
+        self.redact = redact
         self.root = state / "jobs"
         self.root.mkdir(parents=True, exist_ok=True)
         self.registry = registry
@@ -112,6 +151,8 @@ class JobManager:
         self._lock = threading.Lock()
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._worker = threading.Thread(target=self._work, name="xal-jobs", daemon=True)
+        self.monitor = StateMonitor(self.root, on_state_writable or (lambda writable: None), probe_interval)
+        registry.pinned = self.pinned_model_files
 
     # ------------------------------------------------------------------ lifecycle
     def start_worker(self) -> None:
@@ -125,11 +166,18 @@ class JobManager:
                 job.state = QUEUED
                 self._queue.put(job.id)
             elif job.state == SUCCEEDED:
-                self._load_ranking(job)
+                job.ranking, job.source_ids = job.files.load_ranking(job.items_total)
         self._worker.start()
+        self.monitor.start()
 
     def stop(self) -> None:
+        self.monitor.stop()
         self._queue.put(None)
+
+    def pinned_model_files(self) -> set[Path]:
+        """Model files that unfinished jobs pinned (an upload clean-up keeps them)."""
+        with self._lock:
+            return {Path(j.pins.model_path) for j in self._jobs.values() if j.pins and j.state not in TERMINAL}
 
     # ------------------------------------------------------------------ requests
     def submit(self, spec: JobSpec) -> Job:
@@ -153,9 +201,17 @@ class JobManager:
                         return job
             job_id = uuid.uuid4().hex[:16]
             directory = self.root / job_id
-            (directory / "chunks").mkdir(parents=True)
-            job = Job(job_id, spec, directory, items_total=len(pool))
-            job.save()
+            job = Job(job_id, spec, directory, items_total=len(pool),
+                      pins=job_pins.pin(self.registry, spec.model, spec.pool))
+            try:
+                with state_write():
+                    (directory / "chunks").mkdir(parents=True)
+                job.save()
+            except StateUnwritable as error:
+                self.monitor.probe()
+                raise RequestError(grpc.StatusCode.UNAVAILABLE,
+                                   f"the server's state folder cannot be written ({error.reason}); "
+                                   "no job can be recorded: retry later") from None
             self._jobs[job_id] = job
         self._queue.put(job_id)
         return job
@@ -176,7 +232,7 @@ class JobManager:
             job.cancel_requested.set()
             if job.state == QUEUED:
                 job.state = CANCELLED
-                job.save()
+                self._save_quietly(job)
         return job
 
     # ------------------------------------------------------------------ the worker
@@ -185,39 +241,69 @@ class JobManager:
             job_id = self._queue.get()
             if job_id is None:
                 return
-            job = self._jobs[job_id]
-            if job.state != QUEUED or job.cancel_requested.is_set():
-                continue
             try:
-                self._run(job)
-            except RequestError as error:
-                job.state, job.error = FAILED, error.message
-            except Exception as error:  # the job fails, the server goes on
-                log.exception("job %s failed", job.id)
-                job.state, job.error = FAILED, f"{type(error).__name__}: {error}"
-            job.save()
+                self._run_one(self._jobs[job_id])
+            except BaseException:  # noqa: BLE001 - whatever a job does, the worker lives on
+                log.exception("job %s: unexpected error in the job worker", job_id)
 
-    def _finished_chunks(self, job: Job) -> int:
-        done = 0
-        while (job.directory / "chunks" / f"{done}.npz").is_file():
-            done += 1
-        return done
+    def _run_one(self, job: Job) -> None:
+        if job.state != QUEUED or job.cancel_requested.is_set():
+            return
+        if not self.monitor.wait_until_writable():  # later jobs run once the state can be written
+            return
+        try:
+            self._run(job)
+        except StateUnwritable as error:
+            job.state = FAILED
+            job.error = (f"the server's state folder cannot be written ({error.reason}); the job stopped after "
+                         f"{job.items_done} of {job.items_total} items: start it again once the folder is writable")
+            log.error("job %s: %s", job.id, job.error)
+            self.monitor.probe()  # health NOT_SERVING now, not at the next background probe
+            if not self.monitor.wait_until_writable():
+                return
+        except RequestError as error:
+            job.state, job.error = FAILED, self.redact(error.message)
+        except Exception as error:  # the job fails, the server goes on
+            log.exception("job %s failed", job.id)
+            job.state, job.error = FAILED, self.redact(f"{type(error).__name__}: {error}")
+        self._save_quietly(job)
+        self.registry.collect_uploads()  # the job's pinned upload may be unreferenced now
+
+    def _save_quietly(self, job: Job) -> None:
+        """Record the job's final state; if the folder is unwritable the state stays in memory."""
+        try:
+            job.save()
+        except StateUnwritable as error:
+            log.error("job %s: its state (%s) could not be recorded: %s", job.id, job.state, error.reason)
+            self.monitor.probe()
 
     def _run(self, job: Job) -> None:
         if self.ray is not None:
             self._run_on_ray(job)
             return
         spec = job.spec
-        runtime = self.registry.model(spec.model).runtime
-        store = self.registry.pool(spec.pool).store
+        inputs = job_pins.resolve(self.registry, spec.model, spec.pool, job.pins)
+        store = inputs.store
         excluded_ids = torch.tensor(spec.exclude_ids, dtype=torch.int64)
-        start = self._finished_chunks(job)
+        files = job.files
+        start = files.finished()
         job.state, job.started = RUNNING, time.monotonic()
         job.items_done = min(start * store.chunk_size, len(store))
         job.save()
         resumed_done = job.items_done
         read_started = time.perf_counter()
-        for chunk in store.chunks(start=start):
+        for chunk in store.chunks(start=start, verify=True):
+            if isinstance(chunk, CorruptChunk):  # reported per item, skipped; the rest goes on
+                ids = list(range(chunk.rows.start, chunk.rows.stop))
+                reason = f"pool chunk {chunk.number} {chunk.reason}: item skipped"
+                log.warning("job %s: pool %r chunk %d %s; its %d items skipped", job.id, spec.pool, chunk.number,
+                            chunk.reason, len(ids))
+                files.write_skipped(chunk.number, ids, reason)
+                job.add_item_errors([(i, reason) for i in ids])
+                job.items_done += len(ids)
+                job.save()
+                read_started = time.perf_counter()
+                continue
             self.statistics.record_stage("read", time.perf_counter() - read_started, items=len(chunk.index))
             if job.cancel_requested.is_set():
                 job.state = CANCELLED
@@ -225,15 +311,12 @@ class JobManager:
             items = len(chunk.index)
             # the one forward → score step, shared with the in-process scorer (identical numbers);
             # non-finite items come back flagged ``invalid`` and are reported per item below
-            scores = score_chunk(runtime, chunk, spec.config,
+            scores = score_chunk(inputs.runtime, chunk, spec.config,
                                  on_stage=lambda stage, seconds, items=items: self.statistics.record_stage(
                                      stage, seconds, items=items))
-            self._write_chunk(job, chunk.number, scores, chunk.ids, torch.isin(scores.ids, excluded_ids))
-            for item in scores.ids[scores.invalid].tolist():
-                job.n_item_errors += 1
-                if len(job.item_errors) < MAX_ITEM_ERRORS:
-                    job.item_errors.append((int(item), "non-finite image or model outputs: ranked last"))
-            job.items_done += len(chunk.index)
+            files.write_scores(chunk.number, scores, chunk.ids, torch.isin(scores.ids, excluded_ids))
+            job.add_item_errors([(int(i), INVALID_REASON) for i in scores.ids[scores.invalid].tolist()])
+            job.items_done += items
             job.save()
             read_started = time.perf_counter()
         started = time.perf_counter()
@@ -251,6 +334,7 @@ class JobManager:
         from .engines.ray import ScoringCancelled, score_pool_on_ray
 
         spec = job.spec
+        inputs = job_pins.resolve(self.registry, spec.model, spec.pool, job.pins)
         job.state, job.started, job.items_done = RUNNING, time.monotonic(), 0
         job.save()
 
@@ -263,7 +347,7 @@ class JobManager:
 
         try:
             result = score_pool_on_ray(
-                self.registry.pool(spec.pool).path, self.registry.model(spec.model).path, k=spec.k,
+                inputs.pool_path, inputs.model_path, k=spec.k,
                 scores_dir=job.directory / "scores", config=spec.config, engine=self.ray,
                 exclude_ids=spec.exclude_ids, on_block=on_block, should_stop=job.cancel_requested.is_set,
                 resume=True,
@@ -271,56 +355,30 @@ class JobManager:
         except ScoringCancelled:
             job.state = CANCELLED
             return
-        job.item_errors = [(item, "non-finite image or model outputs: ranked last") for item in result.invalid_ids]
+        job.item_errors = [(item, INVALID_REASON) for item in result.invalid_ids]
         job.n_item_errors = result.n_invalid_items
-        self._save_ranking(job, result.ranking, result.source_ids)
+        job.files.save_ranking(result.ranking, result.source_ids)
+        job.ranking, job.source_ids = result.ranking, result.source_ids
         job.state = SUCCEEDED
         log.info("job %s: %d items on Ray (%d workers, %d chunk(s) resumed from disk)", job.id, job.items_done,
                  len(result.workers), result.resumed_blocks)
 
-    def _write_chunk(self, job: Job, number: int, scores: BatchScores, source_ids: list[str], excluded: torch.Tensor) -> None:
-        arrays = {name: getattr(scores, name).numpy() for name in _BATCH_FIELDS}
-        arrays["requested_exclusion"] = excluded.numpy()
-        arrays["source_ids"] = np.asarray(source_ids, dtype=np.str_)
-        target = job.directory / "chunks" / f"{number}.npz"
-        scratch = target.with_name(f"{number}.tmp.npz")
-        np.savez(scratch, **arrays)
-        os.replace(scratch, target)
-
-    def _chunk_files(self, job: Job):
-        for number in range(self._finished_chunks(job)):
-            with np.load(job.directory / "chunks" / f"{number}.npz") as data:
-                keep = ~data["requested_exclusion"]
-                batch = BatchScores(**{name: torch.from_numpy(data[name][keep]) for name in _BATCH_FIELDS})
-                yield batch, data["source_ids"][keep]
-
     def _rank(self, job: Job) -> None:
-        """The ranking from the chunk files alone, so a resumed job ranks exactly like an uninterrupted one."""
+        """The ranking and the item errors from the chunk files alone, so a resumed job ranks and
+        reports exactly like an uninterrupted one."""
         sources: dict[int, str] = {}
+        errors: list[tuple[int, str]] = []
 
         def batches():
-            for batch, source_ids in self._chunk_files(job):
+            for batch, source_ids, chunk_errors in job.files.read():
+                errors.extend(chunk_errors)
+                if batch is None or not len(batch.ids):
+                    continue
                 sources.update(zip(batch.ids.tolist(), source_ids.tolist(), strict=True))
                 yield batch
 
         ranking = rank_pool(batches(), job.spec.k, job.spec.config)
-        self._save_ranking(job, ranking, [sources[i] for i in ranking.selection.ids.tolist()])
-
-    def _save_ranking(self, job: Job, ranking: PoolRanking, source_ids: list[str]) -> None:
-        job.ranking = ranking
-        job.source_ids = source_ids
-        arrays = {"ids": ranking.selection.ids.numpy(), "scores": ranking.selection.scores.numpy(),
-                  "source_ids": np.asarray(job.source_ids, dtype=np.str_)}
-        arrays.update({f"column_{name}": value.numpy() for name, value in ranking.columns.items()})
-        scratch = job.directory / "ranking.tmp.npz"
-        np.savez(scratch, **arrays)
-        os.replace(scratch, job.directory / "ranking.npz")
-
-    def _load_ranking(self, job: Job) -> None:
-        from xal_core.scoring import Selection
-
-        with np.load(job.directory / "ranking.npz") as data:
-            columns = {key[len("column_"):]: torch.from_numpy(data[key]) for key in data.files if key.startswith("column_")}
-            selection = Selection(torch.from_numpy(data["ids"]), torch.from_numpy(data["scores"]))
-            job.ranking = PoolRanking(selection, columns, job.items_total)
-            job.source_ids = data["source_ids"].tolist()
+        job.item_errors, job.n_item_errors = errors[:MAX_ITEM_ERRORS], len(errors)  # one step: watchers read them
+        source_ids = [sources[i] for i in ranking.selection.ids.tolist()]
+        job.files.save_ranking(ranking, source_ids)
+        job.ranking, job.source_ids = ranking, source_ids

@@ -1,12 +1,21 @@
-"""Building and running the gRPC server: health, reflection, auth, TLS, limits, graceful shutdown.
+"""Building and running the gRPC server: asyncio, health, reflection, auth, TLS, limits, graceful shutdown.
 
 Security defaults: without a token file the server binds to loopback only (unless the operator
 explicitly allows otherwise) and says so at start; with a token every RPC but health checks needs
-``authorization: Bearer <token>``.
+``authorization: Bearer <token>``, and a call without it is refused as soon as its headers arrive.
+Server-side paths in requests must lie under ``--model-root`` / ``--pool-root`` (default: inside
+``--state``); uploaded models are ONNX only unless ``--trust-torchscript-uploads``. See
+docs/security.md for the threat model.
+
+The server is ``grpc.aio`` on an event loop of its own thread: health checks, the token check and
+stream counting happen on the loop, and every blocking piece of work goes to a pool of worker
+threads (``--workers``), so no number of stalled or slow calls can keep health or an
+authenticated client from being answered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -15,29 +24,30 @@ import signal
 import threading
 import time
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import xal_kernels
 
-from . import codec
 from .auth import TokenInterceptor, read_token
 from .engines.ray.config import RayEngineConfig
+from .handlers import SERVICE_NAME, method_handlers
+from .health_gate import HealthGate
 from .jobs import JobManager
+from .limits import ServiceLimits
 from .registry import Registry
+from .roots import PathRoots, Redactor
 from .servicer import ScoringServicer
 from .statistics import Statistics
-from .wire import scoring_pb2 as pb
-from .wire import scoring_pb2_grpc as pb_grpc
 
 __all__ = ["ServerConfig", "RunningServer", "start_server", "serve_forever"]
 
 log = logging.getLogger("xal.service")
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Scoring"].full_name
 
 
 @dataclass(frozen=True)
@@ -51,12 +61,16 @@ class ServerConfig:
         allow_remote_without_token: bind a non-loopback address without a token anyway.
         tls_cert, tls_key: PEM files to serve TLS.
         max_message_mb: largest request/response; larger ones get RESOURCE_EXHAUSTED.
-        workers: handler threads (inline calls run concurrently on them).
+        workers: threads that run the handlers' blocking work (scoring, loading, file I/O).
         ray: run scoring jobs on this Ray cluster (``xal_service.engines.ray``) instead of the
             server's own job thread; None (the default) keeps them in-process.
         scoring_threads: threads that score inline ``ScoreBatch`` batches, shared by all calls (a
             batch is split across them when torch runs single-threaded, as under ``xal serve``);
             0 (the default) = one per CPU this process may run on.
+        model_roots, pool_roots: the only folders server-side paths of ``LoadModel`` /
+            ``RegisterPool`` may resolve into; empty = ``state/models`` / ``state/pools``.
+        trust_torchscript_uploads: accept uploaded TorchScript files (they run code when loaded).
+        limits: per-request, per-client and per-upload caps.
     """
 
     listen: str = "127.0.0.1:50051"
@@ -69,24 +83,38 @@ class ServerConfig:
     workers: int = 16
     ray: RayEngineConfig | None = None
     scoring_threads: int = 0
+    model_roots: tuple[Path, ...] = ()
+    pool_roots: tuple[Path, ...] = ()
+    trust_torchscript_uploads: bool = False
+    limits: ServiceLimits = field(default_factory=ServiceLimits)
 
 
 @dataclass
 class RunningServer:
-    server: grpc.Server
+    server: grpc.aio.Server
     port: int
-    health: health.HealthServicer
+    health: HealthGate
     statistics: Statistics
     state: Path
     jobs: JobManager
+    loop: asyncio.AbstractEventLoop
+    loop_thread: threading.Thread
+    workers: futures.ThreadPoolExecutor
     scoring_pool: futures.ThreadPoolExecutor | None = None
 
     def stop(self, grace: float = 5.0) -> None:
         """Graceful shutdown: NOT_SERVING first (so balancers drain), then finish in-flight calls.
         A running job stops where it is; its finished chunks are on disk and it resumes on restart."""
-        self.health.enter_graceful_shutdown()
         self.jobs.stop()
-        self.server.stop(grace).wait()
+
+        async def shut_down() -> None:
+            await self.health.shut_down()
+            await self.server.stop(grace)
+
+        asyncio.run_coroutine_threadsafe(shut_down(), self.loop).result()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.loop_thread.join()
+        self.workers.shutdown(wait=True)
         if self.scoring_pool is not None:
             self.scoring_pool.shutdown(wait=True)
 
@@ -101,8 +129,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def start_server(config: ServerConfig) -> RunningServer:
-    """Start serving in background threads and return once the port is bound."""
+def _check(config: ServerConfig) -> tuple[str, str | None]:
     host, _, port_text = config.listen.rpartition(":")
     if not host or not port_text.isdigit():
         raise ValueError(f"--listen: expected HOST:PORT, got {config.listen!r}")
@@ -114,62 +141,80 @@ def start_server(config: ServerConfig) -> RunningServer:
         )
     if bool(config.tls_cert) != bool(config.tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
+    return host, token
+
+
+def _event_loop() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="xal-grpc-loop", daemon=True)
+    thread.start()
+    return loop, thread
+
+
+def start_server(config: ServerConfig) -> RunningServer:
+    """Start serving on an event loop thread and return once the port is bound and health says SERVING."""
+    host, token = _check(config)
     state = Path(config.state)
     state.mkdir(parents=True, exist_ok=True)
     if config.ray is not None:  # fail at start, not at the first job, when Ray is missing or unreachable
         from .engines.ray import connect
 
         connect(config.ray.address)
+    limits = config.limits
+    model_roots = PathRoots("model", config.model_roots or (state / "models",), max_chars=limits.max_path_chars)
+    pool_roots = PathRoots("pool", config.pool_roots or (state / "pools",), max_chars=limits.max_path_chars)
+    redact = Redactor([*((r, model_roots.placeholder) for r in model_roots.roots),
+                       *((r, pool_roots.placeholder) for r in pool_roots.roots), (state, "<state>")])
 
-    limit = config.max_message_mb * 1024 * 1024
+    loop, loop_thread = _event_loop()
     statistics = Statistics()
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="xal-rpc"),
-        interceptors=[TokenInterceptor(token)] if token else [],
-        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
-    )
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    registry = Registry(state)
-
-    def set_serving(serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        health_servicer.set(SERVICE_NAME, status)
-
-    jobs = JobManager(state, registry, statistics, ray=config.ray)
+    registry = Registry(state, model_roots=model_roots, pool_roots=pool_roots,
+                        trust_torchscript_uploads=config.trust_torchscript_uploads)
+    workers = futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="xal-rpc")
     scoring_threads = config.scoring_threads or _usable_cpus()
     scoring_pool = futures.ThreadPoolExecutor(max_workers=scoring_threads, thread_name_prefix="xal-score")
-    servicer = ScoringServicer(
-        statistics, registry, jobs, state, set_serving, scoring_pool=scoring_pool, scoring_threads=scoring_threads
-    )
-    pb_grpc.add_ScoringServicer_to_server(servicer, server)
-    # ScoreBatch carries megabytes of feature maps: its deserializer keeps them out of protobuf (a
-    # view of the received bytes, see codec). Registered methods are looked up by exact name, and a
-    # later registration of the same name replaces the generated one.
-    server.add_registered_method_handlers(SERVICE_NAME, {
-        "ScoreBatch": grpc.unary_unary_rpc_method_handler(
-            servicer.ScoreBatch,
-            request_deserializer=codec.parse_score_batch_request,
-            response_serializer=pb.ScoreBatchResponse.SerializeToString,
-        ),
-    })
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
-    if config.tls_cert:
-        credentials = grpc.ssl_server_credentials([(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())])
-        port = server.add_secure_port(config.listen, credentials)
-    else:
-        port = server.add_insecure_port(config.listen)
-    if port == 0:
-        raise ValueError(f"--listen {config.listen}: could not bind")
-    server.start()
+    async def build() -> tuple[grpc.aio.Server, HealthGate, int, JobManager]:
+        limit = config.max_message_mb * 1024 * 1024
+        server = grpc.aio.server(
+            interceptors=[TokenInterceptor(token)] if token else [],
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+                     ("grpc.max_concurrent_streams", 256)],  # per connection, HTTP/2
+        )
+        health_servicer = health.aio.HealthServicer()
+        gate = HealthGate(health_servicer, asyncio.get_running_loop(), ("", SERVICE_NAME))
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        jobs = JobManager(state, registry, statistics, ray=config.ray, on_state_writable=gate.set_state_writable,
+                          redact=redact)
+        servicer = ScoringServicer(statistics, registry, jobs, state, gate.set_serving, scoring_pool=scoring_pool,
+                                   scoring_threads=scoring_threads, workers=workers, limits=limits, redact=redact)
+        server.add_generic_rpc_handlers((method_handlers(servicer),))
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        if config.tls_cert:
+            credentials = grpc.ssl_server_credentials(
+                [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())])
+            port = server.add_secure_port(config.listen, credentials)
+        else:
+            port = server.add_insecure_port(config.listen)
+        if port == 0:
+            raise ValueError(f"--listen {config.listen}: could not bind")
+        await server.start()
+        return server, gate, port, jobs
+
+    try:
+        server, gate, port, jobs = asyncio.run_coroutine_threadsafe(build(), loop).result()
+    except BaseException:
+        loop.call_soon_threadsafe(loop.stop)
+        loop_thread.join()
+        workers.shutdown(wait=False)
+        scoring_pool.shutdown(wait=False)
+        raise
     registry.restore(log)  # models load while health says NOT_SERVING
     xal_kernels.warm_up()  # compile (or load) the CPU kernel now, not in the first ScoreBatch
     jobs.start_worker()    # unfinished jobs of an earlier run resume
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    gate.set_ready(True)
 
     address = f"{host}:{port}"
     (state / "server.json").write_text(
@@ -179,7 +224,7 @@ def start_server(config: ServerConfig) -> RunningServer:
             indent=2,
         )
     )
-    return RunningServer(server, port, health_servicer, statistics, state, jobs, scoring_pool)
+    return RunningServer(server, port, gate, statistics, state, jobs, loop, loop_thread, workers, scoring_pool)
 
 
 def _usable_cpus() -> int:
@@ -190,7 +235,7 @@ def _usable_cpus() -> int:
 
 
 # glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 
 
 def dedicate_process() -> list[str]:
@@ -209,6 +254,12 @@ def dedicate_process() -> list[str]:
       64-item ``ScoreBatch`` took ~4 700 faults (12 ms) before the codec and the scoring path
       stopped copying the feature maps; it takes almost none now, and this keeps it so when many
       calls are in flight at once. The price is that the server keeps its peak memory.
+    * ... and so glibc may keep only as many malloc arenas as there are usable CPUs (at least 2).
+      By default it gives threads up to 8 arenas per core, and since none is ever trimmed, each
+      thread that touched a job's buffers (the job worker, the pool's prefetch threads, made
+      anew for every job) left its own peak behind: a server scoring one 3 000-item pool per
+      round grew by some 60–90 MB a round without end. With the arenas capped the peak is kept
+      once, and the server's size levels off after a few rounds (bench/service_memory.py).
     """
     import torch
 
@@ -225,6 +276,9 @@ def dedicate_process() -> list[str]:
         return done
     if mallopt(_M_MMAP_THRESHOLD, 32 << 20) and mallopt(_M_TRIM_THRESHOLD, -1):  # 32 MB is glibc's cap; -1: never trim
         done.append("malloc keeps freed memory")
+    arenas = max(2, _usable_cpus())
+    if "MALLOC_ARENA_MAX" not in os.environ and mallopt(_M_ARENA_MAX, arenas):
+        done.append(f"{arenas} malloc arenas")
     return done
 
 
@@ -240,6 +294,10 @@ def serve_forever(config: ServerConfig, announce=print) -> None:
         announce(f"xal serve: scoring jobs run on Ray (address {config.ray.address}, {config.ray.workers} worker(s), "
                  f"{config.ray.gpus_per_worker:g} GPU each)")
     announce(f"xal serve: {'; '.join(tuned)}; {config.scoring_threads or _usable_cpus()} scoring thread(s)")
+    roots = running.jobs.registry
+    announce(f"xal serve: server-side paths only under --model-root {', '.join(map(str, roots.model_roots.roots))} "
+             f"and --pool-root {', '.join(map(str, roots.pool_roots.roots))}; uploaded models: "
+             + ("ONNX or TorchScript (--trust-torchscript-uploads)" if config.trust_torchscript_uploads else "ONNX only"))
     if not config.token_file:
         announce("xal serve: no --token-file: " + ("loopback only" if _is_loopback(host) else "REMOTE CLIENTS CAN CONNECT WITHOUT A TOKEN"))
     stopping = threading.Event()

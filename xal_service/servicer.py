@@ -1,23 +1,32 @@
-"""The ``xal.v1.Scoring`` service: request handling, one method per RPC.
+"""The ``xal.v1.Scoring`` service on the asyncio server: one coroutine per RPC, blocking work on threads.
 
-Every handler runs through ``_handle``, which turns ``RequestError`` into its status code, any other
-exception into INTERNAL for that call only (the server goes on), and records the call in the
-statistics. Inline scoring (``ScoreBatch``) is the one scoring function of ``xal_core`` behind the
-wire codec, so the service gives exactly the library's numbers; jobs (``jobs.py``) run the same
-function over registered pools with loaded models (``registry.py``).
+Why asyncio: a call that has sent its headers but not its message, or a ``WatchJob`` stream on a
+queued job, costs a coroutine here, not one of a fixed set of handler threads. Sixteen such calls
+used to hold every thread of the old threaded server, and the token holder's calls and even the
+health checks timed out behind them. Now the event loop only parses, checks and dispatches; every
+piece of blocking work (scoring, model loading, file I/O) runs on the ``workers`` executor, and
+streams are counted per client and in total (``limits.StreamLimiter``).
+
+Every handler runs through ``_handle``, which turns ``RequestError`` into its status code (the
+message stripped of server paths by ``redact``), any other exception into INTERNAL for that call
+only (the server goes on), and records the call in the statistics. Inline scoring (``ScoreBatch``)
+is the one scoring function of ``xal_core`` behind the wire codec, so the service gives exactly the
+library's numbers; jobs (``jobs.py``) run the same function over registered pools with loaded
+models (``registry.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import json
+import functools
 import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import torch
@@ -25,20 +34,34 @@ import torch
 from xal_core.acquisition import BatchScores, score_batch
 from xal_core.scoring import NonFiniteInputWarning, dual_score
 
-from . import codec
+from . import codec, replies
 from .errors import RequestError, invalid_argument
+from .handlers import MalformedRequest
 from .jobs import SUCCEEDED, TERMINAL, JobManager, JobSpec
-from .registry import Registry
+from .limits import ServiceLimits, StreamLimiter
+from .registry import Registry, check_name
+from .request_caps import check_score_batch_sizes
 from .statistics import Statistics
+from .uploads import UploadWriter
 from .wire import scoring_pb2 as pb
-from .wire import scoring_pb2_grpc as pb_grpc
 
 __all__ = ["ScoringServicer"]
 
 log = logging.getLogger("xal.service")
 Response = TypeVar("Response")
+WATCH_INTERVAL = 0.1  # seconds between WatchJob's looks at a job
 
-class ScoringServicer(pb_grpc.ScoringServicer):
+
+def _well_formed(request: Any) -> Any:
+    if isinstance(request, MalformedRequest):
+        raise invalid_argument(request.message())
+    return request
+
+
+class ScoringServicer:
+    """The handlers. ``set_serving(False)`` / ``set_serving(True)`` bracket a model load (health
+    says NOT_SERVING meanwhile); ``workers`` runs blocking work (default: the loop's executor)."""
+
     def __init__(
         self,
         statistics: Statistics,
@@ -50,6 +73,9 @@ class ScoringServicer(pb_grpc.ScoringServicer):
         max_batch: int = 65_536,
         scoring_pool: Executor | None = None,
         scoring_threads: int = 1,
+        workers: Executor | None = None,
+        limits: ServiceLimits = ServiceLimits(),
+        redact: Callable[[str], str] = lambda message: message,
     ) -> None:
         self.statistics = statistics
         self.registry = registry
@@ -59,43 +85,64 @@ class ScoringServicer(pb_grpc.ScoringServicer):
         self.max_batch = max_batch
         self.scoring_pool = scoring_pool  # threads that score parts of inline batches (see _score)
         self.scoring_threads = scoring_threads
+        self.workers = workers
+        self.limits = limits
+        self.redact = redact
+        self.streams = StreamLimiter(limits.max_streams_per_client, limits.max_streams)
 
     # ------------------------------------------------------------------ plumbing
-    def _handle(
+    async def _run(self, function: Callable[..., Response], *args: Any) -> Response:
+        """``function(*args)`` on a worker thread: the event loop never blocks."""
+        return await asyncio.get_running_loop().run_in_executor(self.workers, functools.partial(function, *args))
+
+    async def _handle(
         self,
         name: str,
-        context: grpc.ServicerContext,
-        work: Callable[[], Response],
+        context: grpc.aio.ServicerContext,
+        work: Callable[[], Awaitable[Response]],
         items: Callable[[Response], int] | None = None,
     ) -> Response:
         started = time.perf_counter()
         failed, n_items = True, 0
         try:
-            response = work()
+            response = await work()
             failed = False
             n_items = items(response) if items is not None else 0
             return response
         except RequestError as error:
-            context.abort(error.code, error.message)
+            code, message = error.code, self.redact(error.message)
         except Exception:  # a bug in the server: fail this call, keep serving
             log.exception("%s failed", name)
-            context.abort(grpc.StatusCode.INTERNAL, f"{name}: internal error (see the server log)")
+            code, message = grpc.StatusCode.INTERNAL, f"{name}: internal error (see the server log)"
         finally:
             self.statistics.record_rpc(name, time.perf_counter() - started, failed=failed, items=n_items)
+        await context.abort(code, message)
+
+    def _sync(self, name: str, context, function: Callable[[], Response], items=None) -> Awaitable[Response]:
+        return self._handle(name, context, lambda: self._run(function), items)
+
+    async def _open_stream(self, name: str, context: grpc.aio.ServicerContext) -> str:
+        """A stream slot for this client, or ``RESOURCE_EXHAUSTED`` (the call ends here)."""
+        try:
+            return self.streams.acquire(context.peer(), name)
+        except RequestError as error:
+            self.statistics.record_rpc(name, 0.0, failed=True)
+            await context.abort(error.code, error.message)
+            raise  # not reached: abort raises
 
     # ------------------------------------------------------------------ inline scoring
-    def ScoreBatch(
-        self, request: pb.ScoreBatchRequest | codec.ScoreBatchWire, context: grpc.ServicerContext
-    ) -> pb.ScoreBatchResponse:
-        """``request`` is what ``codec.parse_score_batch_request`` (the deserializer ``server.py``
-        registers) returns, or a plain message when the servicer is mounted with the generated one."""
-        return self._handle("ScoreBatch", context, lambda: self._score_batch(request), items=lambda r: len(r.ids))
+    async def ScoreBatch(self, request, context: grpc.aio.ServicerContext) -> pb.ScoreBatchResponse:
+        """``request`` is what ``codec.parse_score_batch_request`` (the deserializer ``handlers``
+        registers) returns, a plain message, or a ``MalformedRequest``."""
+        return await self._sync("ScoreBatch", context, lambda: self._score_batch(request), items=lambda r: len(r.ids))
 
     def _score_batch(self, request: pb.ScoreBatchRequest | codec.ScoreBatchWire) -> pb.ScoreBatchResponse:
         started = time.perf_counter()
         features_data = None
+        request = _well_formed(request)
         if isinstance(request, codec.ScoreBatchWire):
             request, features_data = request.message, request.features_data
+        request_bytes = request.ByteSize() + (len(features_data) if features_data is not None else 0)
         logits = codec.decode_tensor(request.logits, "logits", dtypes=codec.FLOATS, ndim=2)
         batch = logits.shape[0]
         if batch == 0:
@@ -113,6 +160,7 @@ class ScoringServicer(pb_grpc.ScoringServicer):
         ids = torch.tensor(list(request.ids), dtype=torch.int64) if request.ids else torch.arange(batch)
         if ids.shape[0] != batch:
             raise invalid_argument(f"ids: {ids.shape[0]} ids for {batch} items")
+        check_score_batch_sizes(request.roi, batch, tuple(features.shape[2:]), request_bytes, self.limits)
         roi = codec.decode_roi(request.roi, batch)
         config = codec.decode_strategy(request.strategy)
         decoded = time.perf_counter()
@@ -175,105 +223,128 @@ class ScoringServicer(pb_grpc.ScoringServicer):
             field.name: torch.cat([getattr(r, field.name) for r in results]) for field in dataclasses.fields(BatchScores)
         })
 
-    def Statistics(self, request: pb.StatisticsRequest, context: grpc.ServicerContext) -> pb.StatisticsResponse:
-        return self._handle("Statistics", context, self.statistics.snapshot)
+    async def Statistics(self, request, context):
+        return await self._sync("Statistics", context, lambda: (_well_formed(request), self.statistics.snapshot())[1])
 
     # ------------------------------------------------------------------ models
-    def LoadModel(self, request_iterator, context):
-        return self._handle("LoadModel", context, lambda: self._load_model(request_iterator))
-
-    def _load_model(self, request_iterator) -> pb.ModelInfo:
-        name, path, upload = "", None, None
+    async def LoadModel(self, request_iterator, context):
+        client = await self._open_stream("LoadModel", context)
         try:
-            for message in request_iterator:
-                name = name or message.name
-                if message.WhichOneof("source") == "path":
-                    path = Path(message.path)
-                elif message.WhichOneof("source") == "chunk":
-                    if upload is None:
-                        _check_upload_name(name)
-                        (self.state / "models").mkdir(exist_ok=True)
-                        path = self.state / "models" / f"{name}.upload"
-                        upload = open(path, "wb")  # noqa: SIM115 - closed below, after the stream
-                    upload.write(message.chunk)
+            return await self._handle("LoadModel", context, lambda: self._load_model(request_iterator))
         finally:
-            if upload is not None:
-                upload.close()
-        if path is None:
-            raise invalid_argument("source: give a server-side path or stream the file in chunks")
+            self.streams.release(client)
+
+    async def _load_model(self, request_iterator) -> pb.ModelInfo:
+        """A server-side path (under ``--model-root``) or an upload (``uploads.UploadWriter``)."""
+        name, given, writer = "", None, None
+        try:
+            async for message in request_iterator:
+                message = _well_formed(message)
+                name = name or message.name
+                source = message.WhichOneof("source")
+                if source == "path":
+                    given = message.path
+                elif source == "chunk":
+                    if writer is None:
+                        check_name(name)  # before any file is made for it
+                        writer = await self._run(UploadWriter, self.state, self.limits.max_model_bytes)
+                    await self._run(writer.write, message.chunk)
+            if given is not None and writer is not None:
+                raise invalid_argument("source: give a server-side path or stream the file in chunks, not both")
+            if given is None and writer is None:
+                raise invalid_argument("source: give a server-side path or stream the file in chunks")
+            check_name(name)
+            if writer is not None:
+                temporary, sha256 = await self._run(writer.finish)
+                load = functools.partial(self.registry.add_upload, name, temporary, sha256)
+            else:
+                load = functools.partial(self.registry.load_model, name, self.registry.model_roots.resolve(given))
+        except BaseException:
+            if writer is not None:
+                writer.discard()
+            raise
         self.set_serving(False)  # NOT_SERVING while a model loads
         try:
-            model = self.registry.load_model(name, path)
+            model = await self._run(load)
         finally:
             self.set_serving(True)
-        return _model_info(model)
+        return replies.model_info(model)
 
-    def ListModels(self, request, context):
-        return self._handle("ListModels", context, lambda: pb.ListModelsResponse(
-            models=[_model_info(m) for m in list(self.registry.models.values())]))
+    async def ListModels(self, request, context):
+        return await self._sync("ListModels", context, lambda: (_well_formed(request), pb.ListModelsResponse(
+            models=[replies.model_info(m) for m in list(self.registry.models.values())]))[1])
 
-    def ModelMetadata(self, request, context):
-        return self._handle("ModelMetadata", context, lambda: _model_info(self.registry.model(request.name)))
+    async def ModelMetadata(self, request, context):
+        return await self._sync("ModelMetadata", context,
+                                lambda: replies.model_info(self.registry.model(_well_formed(request).name)))
 
     # ------------------------------------------------------------------ pools
-    def RegisterPool(self, request, context):
-        return self._handle("RegisterPool", context, lambda: _pool_info(self.registry.register_pool(request.name, Path(request.path))))
+    async def RegisterPool(self, request, context):
+        def register():
+            message = _well_formed(request)
+            check_name(message.name)
+            path = self.registry.pool_roots.resolve(message.path)
+            return replies.pool_info(self.registry.register_pool(message.name, path))
 
-    def ListPools(self, request, context):
-        return self._handle("ListPools", context, lambda: pb.ListPoolsResponse(
-            pools=[_pool_info(p) for p in list(self.registry.pools.values())]))
+        return await self._sync("RegisterPool", context, register)
 
-    def DescribePool(self, request, context):
-        return self._handle("DescribePool", context, lambda: _pool_info(self.registry.pool(request.name)))
+    async def ListPools(self, request, context):
+        return await self._sync("ListPools", context, lambda: (_well_formed(request), pb.ListPoolsResponse(
+            pools=[replies.pool_info(p) for p in list(self.registry.pools.values())]))[1])
+
+    async def DescribePool(self, request, context):
+        return await self._sync("DescribePool", context,
+                                lambda: replies.pool_info(self.registry.pool(_well_formed(request).name)))
 
     # ------------------------------------------------------------------ jobs
-    def StartScoring(self, request, context):
+    async def StartScoring(self, request, context):
         def start():
+            message = _well_formed(request)
             spec = JobSpec(
-                model=request.model, pool=request.pool, config=codec.decode_strategy(request.strategy),
-                k=int(request.k), exclude_ids=tuple(int(i) for i in request.exclude_ids),
-                idempotency_key=request.idempotency_key,
+                model=message.model, pool=message.pool, config=codec.decode_strategy(message.strategy),
+                k=int(message.k), exclude_ids=tuple(int(i) for i in message.exclude_ids),
+                idempotency_key=message.idempotency_key,
             )
             return pb.StartScoringResponse(job_id=self.jobs.submit(spec).id)
 
-        return self._handle("StartScoring", context, start)
+        return await self._sync("StartScoring", context, start)
 
-    def WatchJob(self, request, context):
-        job = self._handle("WatchJob", context, lambda: self.jobs.get(request.job_id))
-        last = None
-        while context.is_active():
-            # Read the state before the status: a job that turned terminal between the two would
-            # otherwise end the stream without its final status ever being sent.
-            finished = job.state in TERMINAL
-            status = _job_status(job)
-            if status != last:
-                yield status
-                last = status
-            if finished:
-                return
-            time.sleep(0.1)
+    async def WatchJob(self, request, context):
+        client = await self._open_stream("WatchJob", context)
+        try:
+            job = await self._handle("WatchJob", context, lambda: self._lookup(request))
+            last = None
+            while True:
+                # Read the state before the status: a job that turned terminal between the two
+                # would otherwise end the stream without its final status ever being sent.
+                finished = job.state in TERMINAL
+                status = replies.job_status(job)
+                if status != last:
+                    yield status
+                    last = status
+                if finished:
+                    return
+                await asyncio.sleep(WATCH_INTERVAL)
+        finally:
+            self.streams.release(client)
 
-    def GetRanking(self, request, context):
-        job = self._handle("GetRanking", context, lambda: self._finished_job(request.job_id))
-        if request.page_size < 0:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"page_size: must be >= 0, got {request.page_size}")
-        size = request.page_size or 1000
-        ranking, columns = job.ranking, job.ranking.columns
-        items = []
-        for position, item in enumerate(ranking.selection.ids.tolist()):
-            items.append(pb.RankedItem(
-                id=item, rank=position + 1, score=float(ranking.selection.scores[position]),
-                uncertainty=float(columns["uncertainty"][position]), dice=float(columns["dice"][position]),
-                soft_dice=float(columns["soft_dice"][position]), roi_energy=float(columns["roi_energy"][position]),
-                pointing_hit=float(columns["pointing_hit"][position]),
-                predicted_class=int(columns["predicted_class"][position]),
-                probabilities=columns["probabilities"][position].tolist(), source_id=job.source_ids[position],
-            ))
-            if len(items) == size:
-                yield pb.RankingPage(items=items)
-                items = []
-        if items:
-            yield pb.RankingPage(items=items)
+    async def _lookup(self, request):
+        return self.jobs.get(_well_formed(request).job_id)
+
+    async def GetRanking(self, request, context):
+        client = await self._open_stream("GetRanking", context)
+        try:
+            def pages():
+                message = _well_formed(request)
+                job = self._finished_job(message.job_id)
+                if message.page_size < 0:
+                    raise invalid_argument(f"page_size: must be >= 0, got {message.page_size}")
+                return replies.ranking_pages(job, message.page_size or 1000)
+
+            for page in await self._sync("GetRanking", context, pages):
+                yield page
+        finally:
+            self.streams.release(client)
 
     def _finished_job(self, job_id: str):
         job = self.jobs.get(job_id)
@@ -281,11 +352,13 @@ class ScoringServicer(pb_grpc.ScoringServicer):
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, f"job {job_id}: no ranking yet (state {job.state})")
         return job
 
-    def CancelJob(self, request, context):
-        return self._handle("CancelJob", context, lambda: _job_status(self.jobs.cancel(request.job_id)))
+    async def CancelJob(self, request, context):
+        return await self._sync("CancelJob", context,
+                                lambda: replies.job_status(self.jobs.cancel(_well_formed(request).job_id)))
 
-    def ListJobs(self, request, context):
-        return self._handle("ListJobs", context, lambda: pb.ListJobsResponse(jobs=[_job_status(j) for j in self.jobs.list()]))
+    async def ListJobs(self, request, context):
+        return await self._sync("ListJobs", context, lambda: (_well_formed(request), pb.ListJobsResponse(
+            jobs=[replies.job_status(j) for j in self.jobs.list()]))[1])
 
 
 # A batch is split only into parts of at least this many items: below that, the fixed cost of a
@@ -299,41 +372,3 @@ def _score_part(ids, logits, features, cam_weights, roi, config) -> BatchScores:
         return score_batch(ids, logits, features, cam_weights, roi, config)
 
 
-_STATES = {"queued": pb.JOB_QUEUED, "running": pb.JOB_RUNNING, "succeeded": pb.JOB_SUCCEEDED,
-           "failed": pb.JOB_FAILED, "cancelled": pb.JOB_CANCELLED}
-
-
-def _check_upload_name(name: str) -> None:
-    if not name or any(c in name for c in "/\\\0") or name.startswith("."):
-        raise invalid_argument(f"name: a plain file-safe name is required to upload a model, got {name!r}")
-
-
-def _job_status(job) -> pb.JobStatus:
-    rate = job.items_per_second
-    remaining = max(job.items_total - job.items_done, 0)
-    return pb.JobStatus(
-        job_id=job.id, state=_STATES[job.state], items_done=job.items_done, items_total=job.items_total,
-        items_per_second=rate, eta_seconds=remaining / rate if rate > 0 else 0.0, error=job.error,
-        item_errors=[pb.ItemError(id=i, reason=r) for i, r in job.item_errors], n_item_errors=job.n_item_errors,
-        model=job.spec.model, pool=job.spec.pool,
-    )
-
-
-def _model_info(model) -> pb.ModelInfo:
-    meta = model.metadata
-    strings = meta.to_strings()
-    return pb.ModelInfo(
-        name=model.name, format="torchscript" if model.runtime_kind.startswith("TorchScript") else "onnx",
-        runtime=f"{model.runtime_kind}:{model.device}",
-        class_names=list(meta.class_names), input_shape=[meta.channels, *meta.input_size],
-        outputs=["logits", "features", "cam_weights"], target_layer=meta.target_layer, xal_version=meta.version,
-        metadata=strings, ready=True,
-    )
-
-
-def _pool_info(pool) -> pb.PoolInfo:
-    store = pool.store
-    manifest = store.manifest
-    kinds = ["mask", "boxes"] if store.roi_format == "boxes" else ["mask"]
-    preprocessing = {key: json.dumps(manifest[key]) for key in ("size", "channels", "classes", "preprocessing") if key in manifest}
-    return pb.PoolInfo(name=pool.name, path=str(pool.path), size=len(store), roi_kinds=kinds, preprocessing=preprocessing)

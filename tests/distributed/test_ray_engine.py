@@ -171,7 +171,8 @@ def test_service_job_on_ray_reports_progress_through_watch_job(cluster, assets, 
     from xal_service.wire import scoring_pb2 as pb
 
     pool_path, model_path = assets
-    server = start_server(ServerConfig(listen="127.0.0.1:0", state=tmp_path / "state", ray=ONE_WORKER))
+    server = start_server(ServerConfig(listen="127.0.0.1:0", state=tmp_path / "state", ray=ONE_WORKER,
+                                       model_roots=(model_path.parent,), pool_roots=(pool_path.parent,)))
     try:
         with ScoringClient(f"127.0.0.1:{server.port}", timeout=300) as client:
             client.load_model("m", str(model_path))
@@ -208,7 +209,8 @@ def test_killed_ray_server_resumes_its_job_from_the_finished_chunks(cluster, ass
 
     pool_path, model_path = assets
     state = tmp_path / "state"
-    flags = ("--engine", "ray", "--ray-address", "auto", "--ray-workers", "1")
+    flags = ("--engine", "ray", "--ray-address", "auto", "--ray-workers", "1",
+             "--model-root", str(model_path.parent), "--pool-root", str(pool_path.parent))
     server = server_process.start(state, *flags, timeout=120)
     strategy = pb.Strategy(uncertainty=pb.UNCERTAINTY_MARGIN, weight=0.4, threshold=0.5)
     with ScoringClient(server.target, timeout=120) as client:

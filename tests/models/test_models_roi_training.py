@@ -178,7 +178,7 @@ def test_cosine_schedule_trains_on_every_label_for_the_whole_budget():
                    val_data=torch.rand(4, 1, 16, 16), val_labels=torch.arange(4) % 2, progress=False,
                    config=TrainConfig(epochs=3, batch_size=5, schedule="cosine"))
     assert ["val_loss" in r for r in with_val.history] == [False, False, True]
-    assert all(torch.equal(a, b) for a, b in zip(with_val.model.state_dict().values(), result.model.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(with_val.model.state_dict().values(), result.model.state_dict().values(), strict=True))
 
 
 # ------------------------------------------------------------------ the two-region toy

@@ -14,6 +14,7 @@ import grpc
 import pytest
 import torch
 
+from tests.pool_edits import record_checksums
 from tests.service import server_process
 from xal_core.acquisition import ScoringConfig, rank_pool, score_batch
 from xal_core.data import open_dataset
@@ -38,6 +39,11 @@ def assets(tmp_path_factory):
     model = ExplainableModel(build_backbone("resnet18", in_channels=1, num_classes=2)).eval()
     export(model, root / "model.onnx", "onnx", input_shape=(1, 32, 32), onnx_exporter="legacy")
     return root / "pool", root / "model.onnx"
+
+
+def _roots(*folders: Path) -> list[str]:
+    """``xal serve`` reads server-side paths only under its roots: the test's asset folders."""
+    return [arg for folder in folders for arg in ("--model-root", str(folder), "--pool-root", str(folder))]
 
 
 def in_process_ranking(pool_path: Path, model_path: Path, k: int, exclude: list[int]):
@@ -69,7 +75,7 @@ def _ranking(client: ScoringClient, job_id: str, page_size: int = 7) -> list:
 
 def test_job_ranking_equals_in_process_ranking(assets, tmp_path):
     pool_path, model_path = assets
-    server = server_process.start(tmp_path / "state")
+    server = server_process.start(tmp_path / "state", *_roots(model_path.parent))
     try:
         with ScoringClient(server.target, timeout=120) as client:
             info = client.load_model("m", str(model_path))
@@ -99,7 +105,7 @@ def test_job_ranking_equals_in_process_ranking(assets, tmp_path):
 def test_killed_server_resumes_the_job_with_the_same_ranking(assets, tmp_path):
     pool_path, model_path = assets
     state = tmp_path / "state"
-    server = server_process.start(state)
+    server = server_process.start(state, *_roots(model_path.parent))
     with ScoringClient(server.target, timeout=120) as client:
         client.load_model("m", str(model_path))
         client.register_pool("p", str(pool_path))
@@ -113,7 +119,7 @@ def test_killed_server_resumes_the_job_with_the_same_ranking(assets, tmp_path):
     finished_before = len(list(chunks.glob("[0-9]*.npz")))
     assert 3 <= finished_before < 15, "the job should have been interrupted part-way"
 
-    server = server_process.start(state)  # same state: registry and job come back
+    server = server_process.start(state, *_roots(model_path.parent))  # same state: registry and job come back
     try:
         with ScoringClient(server.target, timeout=120) as client:
             final = None
@@ -130,7 +136,7 @@ def test_killed_server_resumes_the_job_with_the_same_ranking(assets, tmp_path):
 
 def test_job_errors_are_status_codes(assets, tmp_path):
     pool_path, model_path = assets
-    server = server_process.start(tmp_path / "state")
+    server = server_process.start(tmp_path / "state", *_roots(model_path.parent))
     try:
         with ScoringClient(server.target, timeout=60) as client:
             def code(call):
@@ -171,7 +177,7 @@ def test_cli_score_writes_the_ranking(assets, tmp_path):
     import sys
 
     pool_path, model_path = assets
-    server = server_process.start(tmp_path / "state")
+    server = server_process.start(tmp_path / "state", *_roots(model_path.parent))
     try:
         exclude = tmp_path / "labelled.txt"
         exclude.write_text("0\n1\n2\n")
@@ -201,7 +207,7 @@ def test_cli_score_writes_the_ranking(assets, tmp_path):
 def test_cancel_a_queued_job(assets, tmp_path):
     """Jobs run one at a time, so the last of three just submitted is still queued when cancelled."""
     pool_path, model_path = assets
-    server = server_process.start(tmp_path / "state")
+    server = server_process.start(tmp_path / "state", *_roots(model_path.parent))
     try:
         with ScoringClient(server.target, timeout=120) as client:
             client.load_model("m", str(model_path))
@@ -231,7 +237,10 @@ def test_bad_item_is_reported_and_the_job_goes_on(assets, tmp_path):
     shutil.copytree(pool_path, broken)
     images = zarr.open_array(str(broken / "scoring" / "images"), mode="r+")
     images[37] = float("nan")
-    server = server_process.start(tmp_path / "state")
+    # ... with its chunk's checksum recorded again: a pool that holds the NaN consistently. (A NaN
+    # written behind the manifest's back is a damaged chunk, skipped whole: test_faults_pool.py.)
+    record_checksums(broken)
+    server = server_process.start(tmp_path / "state", *_roots(model_path.parent, broken.parent))
     try:
         with ScoringClient(server.target, timeout=120) as client:
             client.load_model("m", str(model_path))

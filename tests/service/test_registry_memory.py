@@ -14,6 +14,7 @@ import torch
 from xal_core.models import build_backbone, export
 from xal_service.errors import RequestError
 from xal_service.registry import Registry
+from xal_service.roots import PathRoots
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +53,11 @@ def test_an_evicted_model_whose_file_is_gone_says_so(tmp_path, model_files):
 
 
 def test_restore_respects_the_cap(tmp_path, model_files):
+    """(A restored model must still lie under the model roots: here, the folder of the files.)"""
     registry = Registry(tmp_path, max_loaded=2)
     for n, path in enumerate(model_files):
         registry.load_model(f"m{n}", path)
-    again = Registry(tmp_path, max_loaded=2)
+    again = Registry(tmp_path, max_loaded=2, model_roots=PathRoots("model", [model_files[0].parent]))
     again.restore(logging.getLogger("test"))
     assert sorted(again.models) == ["m0", "m1", "m2"]
     assert sum(m.loaded for m in again.models.values()) == 2

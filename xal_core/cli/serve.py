@@ -20,6 +20,19 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--allow-remote-without-token", action="store_true",
         help="serve a non-loopback address without --token-file (not recommended)",
     )
+    parser.add_argument("--model-root", type=Path, action="append", default=[],
+                        help="a folder LoadModel paths may point into (repeatable; default STATE/models)")
+    parser.add_argument("--pool-root", type=Path, action="append", default=[],
+                        help="a folder RegisterPool paths may point into (repeatable; default STATE/pools)")
+    parser.add_argument("--trust-torchscript-uploads", action="store_true",
+                        help="accept uploaded TorchScript models (they run code when loaded; default: ONNX only)")
+    parser.add_argument("--max-model-bytes", type=int, default=1 << 30,
+                        help="largest uploaded model file (default 1 GiB)")
+    parser.add_argument("--max-roi-side", type=int, default=4096,
+                        help="largest ROI frame height and width a ScoreBatch may declare (default 4096)")
+    parser.add_argument("--max-streams-per-client", type=int, default=16,
+                        help="open WatchJob/GetRanking/LoadModel streams per client address (default 16)")
+    parser.add_argument("--max-streams", type=int, default=64, help="open streams in total (default 64)")
     add_ray_arguments(parser, engine_default="in-process")
     parser.set_defaults(run=run)
 
@@ -46,6 +59,7 @@ def ray_engine_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from xal_service.limits import ServiceLimits
     from xal_service.server import ServerConfig, serve_forever  # gRPC only when serving
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -61,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
         max_message_mb=args.max_message_mb,
         workers=args.workers,
         ray=ray_engine_config(args) if args.engine == "ray" else None,
+        model_roots=tuple(args.model_root),
+        pool_roots=tuple(args.pool_root),
+        trust_torchscript_uploads=args.trust_torchscript_uploads,
+        limits=ServiceLimits(max_roi_side=args.max_roi_side, max_model_bytes=args.max_model_bytes,
+                             max_streams_per_client=args.max_streams_per_client, max_streams=args.max_streams),
     )
     serve_forever(config, announce=lambda line: print(line, flush=True))
     return 0

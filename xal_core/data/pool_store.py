@@ -42,7 +42,7 @@ from xal_core.scoring import Roi
 
 from .item import Item
 
-__all__ = ["PoolStore", "PoolWriter", "PoolChunk", "FORMAT", "ID_BYTES"]
+__all__ = ["CorruptChunk", "PoolStore", "PoolWriter", "PoolChunk", "FORMAT", "ID_BYTES"]
 
 FORMAT = "xal-pool/1"
 ID_BYTES = 256
@@ -70,6 +70,16 @@ def _checksum(arrays: Sequence[np.ndarray]) -> str:
     for array in arrays:
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
+
+
+class CorruptChunk(ValueError):
+    """A pool chunk that cannot be trusted: its items (``rows``) are reported and skipped."""
+
+    def __init__(self, number: int, rows: slice, reason: str) -> None:
+        super().__init__(f"chunk {number}: {reason}")
+        self.number = number
+        self.rows = rows
+        self.reason = reason
 
 
 class PoolStore:
@@ -115,7 +125,42 @@ class PoolStore:
         return {name: self._group[name][rows] for name in names}
 
     def read_chunk(self, number: int) -> PoolChunk:
-        raw = self.raw_chunk(number)
+        return self._decode(number, self.raw_chunk(number))
+
+    def read_verified_chunk(self, number: int) -> PoolChunk:
+        """:meth:`read_chunk`, after checking the stored arrays against the manifest's checksum.
+
+        Why: zarr reads a missing chunk file as zeros (blank images, empty ids) and damaged bytes
+        may decode to anything, so without the check a damaged pool scores silently wrong. The
+        checksum is already in the manifest and costs one SHA-256 pass over the chunk.
+
+        Raises:
+            CorruptChunk: the chunk is unreadable, fails its checksum, or does not decode.
+        """
+        rows = self._rows(number)
+        try:
+            raw = self.raw_chunk(number)
+        except Exception as error:  # zarr/numcodecs raise many types for damaged files
+            raise CorruptChunk(number, rows, f"unreadable ({type(error).__name__})") from None
+        checksums = self.manifest.get("checksums")
+        entry = checksums[number] if isinstance(checksums, list) and number < len(checksums) else None
+        expected = entry.get("scoring") if isinstance(entry, dict) else None
+        if expected is None:
+            raise CorruptChunk(number, rows, "has no checksum in manifest.json")
+        if _checksum([raw[name] for name in sorted(raw)]) != expected:
+            raise CorruptChunk(number, rows, "does not match its checksum in manifest.json (a file missing or damaged)")
+        try:
+            return self._decode(number, raw)
+        except ValueError as error:
+            raise CorruptChunk(number, rows, f"does not decode ({error})") from None
+
+    def _read_or_corrupt(self, number: int) -> PoolChunk | CorruptChunk:
+        try:
+            return self.read_verified_chunk(number)
+        except CorruptChunk as error:
+            return error
+
+    def _decode(self, number: int, raw: dict[str, np.ndarray]) -> PoolChunk:
         ids = [bytes(row).rstrip(b"\0").decode("utf-8") for row in raw["ids"]]
         known = torch.from_numpy(raw["roi_known"].astype(bool))
         if self.roi_format == "boxes":
@@ -126,24 +171,28 @@ class PoolStore:
         images = torch.from_numpy(raw["images"]).to(torch.float32)
         return PoolChunk(number, torch.from_numpy(raw["index"]), ids, images, roi)
 
-    def chunks(self, *, start: int = 0, prefetch: int = 2) -> Iterator[PoolChunk]:
+    def chunks(self, *, start: int = 0, prefetch: int = 2, verify: bool = False) -> Iterator[PoolChunk]:
         """Chunks in order from chunk ``start``; ``prefetch`` chunks are read ahead on threads.
 
         Memory is bounded by ``prefetch + 1`` chunks whatever the pool size. ``start`` lets an
-        interrupted scoring job resume from its last finished chunk.
+        interrupted scoring job resume from its last finished chunk. With ``verify``, every chunk
+        is checked against its checksum (:meth:`read_verified_chunk`) and one that fails comes as
+        a :class:`CorruptChunk` value in its place (not raised), so the caller can report its
+        items and go on with the rest.
         """
         if prefetch < 0:
             raise ValueError(f"prefetch: must be >= 0, got {prefetch}")
+        read = self._read_or_corrupt if verify else self.read_chunk
         if prefetch == 0:
             for number in range(start, self.n_chunks):
-                yield self.read_chunk(number)
+                yield read(number)
             return
         with ThreadPoolExecutor(max_workers=prefetch, thread_name_prefix="pool-prefetch") as pool:
             pending: list[Future[PoolChunk]] = []
             next_number = start
             while next_number < self.n_chunks or pending:
                 while next_number < self.n_chunks and len(pending) <= prefetch:
-                    pending.append(pool.submit(self.read_chunk, next_number))
+                    pending.append(pool.submit(read, next_number))
                     next_number += 1
                 yield pending.pop(0).result()
 

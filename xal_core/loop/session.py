@@ -96,7 +96,10 @@ class RunSession:
         if self.server == "auto":
             state = self.run_dir / "service"
             self.console.print(f"starting the scoring service (state {state}) …")
-            with LocalServer.start(state) as server, ScoringClient(server.target) as client, \
+            # the service reads server-side paths only under its roots: this run's models, the pool's folder
+            roots = ("--model-root", str((self.run_dir / "models").resolve()),
+                     "--pool-root", str(Path(data.pool_path).resolve().parent))
+            with LocalServer.start(state, *roots) as server, ScoringClient(server.target) as client, \
                     ServiceScorer(client, data.pool_path) as scorer:
                 self.console.print(f"scoring through gRPC at {server.target}")
                 yield scorer

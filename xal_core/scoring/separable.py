@@ -31,13 +31,13 @@ real Grad-CAMs).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
 
 from . import flatness
 from .bilinear import AxisSampling, axis_sampling, interpolation_matrix
+from .plan_cache import byte_bounded_cache
 from .results import AlignmentScores, empty_scores
 from .roi import Roi
 
@@ -76,7 +76,7 @@ class ColumnPlan:
     sampling: AxisSampling  # float64: where each column reads the row (the per-pixel formula)
 
 
-@lru_cache(maxsize=64)
+@byte_bounded_cache()  # bounded by bytes: a plan grows with the frame (plan_cache)
 def column_plan(w: int, width: int, device: torch.device, row_dtype: torch.dtype = torch.float32) -> ColumnPlan:
     """The plan with its per-row tensors in ``row_dtype`` (float32 or float64; see the module doc)."""
     sampling = axis_sampling(w, width, dtype=torch.float64, device=device)
@@ -118,7 +118,7 @@ class RowPlan:
     candidates: torch.Tensor  # int64 [n_r]: rows where a column can take its min or max
 
 
-@lru_cache(maxsize=64)
+@byte_bounded_cache()  # bounded by bytes: a plan grows with the frame (plan_cache)
 def row_plan(h: int, height: int, device: torch.device) -> RowPlan:
     sampling = axis_sampling(h, height, dtype=torch.float64, device=device)
     matrix = interpolation_matrix(sampling, h)
@@ -377,7 +377,7 @@ def _mask_terms(roi: Roi, grids, low, span, rows: RowPlan, plan: ColumnPlan, run
     return n_truth, overlap, mass_in, hit
 
 
-@lru_cache(maxsize=64)
+@byte_bounded_cache()  # bounded by bytes: a plan grows with the frame (plan_cache)
 def packed_columns(w: int, width: int) -> torch.Tensor:
     """``[ceil(W/8)·256, w]``: row ``k·256 + v`` is ``Σ_x bit_x(v) · integer[8k + x]`` for the byte
     value ``v`` at byte position ``k`` of a bit-packed mask row (MSB first, NumPy ``packbits``

@@ -1,0 +1,48 @@
+"""Size checks on a ``ScoreBatch`` request, made before anything is allocated for it.
+
+Why: the tensors of a request carry their own bytes (``codec.decode_tensor`` refuses a shape its
+data does not fill), but the ROI frame is only declared — two int32 fields — and the scorer
+builds resampling plans of length ``H`` and ``W``, keeps the CAM grid's rows resampled to the
+frame's width (``h × W`` floats), and visits every pixel of the frame. A 293-byte request with box
+ROIs and ``width = 20 000 001`` used to peak at ~1 GB and leave +460 MB of cached plans behind;
+``width = 2³¹ − 1`` asked for 17 GB. Every check here names the field to fix and answers
+``INVALID_ARGUMENT``.
+"""
+
+from __future__ import annotations
+
+from .errors import invalid_argument
+from .limits import ServiceLimits
+from .wire import scoring_pb2 as pb
+
+__all__ = ["check_score_batch_sizes"]
+
+
+def check_score_batch_sizes(roi: pb.RoiBatch, batch: int, grid: tuple[int, int], request_bytes: int,
+                            limits: ServiceLimits) -> None:
+    """Refuse a frame larger than ``--max-roi-side``, a CAM grid whose resampled rows or columns
+    outgrow ``limits.max_grid_scratch``, and box ROIs that declare more pixels than the request
+    could pay for (see :class:`~xal_service.limits.ServiceLimits`)."""
+    side = limits.max_roi_side
+    for name, value in (("height", roi.height), ("width", roi.width)):
+        if value > side:
+            raise invalid_argument(f"roi.{name}: {value} exceeds this server's ROI frame limit of {side} pixels "
+                                   f"per side (--max-roi-side)")
+    height, width = roi.height, roi.width
+    h, w = grid
+    scratch = max(h * width, w * height)
+    if scratch > limits.max_grid_scratch:
+        raise invalid_argument(
+            f"features.shape: a {h}×{w} CAM grid resampled to a {height}×{width} ROI frame needs {scratch} values "
+            f"of scratch per image (grid rows × frame width, grid columns × frame height); this server allows "
+            f"{limits.max_grid_scratch}"
+        )
+    if roi.WhichOneof("kind") == "boxes":
+        pixels = batch * height * width
+        allowed = max(limits.max_roi_work_floor, limits.max_roi_work_factor * request_bytes)
+        if pixels > allowed:
+            raise invalid_argument(
+                f"roi.boxes: {batch} images × {height}×{width} frame = {pixels} pixels to score for a request of "
+                f"{request_bytes} bytes; this server scores at most max({limits.max_roi_work_floor}, "
+                f"{limits.max_roi_work_factor} × request bytes) box-ROI pixels per request"
+            )
