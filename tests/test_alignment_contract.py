@@ -590,6 +590,7 @@ def test_row_precision_when_map_range_is_small(path):
     assert_alignment_matches(scores, refs, context=path, precision=precision_for(path, torch.float64))
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the interpreter's numpy sums overflow, as meant
 @pytest.mark.parametrize("path", list(PATHS))
 def test_overflowing_channel_sum_is_invalid_not_nan(path):
     """Finite inputs whose channel sum overflows the path's accumulation are flagged invalid, like a
