@@ -17,6 +17,7 @@
 #   bash docs/results/run_study.sh 4        # part 4: dual and entropy, plain and dice, seeds 0–4
 #   bash docs/results/run_study.sh 5        # part 5: dual + best, λ 0.25 and 0.75, seeds 0–4
 #   bash docs/results/run_study.sh report   # merge whatever has finished into $OUT
+#   bash docs/results/run_study.sh list < arms.txt   # any arms, one "strategy training λ seed" a line
 # Each part is ~50–100 min on 2 cores. BEST (default swap) is the training that won on random
 # sampling in part 1 (study.md says how it was decided); RUNS, OUT, JOBS and EXTRA override.
 set -uo pipefail
@@ -47,7 +48,8 @@ arms() {  # one line per arm: strategy training lambda seed
     4) for t in plain dice swap; do [ "$t" = "$BEST" ] && continue
          for s in 0 1 2 3 4; do echo "dual $t 0.5 $s"; echo "entropy $t 0.5 $s"; done; done ;;
     5) for l in 0.25 0.75; do for s in 0 1 2 3 4; do echo "dual $BEST $l $s"; done; done ;;
-    *) echo "usage: $0 1|2|3|4|5|report" >&2; exit 2 ;;
+    list) grep -v '^#' ;;
+    *) echo "usage: $0 1|2|3|4|5|list|report" >&2; exit 2 ;;
   esac
 }
 
