@@ -39,12 +39,17 @@ METRICS = ("accuracy", "balanced_accuracy", "auroc", "cam_dice")
 CHECKPOINTS = (90, 170, 330, 570)
 FIRST, LAST = 50, 570
 STABLE_FROM = 250
+MIDDLE = 170  # a paired checkpoint before the well-trained arms saturate
 PAIRS = (  # (first arm, second arm): first − second
     (("dual", "best", "0.5"), ("random", "best", "0.5")),
     (("entropy", "best", "0.5"), ("random", "best", "0.5")),
     (("dual", "best", "0.5"), ("random", "plain", "0.5")),
     (("random", "best", "0.5"), ("random", "plain", "0.5")),
     (("dual", "best", "0.5"), ("entropy", "best", "0.5")),
+    (("dual", "plain", "0.5"), ("random", "plain", "0.5")),
+    (("entropy", "plain", "0.5"), ("random", "plain", "0.5")),
+    (("dual", "plain", "0.5"), ("entropy", "plain", "0.5")),
+    (("dual", "best", "0.5"), ("dual", "plain", "0.5")),
 )
 
 
@@ -116,10 +121,12 @@ def analyse(arms: dict, best: str) -> dict:
         if len(shared) < 2:
             continue
         final = [arms[a][s][LAST]["accuracy"] - arms[b][s][LAST]["accuracy"] for s in shared]
+        middle = [arms[a][s][MIDDLE]["accuracy"] - arms[b][s][MIDDLE]["accuracy"] for s in shared]
         area = [aulc(arms[a][s]) - aulc(arms[b][s]) for s in shared]
         out["pairs"].append({
             "first": arm_name(a), "second": arm_name(b), "seeds": shared,
             "accuracy_570": summary(mean_ci(final)), "aulc": summary(mean_ci(area)),
+            "accuracy_170": summary(mean_ci(middle)), "first_ahead_170": sum(d > 0 for d in middle),
             "first_ahead_570": sum(d > 0 for d in final), "first_ahead_aulc": sum(d > 0 for d in area),
         })
     reference = out["arms"].get(arm_name(("random", best, "0.5")))
@@ -152,10 +159,12 @@ def tables(result: dict) -> str:
               "| arm | swing |", "|---|---:|"]
     lines += [f"| {name} | {fmt(ci(e['swing_after_250']))} |" for name, e in result["arms"].items()]
     lines += ["", "**Paired differences** (same seeds; first − second; 95 % t-interval)", "",
-              "| first − second | seeds | accuracy at 570 | first ahead | AULC | first ahead |", "|---|---:|---:|---:|---:|---:|"]
+              "| first − second | seeds | accuracy at 170 | first ahead | accuracy at 570 | first ahead | AULC | first ahead |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for p in result["pairs"]:
         n = len(p["seeds"])
-        lines.append(f"| {p['first']} − {p['second']} | {n} | {fmt(ci(p['accuracy_570']))} | {p['first_ahead_570']}/{n} | "
+        lines.append(f"| {p['first']} − {p['second']} | {n} | {fmt(ci(p['accuracy_170']))} | {p['first_ahead_170']}/{n} | "
+                     f"{fmt(ci(p['accuracy_570']))} | {p['first_ahead_570']}/{n} | "
                      f"{fmt(ci(p['aulc']))} | {p['first_ahead_aulc']}/{n} |")
     if "labels_to_reach_random_best_at_570" in result:
         lines += ["", "**Labels to reach random+best's mean accuracy at 570** (mean curve; — = never)", "",
