@@ -43,10 +43,11 @@ import torch.nn.functional as F
 from timing import time_calls  # bench/timing.py (scripts run with bench/ on sys.path)
 
 from xal_core.scoring import Roi, cam_alignment
+from xal_core.scoring.parameters import DEFAULT_THRESHOLD
 from xal_core.scoring.reference import cam_alignment_dense
 
 RESULTS = Path(__file__).resolve().parent / "results"
-THRESHOLD = 0.5
+THRESHOLD = DEFAULT_THRESHOLD  # τ as the library defaults it
 # (B, C, h=w, H=W): the two shapes on a GPU; reduced batches on a CPU (about 2 minutes).
 GPU_CASES = [(1024, 512, 7, 224), (256, 1024, 16, 512)]
 CPU_CASES = [(128, 512, 7, 224), (16, 1024, 16, 512)]
@@ -121,7 +122,7 @@ def run_case(case, device, dtype, repeats, wanted, copy_bw) -> dict:
     providers: dict[str, Callable[[], object]] = {}
     skipped: dict[str, str] = {}
     if device.type == "cuda":
-        op = importlib.import_module("xal_kernels.cam_alignment")
+        op = importlib.import_module("xal_kernels.triton_alignment")
         providers["xal-triton"] = lambda: op.launch_cam_alignment(features, weights, roi.size, roi.known, packed=packed, threshold=THRESHOLD)
     else:
         cpu_alignment = importlib.import_module("xal_kernels.cpu_alignment")  # Numba: CPU hosts only
@@ -175,7 +176,7 @@ def agreement(features, weights, roi, packed, device) -> dict:
     part = slice(0, min(8, features.shape[0]))
     exact = cam_alignment_dense(features[part], weights[part], roi[part], threshold=THRESHOLD, dtype=torch.float64)
     if device.type == "cuda":
-        op = importlib.import_module("xal_kernels.cam_alignment")
+        op = importlib.import_module("xal_kernels.triton_alignment")
         ours = op.launch_cam_alignment(features[part], weights[part], roi.size, roi.known[part], packed=packed[part], threshold=THRESHOLD)
     else:  # the path CPU tensors are routed to
         cpu_alignment = importlib.import_module("xal_kernels.cpu_alignment")

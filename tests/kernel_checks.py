@@ -40,7 +40,7 @@ def _reload_compiled_kernel_modules() -> None:
     except ImportError:
         return
 
-    for name in ("xal_kernels.cam_alignment", "xal_kernels.uncertainty"):
+    for name in ("xal_kernels.triton_alignment", "xal_kernels.triton_uncertainty"):
         module = sys.modules.get(name)
         kernels = [v for k, v in vars(module).items() if k.endswith("_kernel")] if module else []
         if kernels and not isinstance(kernels[0], InterpretedFunction):

@@ -47,7 +47,7 @@ PATHS = {
 if "compiled" in FAST_ALIGNMENTS:
     PATHS["compiled"] = lambda f, w, roi, t: FAST_ALIGNMENTS["compiled"](f, w, roi, threshold=t)
 try:
-    _triton_op = kernel_checks.on_device(importlib.import_module("xal_kernels.cam_alignment"))
+    _triton_op = kernel_checks.on_device(importlib.import_module("xal_kernels.triton_alignment"))
 except ImportError:  # no Triton on this host: the kernel tests skip too
     pass
 else:

@@ -8,21 +8,18 @@
 >>> scores.dice.shape
 torch.Size([2])
 
-Routing (``XAL_KERNELS`` = auto | triton | torch | reference) is described in ``dispatch``; the
-kernels live one op per module: ``xal_kernels/cam_alignment.py``, ``xal_kernels/uncertainty.py``
-(plus ``topk.push_chunk``), each importable as ``from xal_kernels.cam_alignment import ...``; the
-compiled CPU kernel (Numba) that CPU tensors take is ``xal_kernels/cpu_alignment.py``.
+Routing (``XAL_KERNELS`` = auto | triton | numba | torch | reference) is described in ``dispatch``;
+the Triton kernels live one op per module, ``xal_kernels/triton_alignment.py`` and
+``xal_kernels/triton_uncertainty.py`` (plus ``topk.push_chunk``), each importable as
+``from xal_kernels.triton_alignment import ...``; the compiled CPU kernel (Numba) that CPU tensors
+take is ``xal_kernels/cpu_alignment.py``.
 
-The public functions share their names with those op modules. Python's import system binds a
-submodule onto its package under the submodule's name when it is first imported, which would
-replace ``xal_kernels.cam_alignment`` (the function) by the module; the package class below keeps
-the functions bound (the modules stay reachable through ``sys.modules`` and ``from ... import``).
+The op modules are named ``triton_*`` so that no submodule shares a name with a routed function:
+importing a submodule binds it onto its package under its own name, and a module called
+``cam_alignment`` would replace the function ``xal_kernels.cam_alignment`` on first import.
 """
 
 from __future__ import annotations
-
-import sys
-import types
 
 from .dispatch import (
     BACKEND_ENV,
@@ -49,15 +46,3 @@ __all__ = [
     "uncertainty_and_dual_score",
     "warm_up",
 ]
-
-_ROUTED = frozenset({"cam_alignment", "uncertainty"})
-
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name: str, value: object) -> None:
-        if name in _ROUTED and isinstance(value, types.ModuleType):
-            return  # keep the routed function; the module is in sys.modules
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -43,9 +43,9 @@ import numpy as np
 import torch
 
 from xal_core.scoring import flatness
-from xal_core.scoring.alignment import check_threshold
 from xal_core.scoring.bilinear import axis_sampling
 from xal_core.scoring.inputs import check_cam_inputs, warn_nonfinite
+from xal_core.scoring.parameters import DEFAULT_THRESHOLD, check_threshold
 from xal_core.scoring.plan_cache import byte_bounded_cache
 from xal_core.scoring.results import AlignmentScores
 from xal_core.scoring.roi import Roi
@@ -326,7 +326,7 @@ def cam_alignment(
     weights: torch.Tensor,
     roi: Roi,
     *,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     threads: int | None = None,
 ) -> AlignmentScores:
     """``xal_core.scoring.cam_alignment`` on the compiled CPU kernel (same arguments, same results).

@@ -31,6 +31,13 @@ import torch
 
 from xal_core import scoring
 from xal_core.scoring.fusion import DualScore
+from xal_core.scoring.parameters import (
+    DEFAULT_FUSION,
+    DEFAULT_MISSING_ROI,
+    DEFAULT_THRESHOLD,
+    DEFAULT_UNCERTAINTY,
+    DEFAULT_WEIGHT,
+)
 from xal_core.scoring.results import AlignmentScores
 from xal_core.scoring.roi import Roi
 
@@ -163,11 +170,13 @@ def _op(name: str, tensor: object) -> ModuleType:
 
 
 # --------------------------------------------------------------------------- public ops
-def cam_alignment(features: torch.Tensor, weights: torch.Tensor, roi: Roi, *, threshold: float = 0.5) -> AlignmentScores:
+def cam_alignment(
+    features: torch.Tensor, weights: torch.Tensor, roi: Roi, *, threshold: float = DEFAULT_THRESHOLD
+) -> AlignmentScores:
     """``xal_core.scoring.cam_alignment`` routed by device and ``XAL_KERNELS`` (same signature)."""
     route = backend_for(features)
     if route == "triton":
-        return _op("cam_alignment", features).cam_alignment(features, weights, roi, threshold=threshold)
+        return _op("triton_alignment", features).cam_alignment(features, weights, roi, threshold=threshold)
     if route == "numba":
         return importlib.import_module("xal_kernels.cpu_alignment").cam_alignment(features, weights, roi, threshold=threshold)
     if route == "reference":
@@ -175,10 +184,10 @@ def cam_alignment(features: torch.Tensor, weights: torch.Tensor, roi: Roi, *, th
     return scoring.cam_alignment(features, weights, roi, threshold=threshold)
 
 
-def uncertainty(logits: torch.Tensor, kind: str = "entropy") -> torch.Tensor:
+def uncertainty(logits: torch.Tensor, kind: str = DEFAULT_UNCERTAINTY) -> torch.Tensor:
     """``xal_core.scoring.uncertainty`` routed by device and ``XAL_KERNELS`` (same signature)."""
     if backend_for(logits, op="uncertainty") == "triton":
-        return _op("uncertainty", logits).uncertainty(logits, kind)
+        return _op("triton_uncertainty", logits).uncertainty(logits, kind)
     return scoring.uncertainty(logits, kind)
 
 
@@ -186,15 +195,15 @@ def dual_score(
     uncertainty: torch.Tensor,
     misalignment: torch.Tensor | AlignmentScores,
     *,
-    weight: float = 0.5,
-    method: str = "weighted",
-    missing_roi: str = "uncertainty_only",
+    weight: float = DEFAULT_WEIGHT,
+    method: str = DEFAULT_FUSION,
+    missing_roi: str = DEFAULT_MISSING_ROI,
     invalid: torch.Tensor | None = None,
 ) -> DualScore:
     """``xal_core.scoring.dual_score`` routed by device and ``XAL_KERNELS`` (same signature)."""
     options = dict(weight=weight, method=method, missing_roi=missing_roi, invalid=invalid)
     if backend_for(uncertainty, op="fusion") == "triton":
-        return _op("uncertainty", uncertainty).dual_score(uncertainty, misalignment, **options)
+        return _op("triton_uncertainty", uncertainty).dual_score(uncertainty, misalignment, **options)
     return scoring.dual_score(uncertainty, misalignment, **options)
 
 
@@ -202,17 +211,17 @@ def uncertainty_and_dual_score(
     logits: torch.Tensor,
     misalignment: torch.Tensor | AlignmentScores,
     *,
-    kind: str = "entropy",
-    weight: float = 0.5,
-    method: str = "weighted",
-    missing_roi: str = "uncertainty_only",
+    kind: str = DEFAULT_UNCERTAINTY,
+    weight: float = DEFAULT_WEIGHT,
+    method: str = DEFAULT_FUSION,
+    missing_roi: str = DEFAULT_MISSING_ROI,
     invalid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, DualScore]:
     """``u = uncertainty(logits, kind)`` and ``dual_score(u, misalignment, ...)``; one fused kernel
     on the Triton route (weighted fusion)."""
     options = dict(weight=weight, method=method, missing_roi=missing_roi, invalid=invalid)
     if backend_for(logits, op="fusion") == "triton":
-        return _op("uncertainty", logits).uncertainty_and_dual_score(logits, misalignment, kind=kind, **options)
+        return _op("triton_uncertainty", logits).uncertainty_and_dual_score(logits, misalignment, kind=kind, **options)
     u = scoring.uncertainty(logits, kind)
     return u, scoring.dual_score(u, misalignment, **options)
 

@@ -15,6 +15,13 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from xal_core.scoring import Roi
+from xal_core.scoring.parameters import (
+    DEFAULT_FUSION,
+    DEFAULT_MISSING_ROI,
+    DEFAULT_THRESHOLD,
+    DEFAULT_UNCERTAINTY,
+    DEFAULT_WEIGHT,
+)
 
 from . import codec
 from .wire import scoring_pb2 as pb
@@ -112,11 +119,11 @@ class ScoringClient:
         roi: Roi,
         *,
         ids: torch.Tensor | np.ndarray | None = None,
-        uncertainty: str = "entropy",
-        weight: float = 0.5,
-        threshold: float = 0.5,
-        fusion: str = "weighted",
-        missing_roi: str = "uncertainty_only",
+        uncertainty: str = DEFAULT_UNCERTAINTY,
+        weight: float = DEFAULT_WEIGHT,
+        threshold: float = DEFAULT_THRESHOLD,
+        fusion: str = DEFAULT_FUSION,
+        missing_roi: str = DEFAULT_MISSING_ROI,
         timeout: float | None = None,
     ) -> dict[str, np.ndarray]:
         """Score a batch remotely: the same numbers as ``xal_core.scoring`` on the same inputs.

@@ -22,8 +22,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from xal_core.acquisition import ScoringConfig
 from xal_core.scoring import Roi
+from xal_core.scoring.parameters import (
+    DEFAULT_FUSION,
+    DEFAULT_MISSING_ROI,
+    DEFAULT_THRESHOLD,
+    DEFAULT_UNCERTAINTY,
+    DEFAULT_WEIGHT,
+    THRESHOLD_RANGE,
+    WEIGHT_RANGE,
+    ScoringConfig,
+    threshold_in_range,
+    weight_in_range,
+)
 
 from .errors import invalid_argument
 from .wire import scoring_pb2 as pb
@@ -184,21 +195,27 @@ def fill_roi(message: pb.RoiBatch, roi: Roi) -> None:
         fill_tensor(message.boxes.counts, roi.counts)
 
 
+# An unset enum on the wire means the library's default (xal_core.scoring.parameters).
 _UNCERTAINTY = {
-    pb.UNCERTAINTY_UNSPECIFIED: "entropy",
+    pb.UNCERTAINTY_UNSPECIFIED: DEFAULT_UNCERTAINTY,
     pb.UNCERTAINTY_ENTROPY: "entropy",
     pb.UNCERTAINTY_MARGIN: "margin",
     pb.UNCERTAINTY_LEAST_CONFIDENCE: "least_confidence",
 }
-_FUSION = {pb.FUSION_UNSPECIFIED: "weighted", pb.FUSION_WEIGHTED: "weighted", pb.FUSION_RANK: "rank"}
+_FUSION = {pb.FUSION_UNSPECIFIED: DEFAULT_FUSION, pb.FUSION_WEIGHTED: "weighted", pb.FUSION_RANK: "rank"}
 _MISSING = {
-    pb.MISSING_ROI_UNSPECIFIED: "uncertainty_only",
+    pb.MISSING_ROI_UNSPECIFIED: DEFAULT_MISSING_ROI,
     pb.MISSING_ROI_UNCERTAINTY_ONLY: "uncertainty_only",
     pb.MISSING_ROI_EXCLUDE: "exclude",
 }
 
 
 def decode_strategy(message: pb.Strategy, field: str = "strategy") -> ScoringConfig:
+    """The ``ScoringConfig`` a request asks for; ``INVALID_ARGUMENT`` naming the field otherwise.
+
+    The ranges are ``xal_core.scoring.parameters``' own, checked here first so a bad value is the
+    client's error (INVALID_ARGUMENT with the wire's field path), never a server ``ValueError``.
+    """
     for value, table, name in (
         (message.uncertainty, _UNCERTAINTY, "uncertainty"),
         (message.fusion, _FUSION, "fusion"),
@@ -206,12 +223,12 @@ def decode_strategy(message: pb.Strategy, field: str = "strategy") -> ScoringCon
     ):
         if value not in table:
             raise invalid_argument(f"{field}.{name}: unknown value {value}")
-    weight = message.weight if message.HasField("weight") else 0.5
-    threshold = message.threshold if message.HasField("threshold") else 0.5
-    if not 0.0 <= weight <= 1.0:
-        raise invalid_argument(f"{field}.weight: λ must be in [0, 1], got {weight}")
-    if not 0.0 < threshold <= 1.0:
-        raise invalid_argument(f"{field}.threshold: τ must be in (0, 1], got {threshold}")
+    weight = message.weight if message.HasField("weight") else DEFAULT_WEIGHT
+    threshold = message.threshold if message.HasField("threshold") else DEFAULT_THRESHOLD
+    if not weight_in_range(weight):
+        raise invalid_argument(f"{field}.weight: λ must be in {WEIGHT_RANGE}, got {weight}")
+    if not threshold_in_range(threshold):
+        raise invalid_argument(f"{field}.threshold: τ must be in {THRESHOLD_RANGE}, got {threshold}")
     return ScoringConfig(
         uncertainty=_UNCERTAINTY[message.uncertainty],
         weight=weight,
@@ -222,11 +239,11 @@ def decode_strategy(message: pb.Strategy, field: str = "strategy") -> ScoringCon
 
 
 def encode_strategy(
-    uncertainty: str = "entropy",
-    weight: float = 0.5,
-    threshold: float = 0.5,
-    fusion: str = "weighted",
-    missing_roi: str = "uncertainty_only",
+    uncertainty: str = DEFAULT_UNCERTAINTY,
+    weight: float = DEFAULT_WEIGHT,
+    threshold: float = DEFAULT_THRESHOLD,
+    fusion: str = DEFAULT_FUSION,
+    missing_roi: str = DEFAULT_MISSING_ROI,
 ) -> pb.Strategy:
     lookup = lambda table, value: next(k for k, v in table.items() if v == value and k != 0)  # noqa: E731
     try:

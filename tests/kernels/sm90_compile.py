@@ -96,8 +96,8 @@ def main() -> int:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    cam = importlib.import_module("xal_kernels.cam_alignment")
-    unc = importlib.import_module("xal_kernels.uncertainty")
+    cam = importlib.import_module("xal_kernels.triton_alignment")
+    unc = importlib.import_module("xal_kernels.triton_uncertainty")
     target = GPUTarget("cuda", 90, 32)
     for label, kernel, signature, consts, warps in cases():
         signature = dict(signature, **{name: "constexpr" for name in consts})

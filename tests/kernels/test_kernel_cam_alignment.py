@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.interpreter, pytest.mark.filterwarnings(kc.INTERPRETER
 
 from xal_kernels import cam_alignment as kmod  # noqa: E402  (the routed function)
 
-op = kc.on_device(importlib.import_module("xal_kernels.cam_alignment"))  # the op module
+op = kc.on_device(importlib.import_module("xal_kernels.triton_alignment"))  # the op module
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
 
@@ -295,9 +295,13 @@ def test_every_buffer_element_is_written(monkeypatch, poison, launch):
     kc.assert_matches(got, kc.expected(features, weights, roi), 0.5, torch.float32, label=f"poison {poison}")
 
 
-def test_module_names_stay_bound():
-    """Importing the op module does not replace the routed function on the package."""
+def test_routed_function_survives_op_module_import():
+    """``xal_kernels.cam_alignment`` is the routed function, also after the op module is imported:
+    the op module is ``triton_alignment``, so importing it binds no ``cam_alignment`` attribute."""
     import xal_kernels
+    import xal_kernels.triton_alignment
+    from xal_kernels import dispatch
 
-    assert callable(xal_kernels.cam_alignment) and not isinstance(xal_kernels.cam_alignment, type(sys))
-    assert kmod is xal_kernels.cam_alignment
+    assert xal_kernels.cam_alignment is dispatch.cam_alignment
+    assert kmod is xal_kernels.cam_alignment and not isinstance(xal_kernels.cam_alignment, type(sys))
+    assert xal_kernels.triton_alignment is sys.modules["xal_kernels.triton_alignment"]  # the module, bound

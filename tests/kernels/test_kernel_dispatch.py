@@ -52,10 +52,9 @@ def spy(monkeypatch):
     s.wrap(dispatch.scoring.alignment, "cam_alignment_reference", "reference")
     s.wrap(importlib.import_module("xal_kernels.cpu_alignment"), "cam_alignment", "numba")
     if HAS_TRITON:
-        for name in ("cam_alignment", "uncertainty"):
-            module = importlib.import_module(f"xal_kernels.{name}")
-            s.wrap(module, name, "triton")
-        s.wrap(importlib.import_module("xal_kernels.uncertainty"), "dual_score", "triton")
+        for module_name, name in (("triton_alignment", "cam_alignment"), ("triton_uncertainty", "uncertainty")):
+            s.wrap(importlib.import_module(f"xal_kernels.{module_name}"), name, "triton")
+        s.wrap(importlib.import_module("xal_kernels.triton_uncertainty"), "dual_score", "triton")
     return s
 
 
@@ -235,8 +234,8 @@ def test_validation_errors_surface_on_every_route(monkeypatch):
 
 def test_package_keeps_routed_names_after_op_imports():
     if HAS_TRITON:
-        importlib.import_module("xal_kernels.cam_alignment")
-        importlib.import_module("xal_kernels.uncertainty")
+        importlib.import_module("xal_kernels.triton_alignment")
+        importlib.import_module("xal_kernels.triton_uncertainty")
     assert xal_kernels.cam_alignment is dispatch.cam_alignment
     assert xal_kernels.uncertainty is dispatch.uncertainty
 

@@ -17,7 +17,7 @@ from xal_core.scoring import uncertainty as core_uncertainty
 pytest.importorskip("triton", reason="the kernels need the 'kernels' extra (triton)")
 pytestmark = [pytest.mark.interpreter, pytest.mark.filterwarnings(kc.INTERPRETER_NOISE)]
 
-op = kc.on_device(importlib.import_module("xal_kernels.uncertainty"))
+op = kc.on_device(importlib.import_module("xal_kernels.triton_uncertainty"))
 
 LOGIT_DTYPES = {torch.float16: 2e-6, torch.bfloat16: 2e-6, torch.float32: 2e-6, torch.float64: 2e-6}
 

@@ -3,50 +3,19 @@
 ``score_batch`` maps a batch of model outputs ``(logits, feature maps, CAM weights)`` and ROIs to
 per-item scores. The library, the gRPC service and distributed workers all call it, so a ranking
 is the same wherever it is computed. The heavy steps go through ``xal_kernels`` dispatch: Triton on
-CUDA tensors, the separable CPU path otherwise.
+CUDA tensors, the separable CPU path otherwise. Its parameters are a ``ScoringConfig``
+(``xal_core.scoring.parameters``, re-exported here).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-from xal_core.scoring import UNCERTAINTY_KINDS, Roi
+from xal_core.scoring import Roi, ScoringConfig
 
 __all__ = ["ScoringConfig", "BatchScores", "score_batch"]
-
-
-@dataclass(frozen=True)
-class ScoringConfig:
-    """Parameters of the dual acquisition score (DESIGN.md §2).
-
-    Attributes:
-        uncertainty: ``"entropy"``, ``"margin"`` or ``"least_confidence"``.
-        weight: ``λ`` in ``s = λ·U + (1 − λ)·M``.
-        threshold: ``τ`` binarising the normalised CAM.
-        fusion: ``"weighted"`` (per batch, streams) or ``"rank"`` (needs the whole pool's U and M).
-        missing_roi: ``"uncertainty_only"`` or ``"exclude"`` for items without an ROI.
-    """
-
-    uncertainty: str = "entropy"
-    weight: float = 0.5
-    threshold: float = 0.5
-    fusion: Literal["weighted", "rank"] = "weighted"
-    missing_roi: Literal["uncertainty_only", "exclude"] = "uncertainty_only"
-
-    def __post_init__(self) -> None:
-        if self.uncertainty not in UNCERTAINTY_KINDS:
-            raise ValueError(f"uncertainty: expected one of {', '.join(UNCERTAINTY_KINDS)}, got {self.uncertainty!r}")
-        if not 0.0 <= self.weight <= 1.0:
-            raise ValueError(f"weight: expected a number in [0, 1], got {self.weight!r}")
-        if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"threshold: expected a number in (0, 1], got {self.threshold!r}")
-        if self.fusion not in ("weighted", "rank"):
-            raise ValueError(f"fusion: expected 'weighted' or 'rank', got {self.fusion!r}")
-        if self.missing_roi not in ("uncertainty_only", "exclude"):
-            raise ValueError(f"missing_roi: expected 'uncertainty_only' or 'exclude', got {self.missing_roi!r}")
 
 
 @dataclass(frozen=True, eq=False)

@@ -25,7 +25,17 @@ from rich.table import Table
 
 from xal_core.acquisition import ScoringConfig, rank_pool, score_batch
 from xal_core.data.synthetic_features import CASES, SyntheticFeaturePool
-from xal_core.scoring import UNCERTAINTY_KINDS, NonFiniteInputWarning
+from xal_core.scoring import NonFiniteInputWarning
+from xal_core.scoring.parameters import (
+    DEFAULT_FUSION,
+    DEFAULT_MISSING_ROI,
+    DEFAULT_THRESHOLD,
+    DEFAULT_UNCERTAINTY,
+    DEFAULT_WEIGHT,
+    FUSION_METHODS,
+    MISSING_ROI_POLICIES,
+    UNCERTAINTY_KINDS,
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -34,11 +44,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--k", type=int, default=570, help="how many items to acquire (default 570, the paper's budget)")
     parser.add_argument("--show", type=int, default=20, help="rows of the ranking to print (default 20)")
     parser.add_argument("--chunk", type=int, default=512, help="items scored per batch (default 512)")
-    parser.add_argument("--uncertainty", choices=UNCERTAINTY_KINDS, default="entropy")
-    parser.add_argument("--weight", type=float, default=0.5, help="λ: weight of uncertainty vs misalignment")
-    parser.add_argument("--threshold", type=float, default=0.5, help="τ: CAM binarisation threshold")
-    parser.add_argument("--fusion", choices=("weighted", "rank"), default="weighted")
-    parser.add_argument("--missing-roi", choices=("uncertainty_only", "exclude"), default="uncertainty_only")
+    parser.add_argument("--uncertainty", choices=UNCERTAINTY_KINDS, default=DEFAULT_UNCERTAINTY)
+    parser.add_argument("--weight", type=float, default=DEFAULT_WEIGHT, help="λ: weight of uncertainty vs misalignment")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="τ: CAM binarisation threshold")
+    parser.add_argument("--fusion", choices=FUSION_METHODS, default=DEFAULT_FUSION)
+    parser.add_argument("--missing-roi", choices=MISSING_ROI_POLICIES, default=DEFAULT_MISSING_ROI)
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(run=run)
 

@@ -11,6 +11,17 @@ import argparse
 import csv
 from pathlib import Path
 
+from xal_core.scoring.parameters import (
+    DEFAULT_FUSION,
+    DEFAULT_MISSING_ROI,
+    DEFAULT_THRESHOLD,
+    DEFAULT_UNCERTAINTY,
+    DEFAULT_WEIGHT,
+    FUSION_METHODS,
+    MISSING_ROI_POLICIES,
+    UNCERTAINTY_KINDS,
+)
+
 from .serve import add_ray_arguments, ray_engine_config
 
 STRATEGY_WEIGHTS = {"dual": None, "uncertainty": 1.0, "misalignment": 0.0}
@@ -28,11 +39,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--k", type=int, default=40, help="items to acquire (default 40)")
     parser.add_argument("--strategy", choices=sorted(STRATEGY_WEIGHTS), default="dual",
                         help="dual = λ·U + (1−λ)·M; uncertainty = U only; misalignment = M only")
-    parser.add_argument("--uncertainty", choices=("entropy", "margin", "least_confidence"), default="entropy")
-    parser.add_argument("--weight", type=float, default=0.5, help="λ for --strategy dual (default 0.5)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="τ (default 0.5)")
-    parser.add_argument("--fusion", choices=("weighted", "rank"), default="weighted")
-    parser.add_argument("--missing-roi", choices=("uncertainty_only", "exclude"), default="uncertainty_only")
+    parser.add_argument("--uncertainty", choices=UNCERTAINTY_KINDS, default=DEFAULT_UNCERTAINTY)
+    parser.add_argument("--weight", type=float, default=DEFAULT_WEIGHT,
+                        help=f"λ for --strategy dual (default {DEFAULT_WEIGHT})")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help=f"τ (default {DEFAULT_THRESHOLD})")
+    parser.add_argument("--fusion", choices=FUSION_METHODS, default=DEFAULT_FUSION)
+    parser.add_argument("--missing-roi", choices=MISSING_ROI_POLICIES, default=DEFAULT_MISSING_ROI)
     parser.add_argument("--exclude", type=Path, help="file with one item id (pool row) per line to leave out, e.g. the labelled ones")
     parser.add_argument("--token-file", type=Path, help="bearer token for the server")
     parser.add_argument("--tls-ca", type=Path, help="CA certificate of a TLS server")

@@ -44,7 +44,7 @@ import torch
 
 from xal_core.models.explainable import ExplainableModel
 from xal_core.models.metadata import Preprocessing
-from xal_core.scoring import Roi, cam_alignment
+from xal_core.scoring import DEFAULT_THRESHOLD, Roi, cam_alignment
 
 __all__ = [
     "METRICS_COLUMNS",
@@ -251,7 +251,7 @@ def evaluate(
     labels: np.ndarray | torch.Tensor,
     roi: Roi,
     *,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     batch_size: int = 256,
     normalise: Normalise = None,
 ) -> RoundMetrics:

@@ -14,7 +14,16 @@ from dataclasses import dataclass, field
 
 from xal_core.acquisition.strategies import DIVERSITY_MODES, STRATEGY_NAMES
 from xal_core.models.backbones import ARCHITECTURES, BackboneConfig
-from xal_core.scoring import UNCERTAINTY_KINDS
+from xal_core.scoring.parameters import (
+    DEFAULT_MISSING_ROI,
+    DEFAULT_THRESHOLD,
+    DEFAULT_UNCERTAINTY,
+    DEFAULT_WEIGHT,
+    check_missing_roi,
+    check_threshold,
+    check_uncertainty,
+    check_weight,
+)
 from xal_core.train.augment import augment_preset
 from xal_core.train.options import AUGMENT_DEFAULT, ROI_DEFAULTS, check_training_options, training_label
 
@@ -122,10 +131,10 @@ class Protocol:
     initial: int = 50
     rounds: int = 13
     per_round: int = 40
-    weight: float = 0.5
-    threshold: float = 0.5
-    uncertainty: str = "entropy"
-    missing_roi: str = "uncertainty_only"
+    weight: float = DEFAULT_WEIGHT
+    threshold: float = DEFAULT_THRESHOLD
+    uncertainty: str = DEFAULT_UNCERTAINTY
+    missing_roi: str = DEFAULT_MISSING_ROI
     diversity: str | None = None
     export_format: str = "onnx"
     train: TrainRecipe = field(default_factory=TrainRecipe)
@@ -145,14 +154,10 @@ class Protocol:
         if self.initial < 2 or self.rounds < 0 or self.per_round < 1:
             raise ValueError(f"initial >= 2, rounds >= 0 and per_round >= 1 required, got {self.initial}, "
                              f"{self.rounds}, {self.per_round}")
-        if not 0.0 <= self.weight <= 1.0:
-            raise ValueError(f"weight: expected λ in [0, 1], got {self.weight}")
-        if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"threshold: expected τ in (0, 1], got {self.threshold}")
-        if self.uncertainty not in UNCERTAINTY_KINDS:
-            raise ValueError(f"uncertainty: expected one of {UNCERTAINTY_KINDS}, got {self.uncertainty!r}")
-        if self.missing_roi not in ("uncertainty_only", "exclude"):
-            raise ValueError(f"missing_roi: expected 'uncertainty_only' or 'exclude', got {self.missing_roi!r}")
+        check_weight(self.weight)
+        check_threshold(self.threshold)
+        check_uncertainty(self.uncertainty)
+        check_missing_roi(self.missing_roi)
         if self.diversity is not None and self.diversity not in DIVERSITY_MODES:
             raise ValueError(f"diversity: expected one of {DIVERSITY_MODES} or none, got {self.diversity!r}")
         if self.export_format not in ("onnx", "torchscript"):

@@ -6,10 +6,11 @@ import torch
 
 from . import reference, separable
 from .inputs import check_cam_inputs, nonfinite_items, warn_nonfinite
+from .parameters import DEFAULT_THRESHOLD, check_threshold
 from .results import AlignmentScores
 from .roi import Roi
 
-__all__ = ["cam_alignment", "cam_alignment_reference", "gradcam_maps", "check_threshold"]
+__all__ = ["cam_alignment", "cam_alignment_reference", "gradcam_maps"]
 
 
 def cam_alignment(
@@ -17,7 +18,7 @@ def cam_alignment(
     weights: torch.Tensor,
     roi: Roi,
     *,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> AlignmentScores:
     """Score how well each image's Grad-CAM agrees with its ROI (DESIGN.md §2).
 
@@ -61,7 +62,7 @@ def cam_alignment_reference(
     weights: torch.Tensor,
     roi: Roi,
     *,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> AlignmentScores:
     """``cam_alignment`` computed the obvious way, on dense float64 maps (``reference.py``).
 
@@ -109,8 +110,3 @@ def gradcam_maps(
     out[invalid] = float("nan")
     warn_nonfinite(int(invalid.sum()), "features, CAM weights or channel sum")
     return out
-
-
-def check_threshold(threshold: float) -> None:
-    if not isinstance(threshold, (int, float)) or not 0.0 < float(threshold) <= 1.0:
-        raise ValueError(f"threshold: expected a number in (0, 1], got {threshold!r}")

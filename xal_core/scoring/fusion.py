@@ -10,17 +10,24 @@ Conventions that make a ranking over a pool of millions safe:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from .inputs import warn_nonfinite
+from .parameters import (
+    DEFAULT_FUSION,
+    DEFAULT_MISSING_ROI,
+    DEFAULT_WEIGHT,
+    FUSION_METHODS,
+    FusionMethod,
+    MissingRoiPolicy,
+    check_choice,
+    check_missing_roi,
+    check_weight,
+)
 from .results import AlignmentScores
 
-__all__ = ["DualScore", "check_score_pair", "dual_score", "percentile_ranks"]
-
-FusionMethod = Literal["weighted", "rank"]
-MissingRoiPolicy = Literal["uncertainty_only", "exclude"]
+__all__ = ["DualScore", "FusionMethod", "MissingRoiPolicy", "check_score_pair", "dual_score", "percentile_ranks"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,9 +58,9 @@ def dual_score(
     uncertainty: torch.Tensor,
     misalignment: torch.Tensor | AlignmentScores,
     *,
-    weight: float = 0.5,
-    method: FusionMethod = "weighted",
-    missing_roi: MissingRoiPolicy = "uncertainty_only",
+    weight: float = DEFAULT_WEIGHT,
+    method: FusionMethod = DEFAULT_FUSION,
+    missing_roi: MissingRoiPolicy = DEFAULT_MISSING_ROI,
     invalid: torch.Tensor | None = None,
 ) -> DualScore:
     """Combine uncertainty ``U`` and misalignment ``M = 1 − Dice`` into one acquisition score.
@@ -76,12 +83,9 @@ def dual_score(
         alignment_invalid = misalignment.invalid
         misalignment = misalignment.misalignment
     u, m = check_score_pair(uncertainty, misalignment)
-    if not isinstance(weight, (int, float)) or not 0.0 <= float(weight) <= 1.0:
-        raise ValueError(f"weight: expected a number in [0, 1], got {weight!r}")
-    if method not in ("weighted", "rank"):
-        raise ValueError(f"method: expected 'weighted' or 'rank', got {method!r}")
-    if missing_roi not in ("uncertainty_only", "exclude"):
-        raise ValueError(f"missing_roi: expected 'uncertainty_only' or 'exclude', got {missing_roi!r}")
+    check_weight(weight)
+    check_choice(method, FUSION_METHODS, "method")
+    check_missing_roi(missing_roi)
 
     bad = ~torch.isfinite(u) | torch.isinf(m)
     for flags, name in ((invalid, "invalid"), (alignment_invalid, "misalignment.invalid")):

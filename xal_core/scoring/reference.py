@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from . import flatness
 from .bilinear import axis_sampling, interpolation_matrix
+from .parameters import DEFAULT_THRESHOLD
 from .results import AlignmentScores, empty_scores
 from .roi import Roi
 
@@ -72,7 +73,7 @@ def cam_alignment_dense(
     weights: torch.Tensor,
     roi: Roi,
     *,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     dtype: torch.dtype = torch.float64,
     chunk_size: int = 64,
     method: Upsampling = "matrix",

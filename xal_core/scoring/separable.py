@@ -37,6 +37,7 @@ import torch
 
 from . import flatness
 from .bilinear import AxisSampling, axis_sampling, interpolation_matrix
+from .parameters import DEFAULT_THRESHOLD
 from .plan_cache import byte_bounded_cache
 from .results import AlignmentScores, empty_scores
 from .roi import Roi
@@ -152,7 +153,7 @@ def cam_alignment_separable(
     weights: torch.Tensor,
     roi: Roi,
     *,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     chunk_size: int | None = None,
 ) -> AlignmentScores:
     """Alignment scores for checked, finite inputs (see ``alignment.cam_alignment`` for the API)."""

@@ -9,19 +9,16 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 
 from .inputs import nonfinite_items, warn_nonfinite
+from .parameters import DEFAULT_UNCERTAINTY, UNCERTAINTY_KINDS, UncertaintyKind, check_uncertainty
 
 __all__ = ["UncertaintyKind", "UNCERTAINTY_KINDS", "bald", "check_logits", "uncertainty"]
 
-UncertaintyKind = Literal["entropy", "margin", "least_confidence"]
-UNCERTAINTY_KINDS: tuple[str, ...] = ("entropy", "margin", "least_confidence")
 
-
-def uncertainty(logits: torch.Tensor, kind: UncertaintyKind = "entropy") -> torch.Tensor:
+def uncertainty(logits: torch.Tensor, kind: UncertaintyKind = DEFAULT_UNCERTAINTY) -> torch.Tensor:
     """Per-item uncertainty from logits ``[B, K]`` (``K >= 2``), float32 ``[B]`` in ``[0, 1]``.
 
     * ``entropy``: ``−Σ p log p / log K``;
@@ -31,8 +28,7 @@ def uncertainty(logits: torch.Tensor, kind: UncertaintyKind = "entropy") -> torc
     Rows with NaN/Inf logits come back NaN (a ``NonFiniteInputWarning`` gives the count).
     """
     check_logits(logits, "logits", expected_dims=2)
-    if kind not in UNCERTAINTY_KINDS:
-        raise ValueError(f"kind: expected one of {', '.join(UNCERTAINTY_KINDS)}, got {kind!r}")
+    check_uncertainty(kind, "kind")
     invalid = nonfinite_items(logits)
     log_p = torch.log_softmax(torch.where(invalid[:, None], 0.0, logits.to(torch.float64)), dim=1)
     classes = logits.shape[1]

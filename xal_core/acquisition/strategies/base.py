@@ -174,13 +174,6 @@ def _construct(factory: type[Strategy], name: str, params: dict[str, Any]) -> St
     return factory(**params)
 
 
-def check_fraction(value: Any, name: str) -> float:
-    """A number in ``[0, 1]`` (``ValueError`` naming ``name`` otherwise)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name}: expected a number in [0, 1], got {value!r}")
-    return float(value)
-
-
 def check_positive(value: Any, name: str, *, minimum: float = 0.0, allow_inf: bool = False) -> float:
     """A number ``>= minimum`` (``math.inf`` only with ``allow_inf``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < minimum:

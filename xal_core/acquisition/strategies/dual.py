@@ -23,14 +23,21 @@ import numpy as np
 import torch
 
 from xal_core.scoring import NonFiniteInputWarning, dual_score
+from xal_core.scoring.parameters import (
+    DEFAULT_MISSING_ROI,
+    DEFAULT_UNCERTAINTY,
+    DEFAULT_WEIGHT,
+    MISSING_ROI_POLICIES,
+    check_choice,
+    check_missing_roi,
+    check_weight,
+)
 
-from .base import Strategy, check_fraction, register_strategy
+from .base import Strategy, register_strategy
 from .measures import MEASURES, uncertainty_column
 from .table import ScoreTable
 
 __all__ = ["DualRank", "DualWeighted", "MISSING_ROI_POLICIES", "Misalignment", "NoRoiWarning"]
-
-MISSING_ROI_POLICIES: tuple[str, ...] = ("uncertainty_only", "exclude")
 
 
 class NoRoiWarning(UserWarning):
@@ -42,14 +49,11 @@ class _ExplanationStrategy(Strategy):
 
     method: ClassVar[str] = "weighted"
 
-    def __init__(self, *, weight: float, uncertainty: str = "entropy", missing_roi: str = "uncertainty_only") -> None:
-        self.weight = check_fraction(weight, "weight")
-        if uncertainty not in MEASURES:
-            raise ValueError(f"uncertainty: expected one of {', '.join(MEASURES)}, got {uncertainty!r}")
-        if missing_roi not in MISSING_ROI_POLICIES:
-            raise ValueError(f"missing_roi: expected one of {', '.join(MISSING_ROI_POLICIES)}, got {missing_roi!r}")
-        self.uncertainty = uncertainty
-        self.missing_roi = missing_roi
+    def __init__(self, *, weight: float, uncertainty: str = DEFAULT_UNCERTAINTY,
+                 missing_roi: str = DEFAULT_MISSING_ROI) -> None:
+        self.weight = check_weight(weight)
+        self.uncertainty = check_choice(uncertainty, MEASURES, "uncertainty")  # the contract's kinds, or bald
+        self.missing_roi = check_missing_roi(missing_roi)
         self._warned_no_roi = False
 
     def _score(self, table: ScoreTable) -> np.ndarray:
@@ -110,7 +114,7 @@ class Misalignment(_ExplanationStrategy):
 
     name: ClassVar[str] = "misalignment"
 
-    def __init__(self, *, uncertainty: str = "entropy", missing_roi: str = "uncertainty_only") -> None:
+    def __init__(self, *, uncertainty: str = DEFAULT_UNCERTAINTY, missing_roi: str = DEFAULT_MISSING_ROI) -> None:
         super().__init__(weight=0.0, uncertainty=uncertainty, missing_roi=missing_roi)
 
 
@@ -131,7 +135,8 @@ class DualWeighted(_ExplanationStrategy):
 
     name: ClassVar[str] = "dual"
 
-    def __init__(self, *, weight: float = 0.5, uncertainty: str = "entropy", missing_roi: str = "uncertainty_only") -> None:
+    def __init__(self, *, weight: float = DEFAULT_WEIGHT, uncertainty: str = DEFAULT_UNCERTAINTY,
+                 missing_roi: str = DEFAULT_MISSING_ROI) -> None:
         super().__init__(weight=weight, uncertainty=uncertainty, missing_roi=missing_roi)
 
 
@@ -144,7 +149,7 @@ class DualRank(_ExplanationStrategy):
     their average rank; items without an ROI get their ``U`` percentile (``"uncertainty_only"``).
 
     Args:
-        weight: ``λ``; the default 0.5 is the plain mean of the two percentile ranks.
+        weight: ``λ``; the default (0.5) is the plain mean of the two percentile ranks.
         uncertainty: the measure ``U``.
         missing_roi: ``"uncertainty_only"`` or ``"exclude"``.
 
@@ -156,5 +161,6 @@ class DualRank(_ExplanationStrategy):
     name: ClassVar[str] = "dual_rank"
     method: ClassVar[str] = "rank"
 
-    def __init__(self, *, weight: float = 0.5, uncertainty: str = "entropy", missing_roi: str = "uncertainty_only") -> None:
+    def __init__(self, *, weight: float = DEFAULT_WEIGHT, uncertainty: str = DEFAULT_UNCERTAINTY,
+                 missing_roi: str = DEFAULT_MISSING_ROI) -> None:
         super().__init__(weight=weight, uncertainty=uncertainty, missing_roi=missing_roi)

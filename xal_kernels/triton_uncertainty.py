@@ -26,8 +26,19 @@ import triton.language as tl
 
 from xal_core.scoring.fusion import DualScore, check_score_pair
 from xal_core.scoring.inputs import warn_nonfinite
+from xal_core.scoring.parameters import (
+    DEFAULT_FUSION,
+    DEFAULT_MISSING_ROI,
+    DEFAULT_UNCERTAINTY,
+    DEFAULT_WEIGHT,
+    FUSION_METHODS,
+    check_choice,
+    check_missing_roi,
+    check_uncertainty,
+    check_weight,
+)
 from xal_core.scoring.results import AlignmentScores
-from xal_core.scoring.uncertainty import UNCERTAINTY_KINDS, check_logits
+from xal_core.scoring.uncertainty import check_logits
 
 __all__ = ["uncertainty", "dual_score", "uncertainty_and_dual_score"]
 
@@ -138,19 +149,11 @@ def _blocks(batch: int, classes: int) -> tuple[int, int]:
     return block_b, block_k
 
 
-def _check_kind(kind: str) -> None:
-    if kind not in UNCERTAINTY_KINDS:
-        raise ValueError(f"kind: expected one of {', '.join(UNCERTAINTY_KINDS)}, got {kind!r}")
-
-
 def _check_fusion(weight: float, method: str, missing_roi: str) -> None:
-    """The argument checks of ``xal_core.scoring.dual_score``, same messages."""
-    if not isinstance(weight, (int, float)) or not 0.0 <= float(weight) <= 1.0:
-        raise ValueError(f"weight: expected a number in [0, 1], got {weight!r}")
-    if method not in ("weighted", "rank"):
-        raise ValueError(f"method: expected 'weighted' or 'rank', got {method!r}")
-    if missing_roi not in ("uncertainty_only", "exclude"):
-        raise ValueError(f"missing_roi: expected 'uncertainty_only' or 'exclude', got {missing_roi!r}")
+    """The argument checks of ``xal_core.scoring.dual_score`` (the same functions, same messages)."""
+    check_weight(weight)
+    check_choice(method, FUSION_METHODS, "method")
+    check_missing_roi(missing_roi)
 
 
 def _flagged(
@@ -178,7 +181,7 @@ def _result(score: torch.Tensor, flags: torch.Tensor) -> DualScore:
     return DualScore(score=score, invalid=bad, excluded=(flags & 2) != 0)
 
 
-def uncertainty(logits: torch.Tensor, kind: str = "entropy") -> torch.Tensor:
+def uncertainty(logits: torch.Tensor, kind: str = DEFAULT_UNCERTAINTY) -> torch.Tensor:
     """``xal_core.scoring.uncertainty`` on the Triton kernel: float32 ``[B]`` in ``[0, 1]``."""
     u, _ = _launch_uncertainty(logits, kind)
     return u
@@ -188,10 +191,10 @@ def uncertainty_and_dual_score(
     logits: torch.Tensor,
     misalignment: torch.Tensor | AlignmentScores,
     *,
-    kind: str = "entropy",
-    weight: float = 0.5,
-    method: str = "weighted",
-    missing_roi: str = "uncertainty_only",
+    kind: str = DEFAULT_UNCERTAINTY,
+    weight: float = DEFAULT_WEIGHT,
+    method: str = DEFAULT_FUSION,
+    missing_roi: str = DEFAULT_MISSING_ROI,
     invalid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, DualScore]:
     """``(uncertainty(logits, kind), dual_score(that, misalignment, ...))`` in one kernel for the
@@ -214,7 +217,7 @@ def uncertainty_and_dual_score(
 
 def _launch_uncertainty(logits: torch.Tensor, kind: str, fusion: tuple | None = None):
     check_logits(logits, "logits", expected_dims=2)
-    _check_kind(kind)
+    check_uncertainty(kind, "kind")
     if logits.stride(1) != 1:
         logits = logits.contiguous()
     batch, classes = logits.shape
@@ -246,9 +249,9 @@ def dual_score(
     uncertainty: torch.Tensor,
     misalignment: torch.Tensor | AlignmentScores,
     *,
-    weight: float = 0.5,
-    method: str = "weighted",
-    missing_roi: str = "uncertainty_only",
+    weight: float = DEFAULT_WEIGHT,
+    method: str = DEFAULT_FUSION,
+    missing_roi: str = DEFAULT_MISSING_ROI,
     invalid: torch.Tensor | None = None,
 ) -> DualScore:
     """``xal_core.scoring.dual_score`` with the weighted fusion on the Triton kernel."""

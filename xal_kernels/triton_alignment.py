@@ -44,9 +44,9 @@ import triton
 import triton.language as tl
 
 from xal_core.scoring import flatness
-from xal_core.scoring.alignment import check_threshold
 from xal_core.scoring.bilinear import axis_sampling
 from xal_core.scoring.inputs import check_cam_inputs, warn_nonfinite
+from xal_core.scoring.parameters import DEFAULT_THRESHOLD, check_threshold
 from xal_core.scoring.plan_cache import byte_bounded_cache
 from xal_core.scoring.results import AlignmentScores
 from xal_core.scoring.roi import Roi
@@ -449,7 +449,7 @@ def launch_cam_alignment(
     packed: torch.Tensor | None = None,
     ranges: torch.Tensor | None = None,
     counts: torch.Tensor | None = None,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     rows_per_band: int | None = None,
     tile: int | None = None,
 ) -> AlignmentScores:
@@ -575,7 +575,7 @@ def cam_alignment(
     weights: torch.Tensor,
     roi: Roi,
     *,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> AlignmentScores:
     """``xal_core.scoring.cam_alignment`` on the Triton kernels (same arguments, same results).
 
@@ -606,7 +606,7 @@ def cam_alignment_packed(
     width: int,
     known: torch.Tensor | None = None,
     *,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> AlignmentScores:
     """Alignment against bit-packed masks as they come off disk or the wire, without unpacking.
 
@@ -640,7 +640,7 @@ def cam_alignment_boxes(
     counts: torch.Tensor,
     size: tuple[int, int],
     *,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> AlignmentScores:
     """Alignment against the padded box layout ``boxes [B, M, 4]`` + ``counts [B]`` (``-1`` = unknown)."""
     roi = Roi.from_padded_boxes(boxes, counts, size)
