@@ -312,13 +312,23 @@ def _peak_ties(norm: list[list[float]], roi: np.ndarray, copies: list | None, co
     return dict(peak_unique=len(distinct) == 1, peak_unique_by_margin=len(near_peak) == 1, peak_hits=hits)
 
 
-def _first_peak_hit(norm: list[list[float]], roi: np.ndarray) -> float:
-    """The ROI value at the first maximum of the map in row-major order."""
+def _first_peak_hit(norm: list[list[float]], roi: np.ndarray, copies: list | None = None) -> float:
+    """The ROI value at the first maximum of the map in row-major order.
+
+    Pixels that read the grid in exactly the same way (``copies``: same sample keys, e.g. every row
+    of a one-row grid) are equal in exact arithmetic, although this float evaluation of the
+    interpolation may differ among them in the last bit; the peak is the first of its copies, as
+    the contract's exact arithmetic has it, not whichever copy rounding happened to lift.
+    """
     best, where = -math.inf, (0, 0)
     for y, row in enumerate(norm):
         for x, v in enumerate(row):
             if v > best:
                 best, where = v, (y, x)
+    if copies is not None:
+        width = len(norm[0])
+        key = copies[where[0] * width + where[1]]
+        where = next(divmod(i, width) for i, k in enumerate(copies) if k == key)
     return float(roi[where])
 
 
@@ -369,7 +379,7 @@ def alignment(
         dice=dice,
         soft_dice=soft_dice,
         roi_energy=roi_energy,
-        pointing_hit=0.0 if constant else _first_peak_hit(norm, roi),
+        pointing_hit=0.0 if constant else _first_peak_hit(norm, roi, copies),
         n_pred=n_pred,
         n_truth=n_truth,
         overlap=overlap,

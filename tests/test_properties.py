@@ -176,3 +176,17 @@ def test_percentile_ranks_order_matches_values(values, data):
                 assert r[i] == r[j], f"equal values {values[i]} with ranks {r[i]} != {r[j]}"
     if idx:
         assert math.isclose(sum(r[i] for i in idx) / len(idx), 0.5, abs_tol=1e-12), "mid-ranks average to 1/2"
+
+
+def test_reference_peak_is_the_first_of_its_exact_copies():
+    """Regression (found by hypothesis in a fresh-clone run): with a one-row grid every row of the
+    map reads the grid identically, but the reference's float interpolation can lift a later row
+    by one ulp; its pointing hit must still be the first row's, as in exact arithmetic (and as
+    every xal path computes it)."""
+    from tests.contract_reference import _first_peak_hit
+
+    norm = [[0.0, 1.0 - 2**-53, 0.5], [0.0, 1.0, 0.5]]  # row 1 is row 0 plus one ulp at the peak
+    roi = np.array([[0, 0, 0], [0, 1, 0]])
+    copies = [(0, c) for _ in range(2) for c in range(3)]  # both rows read grid row 0
+    assert _first_peak_hit(norm, roi, copies) == 0.0
+    assert _first_peak_hit(norm, roi) == 1.0  # without the copies: whichever copy rounding lifted
