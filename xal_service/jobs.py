@@ -295,7 +295,7 @@ class JobManager:
         for chunk in store.chunks(start=start, verify=True):
             if isinstance(chunk, CorruptChunk):  # reported per item, skipped; the rest goes on
                 ids = list(range(chunk.rows.start, chunk.rows.stop))
-                reason = f"pool chunk {chunk.number} {chunk.reason}: item skipped"
+                reason = chunk.item_reason
                 log.warning("job %s: pool %r chunk %d %s; its %d items skipped", job.id, spec.pool, chunk.number,
                             chunk.reason, len(ids))
                 files.write_skipped(chunk.number, ids, reason)
@@ -355,8 +355,9 @@ class JobManager:
         except ScoringCancelled:
             job.state = CANCELLED
             return
-        job.item_errors = [(item, INVALID_REASON) for item in result.invalid_ids]
-        job.n_item_errors = result.n_invalid_items
+        errors = sorted(result.skipped_items + [(item, INVALID_REASON) for item in result.invalid_ids])
+        job.item_errors = errors[:MAX_ITEM_ERRORS]  # in pool order, as the in-process worker lists them
+        job.n_item_errors = result.n_skipped_items + result.n_invalid_items
         job.files.save_ranking(result.ranking, result.source_ids)
         job.ranking, job.source_ids = result.ranking, result.source_ids
         job.state = SUCCEEDED

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ from xal_core.data.pool_store import PoolStore  # noqa: E402
 from xal_core.models import ExplainableModel, build_backbone, export  # noqa: E402
 from xal_service.engines.ray import RayEngineConfig, score_pool_on_ray  # noqa: E402
 from xal_service.runtime import load  # noqa: E402
+from tests.service.faults import chunk_file  # noqa: E402
 
 ITEMS, CHUNK, K = 240, 16, 25
 CONFIG = ScoringConfig(uncertainty="margin", weight=0.4, threshold=0.5)
@@ -140,6 +142,36 @@ def test_an_interrupted_run_resumes_from_its_finished_chunks(cluster, assets, tm
     touched = {item // CHUNK for item in EXCLUDE}
     assert [b.resumed for b in other.blocks] == [b.first // CHUNK not in touched for b in other.blocks]
     assert_same_ranking(other.ranking, in_process_ranking(pool_path, model_path, K, []))
+
+
+def test_damaged_chunks_are_skipped_per_item_and_the_rest_is_ranked(cluster, assets, tmp_path):
+    """Issue 15, item 7 on the Ray engine: a chunk file deleted or damaged after ingest (an image
+    chunk zarr would read as zeros, an ids chunk read as empty ids, flipped ROI bytes) is caught by
+    the read task's checksum check. Its items are reported one by one with the in-process worker's
+    reason and left out; the rest ranks exactly as the in-process path ranks it. Before, the read
+    task took the raw chunk unverified and scored blank images as if they were real."""
+    pool_path, model_path = assets
+    pool = tmp_path / "pool"
+    shutil.copytree(pool_path, pool)
+    chunk_file(pool, "images", 3).unlink()
+    chunk_file(pool, "ids", 7).unlink()
+    roi = chunk_file(pool, "roi_packed", 11)
+    data = bytearray(roi.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 8] = bytes(b ^ 0xFF for b in data[len(data) // 2:len(data) // 2 + 8])
+    roi.write_bytes(bytes(data))
+    damaged = (3, 7, 11)
+    skipped = [item for number in damaged for item in range(number * CHUNK, (number + 1) * CHUNK)]
+
+    result = score_pool_on_ray(pool, model_path, k=K, scores_dir=tmp_path / "scores", config=CONFIG,
+                               engine=ONE_WORKER, exclude_ids=EXCLUDE)
+
+    assert result.n_skipped_items == len(skipped) == 48
+    assert [item for item, _ in result.skipped_items] == skipped
+    for item, reason in result.skipped_items:
+        assert reason.startswith(f"pool chunk {item // CHUNK} ") and reason.endswith("item skipped"), reason
+    assert [b.first // CHUNK for b in result.blocks if b.skipped] == list(damaged)
+    assert_same_ranking(result.ranking, in_process_ranking(pool_path, model_path, K, EXCLUDE + skipped))
+    assert np.array_equal(parquet_ids(result.scores_dir), np.setdiff1d(np.arange(ITEMS), skipped))
 
 
 def test_a_killed_worker_changes_nothing(cluster, assets, tmp_path):

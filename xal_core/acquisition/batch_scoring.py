@@ -38,6 +38,16 @@ class BatchScores:
     excluded: torch.Tensor
     score: torch.Tensor
 
+    @classmethod
+    def empty(cls, classes: int) -> BatchScores:
+        """No items, with the dtypes ``score_batch`` gives float32 inputs: what a skipped chunk
+        (one that failed its checksum) contributes to a ranking."""
+        real = torch.zeros(0, dtype=torch.float32)
+        return cls(ids=torch.zeros(0, dtype=torch.int64), uncertainty=real, dice=real, soft_dice=real,
+                   roi_energy=real, pointing_hit=real, predicted_class=torch.zeros(0, dtype=torch.int64),
+                   probabilities=torch.zeros(0, classes, dtype=torch.float32), invalid=torch.zeros(0, dtype=torch.bool),
+                   excluded=torch.zeros(0, dtype=torch.bool), score=torch.zeros(0, dtype=torch.float64))
+
     def columns(self) -> dict[str, torch.Tensor]:
         """The per-item values a ranking reports, by name."""
         return {

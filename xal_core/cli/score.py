@@ -118,7 +118,17 @@ def run_on_ray(args: argparse.Namespace) -> int:
     console.print(f"xal score: {total} items scored on Ray by {len(result.workers)} worker(s) in {result.wall_s:.1f} s, "
                   f"top {len(ranking.selection.ids)} written to {args.out}; per-item scores in {result.scores_dir}"
                   + (f"; {result.n_invalid_items} item(s) with errors ranked last" if result.n_invalid_items else ""))
+    for first, reason in _skipped_runs(result.skipped_items):
+        console.print(f"xal score: item {first} and the rest of its chunk: {reason}")
+    if result.n_skipped_items:
+        console.print(f"xal score: {result.n_skipped_items} item(s) left out: their pool chunk is damaged "
+                      "(xal ingest the source again, or restore the pool's files)")
     return 0
+
+
+def _skipped_runs(skipped: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """The first item of each damaged chunk and its reason (one line per chunk, not per item)."""
+    return [(item, reason) for n, (item, reason) in enumerate(skipped) if n == 0 or skipped[n - 1][1] != reason]
 
 
 def run_on_service(args: argparse.Namespace) -> int:

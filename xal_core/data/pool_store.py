@@ -81,6 +81,11 @@ class CorruptChunk(ValueError):
         self.rows = rows
         self.reason = reason
 
+    @property
+    def item_reason(self) -> str:
+        """What each of the chunk's items reports as its error, on every scoring engine."""
+        return f"pool chunk {self.number} {self.reason}: item skipped"
+
 
 class PoolStore:
     """Read a pool chunk by chunk. Open with :meth:`open`."""
@@ -137,6 +142,19 @@ class PoolStore:
         Raises:
             CorruptChunk: the chunk is unreadable, fails its checksum, or does not decode.
         """
+        raw = self.verified_raw_chunk(number)
+        try:
+            return self._decode(number, raw)
+        except ValueError as error:
+            raise CorruptChunk(number, self._rows(number), f"does not decode ({error})") from None
+
+    def verified_raw_chunk(self, number: int) -> dict[str, np.ndarray]:
+        """:meth:`raw_chunk`, checked against the manifest's checksum (for readers that decode
+        elsewhere, e.g. a Ray read task whose scorer decodes where it runs).
+
+        Raises:
+            CorruptChunk: the chunk is unreadable or fails its checksum.
+        """
         rows = self._rows(number)
         try:
             raw = self.raw_chunk(number)
@@ -149,10 +167,7 @@ class PoolStore:
             raise CorruptChunk(number, rows, "has no checksum in manifest.json")
         if _checksum([raw[name] for name in sorted(raw)]) != expected:
             raise CorruptChunk(number, rows, "does not match its checksum in manifest.json (a file missing or damaged)")
-        try:
-            return self._decode(number, raw)
-        except ValueError as error:
-            raise CorruptChunk(number, rows, f"does not decode ({error})") from None
+        return raw
 
     def _read_or_corrupt(self, number: int) -> PoolChunk | CorruptChunk:
         try:

@@ -16,9 +16,9 @@ import numpy as np
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockAccessor, BlockMetadata
 
-from xal_core.data.pool_store import PoolStore
+from xal_core.data.pool_store import CorruptChunk, PoolStore
 
-__all__ = ["PoolStoreDatasource", "read_block"]
+__all__ = ["PoolStoreDatasource", "read_block", "skipped_block"]
 
 
 def read_block(path: str, number: int):
@@ -28,10 +28,17 @@ def read_block(path: str, number: int):
     bool, ``roi_packed`` uint8 ``[H, ⌈W/8⌉]`` (+ ``roi_boxes``, ``roi_counts`` for box pools), and
     ``read_s``: the read's wall time spread evenly over the rows, so that summing it over any
     slice of the block gives that slice's share (Ray may slice a block it finds too large).
+
+    A chunk that fails its checksum (a file missing or damaged after ingest) becomes a
+    :func:`skipped_block`: its items are reported one by one and left out, the rest of the pool
+    is scored, exactly as the in-process job worker does.
     """
     started = time.perf_counter()
     store = PoolStore.open(path)
-    raw = store.raw_chunk(number)
+    try:
+        raw = store.verified_raw_chunk(number)  # the in-process job worker's check, on the node that reads
+    except CorruptChunk as error:
+        return skipped_block(error, time.perf_counter() - started)
     columns = {
         "index": raw["index"].astype(np.int64),
         "source_id": np.array([bytes(row).rstrip(b"\0").decode("utf-8") for row in raw["ids"]], dtype=object),
@@ -40,6 +47,17 @@ def read_block(path: str, number: int):
     rows = len(columns["index"])
     columns["read_s"] = np.full(rows, (time.perf_counter() - started) / max(rows, 1))
     return BlockAccessor.batch_to_block(columns)
+
+
+def skipped_block(error: CorruptChunk, read_s: float):
+    """The block of a chunk that cannot be trusted: its rows' ``index``, the ``skipped`` reason
+    each item reports (:attr:`CorruptChunk.item_reason`) and ``read_s``; no images, no ROIs."""
+    index = np.arange(error.rows.start, error.rows.stop, dtype=np.int64)
+    rows = len(index)
+    return BlockAccessor.batch_to_block({
+        "index": index, "skipped": np.full(rows, error.item_reason, dtype=object),
+        "read_s": np.full(rows, read_s / max(rows, 1)),
+    })
 
 
 class PoolStoreDatasource(Datasource):

@@ -54,6 +54,8 @@ class RayScoringResult:
             back from an interrupted run's files).
         invalid_ids: up to 100 items with non-finite images or model outputs (ranked last);
             ``n_invalid_items`` counts them all.
+        skipped_items: up to 100 ``(item, reason)`` of the items left out because their pool chunk
+            failed its checksum or did not decode; ``n_skipped_items`` counts them all.
         duplicates: blocks Ray delivered more than once (counted once; normally 0).
         removed: Parquet files of abandoned attempts that were deleted.
         wall_s: seconds from submitting the pipeline to the merged ranking.
@@ -66,6 +68,8 @@ class RayScoringResult:
     blocks: list[BlockReport]
     invalid_ids: list[int] = field(default_factory=list)
     n_invalid_items: int = 0
+    skipped_items: list[tuple[int, str]] = field(default_factory=list)
+    n_skipped_items: int = 0
     duplicates: int = 0
     removed: list[Path] = field(default_factory=list)
     wall_s: float = 0.0
@@ -137,7 +141,7 @@ def score_pool_on_ray(
             continue
         first = number * store.chunk_size
         summary = {**block_counts(scores, requested), "worker_pid": 0, "node": "", "read_s": 0.0,
-                   "forward_s": 0.0, "kernel_s": 0.0, "write_s": 0.0}
+                   "forward_s": 0.0, "kernel_s": 0.0, "write_s": 0.0, "skipped": ""}
         rows = block_rows(first, first + len(source_ids), scores, source_ids, ~requested, summary, k, config.fusion)
         for report in merger.add(rows, resumed=True):
             if on_block is not None:
@@ -163,10 +167,14 @@ def score_pool_on_ray(
         ranking = rank_pool((scores for scores, _ in read_item_scores(scores_dir)), k, config)
         source_ids = _source_ids(scores_dir, ranking.selection.ids.tolist())
     invalid, n_invalid = _invalid_items(scores_dir) if merger.n_invalid_items else ([], 0)
+    skipped = [(item, block.skipped) for block in merger.skipped for item in range(block.first, block.stop)]
+    for block in merger.skipped:
+        log.warning("pool %s rows %d..%d: %s", store.path, block.first, block.stop - 1, block.skipped)
     return RayScoringResult(
         ranking=ranking, source_ids=source_ids, scores_dir=scores_dir,
         blocks=sorted(merger.blocks.values(), key=lambda block: block.first), invalid_ids=invalid,
-        n_invalid_items=n_invalid, duplicates=merger.duplicates, removed=removed,
+        n_invalid_items=n_invalid, skipped_items=skipped[:MAX_ERRORS], n_skipped_items=len(skipped),
+        duplicates=merger.duplicates, removed=removed,
         wall_s=time.perf_counter() - started, merge_s=merge_s,
     )
 
@@ -208,7 +216,7 @@ def _score_on_ray(ray, store: PoolStore, chunks: list[int], model_path: Path, sc
         fn_constructor_kwargs={
             "model_path": str(Path(model_path).resolve()), "config": dataclasses.asdict(config), "k": k,
             "scores_dir": str(scores_dir), "roi_format": store.roi_format, "size": store.size,
-            "exclude_ids": excluded,
+            "exclude_ids": excluded, "chunk_size": store.chunk_size,
             "threads": engine.threads_per_worker,
         },
         compute=ActorPoolStrategy(size=engine.workers),

@@ -36,6 +36,7 @@ class BlockReport:
     kernel_s: float
     write_s: float
     resumed: bool = False  # read back from a finished Parquet file of an interrupted run, not scored again
+    skipped: str = ""  # why every item of the block was skipped (a damaged chunk), or "" when scored
 
 
 class BlockMerger:
@@ -90,6 +91,7 @@ class BlockMerger:
             first=first, stop=stop, n_items=int(rows["n_items"][at]), worker_pid=int(rows["worker_pid"][at]),
             node=str(rows["node"][at]), read_s=float(rows["read_s"][at]), forward_s=float(rows["forward_s"][at]),
             kernel_s=float(rows["kernel_s"][at]), write_s=float(rows["write_s"][at]), resumed=resumed,
+            skipped=str(rows["skipped"][at]),
         )
         if report.n_items != stop - first:
             raise RuntimeError(f"block {first}..{stop - 1}: {report.n_items} items reported for {stop - first} rows")
@@ -99,6 +101,11 @@ class BlockMerger:
         self.n_excluded += int(rows["n_excluded"][at])
         self.n_invalid_items += int(rows["n_invalid_items"][at])
         return report
+
+    @property
+    def skipped(self) -> list[BlockReport]:
+        """The blocks whose items were skipped (damaged chunks), in pool order."""
+        return [self.blocks[key] for key in sorted(self.blocks) if self.blocks[key].skipped]
 
     def check_complete(self) -> None:
         """Raise unless the received ranges tile ``[0, total)`` exactly (no item lost, none twice)."""

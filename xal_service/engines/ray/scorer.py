@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from xal_core.acquisition import BatchScores, ScoringConfig, score_chunk
+from xal_core.data.pool_store import CorruptChunk
 from xal_core.scoring import Roi, TopK
 
 from .item_scores import write_item_scores
@@ -33,10 +34,11 @@ __all__ = ["PoolScorer", "CANDIDATE_COLUMNS", "SUMMARY_COLUMNS", "block_counts",
 # Columns of a candidate row (one of a block's top-k items) that the ranking reports.
 CANDIDATE_COLUMNS = ("uncertainty", "dice", "soft_dice", "roi_energy", "pointing_hit", "predicted_class",
                      "probabilities")
-# Columns of a block's summary row: its rows, counts, where it ran and what each stage cost.
+# Columns of a block's summary row: its rows, counts, where it ran, what each stage cost, and why
+# its items were skipped (a damaged chunk; "" when scored).
 _SUMMARY_TYPES = {"n_items": np.int64, "n_scored": np.int64, "n_invalid": np.int64, "n_excluded": np.int64,
                   "n_invalid_items": np.int64, "worker_pid": np.int64, "node": object, "read_s": np.float64, "forward_s": np.float64,
-                  "kernel_s": np.float64, "write_s": np.float64}
+                  "kernel_s": np.float64, "write_s": np.float64, "skipped": object}
 SUMMARY_COLUMNS = tuple(_SUMMARY_TYPES)
 
 
@@ -71,12 +73,13 @@ class PoolScorer:
         k: the size of the acquisition list (each block sends back its own top-``k``).
         scores_dir: where the per-item Parquet files go (shared by all nodes).
         roi_format, size: the pool's ROI format (``"mask"`` or ``"boxes"``) and ROI frame.
+        chunk_size: the pool's rows per chunk (a block is one chunk; errors name the chunk).
         exclude_ids: items to score but leave out of the ranking (e.g. already labelled).
         threads: intra-op threads of the runtime (the CPUs Ray reserved for this actor).
     """
 
     def __init__(self, model_path: str, config: dict, k: int, scores_dir: str, roi_format: str,
-                 size: tuple[int, int], exclude_ids: np.ndarray, threads: int = 1) -> None:
+                 size: tuple[int, int], exclude_ids: np.ndarray, chunk_size: int, threads: int = 1) -> None:
         from xal_service.runtime import load
 
         torch.set_num_threads(threads)
@@ -88,6 +91,8 @@ class PoolScorer:
         self.roi_format = roi_format
         self.size = (int(size[0]), int(size[1]))
         self.exclude_ids = np.asarray(exclude_ids, dtype=np.int64)
+        self.chunk_size = int(chunk_size)
+        self.classes = len(self.runtime.metadata.class_names)
         self.worker = (os.getpid(), socket.gethostname())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -95,8 +100,14 @@ class PoolScorer:
         first, stop = int(ids[0]), int(ids[-1]) + 1
         if not np.array_equal(ids, np.arange(first, stop)):
             raise ValueError(f"pool block {first}..{stop - 1}: item ids are not the contiguous pool rows")
-        block = _Block(torch.from_numpy(ids), torch.from_numpy(batch["images"].astype(np.float32)),
-                       _roi(batch, self.roi_format, self.size))
+        if "skipped" in batch:  # the read task found the chunk damaged (``datasource.skipped_block``)
+            return self._skipped(first, stop, str(batch["skipped"][0]), batch)
+        try:
+            roi = _roi(batch, self.roi_format, self.size)
+        except ValueError as error:  # checksum fine, content not: as ``PoolStore.read_verified_chunk`` says it
+            corrupt = CorruptChunk(first // self.chunk_size, slice(first, stop), f"does not decode ({error})")
+            return self._skipped(first, stop, corrupt.item_reason, batch)
+        block = _Block(torch.from_numpy(ids), torch.from_numpy(batch["images"].astype(np.float32)), roi)
         stage_s: dict[str, float] = {}
         scores = score_chunk(self.runtime, block, self.config, on_stage=stage_s.__setitem__)  # the job worker's step
         requested = np.isin(ids, self.exclude_ids)
@@ -106,9 +117,18 @@ class PoolScorer:
         summary = {
             **block_counts(scores, requested),
             "worker_pid": self.worker[0], "node": self.worker[1], "read_s": float(np.sum(batch["read_s"])),
-            "forward_s": stage_s["forward"], "kernel_s": stage_s["kernel"], "write_s": write_s,
+            "forward_s": stage_s["forward"], "kernel_s": stage_s["kernel"], "write_s": write_s, "skipped": "",
         }
         return block_rows(first, stop, scores, batch["source_id"], ~requested, summary, self.k, self.config.fusion)
+
+    def _skipped(self, first: int, stop: int, reason: str, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A damaged chunk's rows: no candidates, a summary that counts its items as done and says
+        why they were skipped. No per-item file is written, so a resumed run reads the chunk again."""
+        summary = {"n_items": stop - first, "n_scored": 0, "n_invalid": 0, "n_excluded": 0, "n_invalid_items": 0,
+                   "worker_pid": self.worker[0], "node": self.worker[1], "read_s": float(np.sum(batch["read_s"])),
+                   "forward_s": 0.0, "kernel_s": 0.0, "write_s": 0.0, "skipped": reason}
+        return block_rows(first, stop, BatchScores.empty(self.classes), np.zeros(0, dtype=object),
+                          np.zeros(0, dtype=bool), summary, self.k, self.config.fusion)
 
 
 def block_counts(scores: BatchScores, requested: np.ndarray) -> dict[str, int]:
