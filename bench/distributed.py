@@ -41,7 +41,7 @@ from xal_core.data import open_dataset  # noqa: E402
 from xal_core.data.ingest import ingest  # noqa: E402
 from xal_core.data.pool_store import PoolStore  # noqa: E402
 from xal_core.models import ExplainableModel, build_backbone, export  # noqa: E402
-from xal_service.runtime import load  # noqa: E402
+from xal_core.models.runtime import load  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 K = 570

@@ -4,8 +4,8 @@ Providers, measured in the same run on the same inputs and weights:
 
 * ``torch-eager`` — ``xal_core.models.ExplainableModel`` under ``torch.inference_mode`` (the baseline);
 * ``onnxruntime-cpu`` — the file written by ``xal_core.models.export(format="onnx")``, run by
-  ``xal_service.runtime`` on ONNX Runtime's CPU provider;
-* ``torchscript`` — the ``format="torchscript"`` file, run by ``xal_service.runtime``.
+  ``xal_core.models.runtime`` on ONNX Runtime's CPU provider;
+* ``torchscript`` — the ``format="torchscript"`` file, run by ``xal_core.models.runtime``.
 
 Each provider returns the same three outputs (logits, features, CAM weights); the script checks that
 they agree with eager torch (1e-3) before timing. It prints images/s (median of repeats) and the
@@ -40,7 +40,7 @@ from rich.table import Table
 from timing import time_calls  # bench/timing.py (scripts run with bench/ on sys.path)
 
 from xal_core.models import ExplainableModel, build_backbone, export
-from xal_service.runtime import load
+from xal_core.models.runtime import load
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZE = 224

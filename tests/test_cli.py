@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _xal(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "xal_core.cli.main", *args],
+        [sys.executable, "-m", "xal_cli.main", *args],
         capture_output=True, text=True, timeout=300, cwd=ROOT, env={"COLUMNS": "400", "PATH": "/usr/bin:/bin"},
     )
 

@@ -1,5 +1,9 @@
 """``ScoringClient``: a typed Python client of the ``xal.v1.Scoring`` service.
 
+Two levels: one method per RPC (protobuf in and out, for tools that speak the wire), and the
+domain level, ``run_scoring_job``, which takes a ``ScoringConfig`` and returns ranked rows and job
+progress as plain Python (``job_results``): what the loop and the CLI use.
+
 Retries on UNAVAILABLE are gRPC's own (a service-config retry policy with exponential back-off), so
 they apply to every method alike; every call carries a deadline.
 """
@@ -7,6 +11,7 @@ they apply to every method alike; every call carries a deadline.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -14,6 +19,7 @@ import numpy as np
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from xal_core.acquisition.batch_scoring import ScoringConfig
 from xal_core.scoring import Roi
 from xal_core.scoring.parameters import (
     DEFAULT_FUSION,
@@ -24,10 +30,11 @@ from xal_core.scoring.parameters import (
 )
 
 from . import codec
+from .job_results import JobProgress, RankedItem, ScoringJobFailed, ScoringJobResult, job_state
 from .wire import scoring_pb2 as pb
 from .wire import scoring_pb2_grpc as pb_grpc
 
-__all__ = ["ScoringClient"]
+__all__ = ["JobProgress", "RankedItem", "ScoringClient", "ScoringJobFailed", "ScoringJobResult"]
 
 _RETRY_POLICY = {
     "methodConfig": [
@@ -195,6 +202,50 @@ class ScoringClient:
 
     def cancel_job(self, job_id: str) -> pb.JobStatus:
         return self._call(self._stub.CancelJob, pb.JobRef(job_id=job_id))
+
+    # ------------------------------------------------------------------ domain level
+    def run_scoring_job(
+        self,
+        model: str,
+        pool: str,
+        *,
+        k: int,
+        config: ScoringConfig = ScoringConfig(),
+        exclude_ids: Sequence[int] = (),
+        idempotency_key: str = "",
+        on_progress: Callable[[JobProgress], None] | None = None,
+        page_size: int = 1000,
+    ) -> ScoringJobResult:
+        """Score a registered pool with a loaded model: start the job, watch it to its end, page its
+        ranking. The one home of that sequence (the loop's ``ServiceScorer`` and ``xal score`` use it).
+
+        Args:
+            k: the ranking's length.
+            config: the scoring parameters (``xal_core.acquisition.ScoringConfig``).
+            exclude_ids: items scored but left out of the ranking (e.g. already labelled).
+            idempotency_key: a retried call with the same key re-attaches to the same job.
+            on_progress: called with every status the job reports.
+
+        Raises:
+            ScoringJobFailed: the job ended FAILED or CANCELLED; grpc.RpcError for a refused call.
+        """
+        request = pb.StartScoringRequest(
+            model=model, pool=pool, k=k, exclude_ids=list(exclude_ids), idempotency_key=idempotency_key,
+            strategy=codec.encode_strategy(config.uncertainty, config.weight, config.threshold, config.fusion,
+                                           config.missing_roi),
+        )
+        job_id = self.start_scoring(request).job_id
+        final = None
+        for status in self.watch_job(job_id):
+            final = status
+            if on_progress is not None:
+                on_progress(JobProgress.from_wire(status))
+        if final is None or final.state != pb.JOB_SUCCEEDED:
+            raise ScoringJobFailed(job_id, job_state(final) if final is not None else "UNKNOWN",
+                                   final.error if final is not None else "the status stream ended early")
+        items = [RankedItem.from_wire(item) for page in self.get_ranking(job_id, page_size=page_size)
+                 for item in page.items]
+        return ScoringJobResult.from_wire(final, items)
 
     def list_jobs(self) -> pb.ListJobsResponse:
         return self._call(self._stub.ListJobs, pb.ListJobsRequest())

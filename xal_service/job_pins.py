@@ -62,7 +62,7 @@ def _changed(what: str, name: str) -> RequestError:
 def resolve(registry: Registry, model_name: str, pool_name: str, pins: Pins | None) -> PinnedInputs:
     """The runtime and pool store with exactly the pinned content, or ``INVALID_ARGUMENT`` saying
     which changed. Jobs of an older server (no pins) use the registered names as they are."""
-    from xal_service.runtime import load
+    from xal_core.models.runtime import load
 
     registered = registry.models.get(model_name)
     if pins is None or (registered is not None and registered.sha256 == pins.model_sha256):

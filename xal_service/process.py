@@ -75,7 +75,7 @@ class LocalServer:
         python: str = sys.executable,
         cwd: str | Path | None = None,
     ) -> LocalServer:
-        """Start ``python -m xal_core.cli.main serve --listen 127.0.0.1:0 --state STATE EXTRA...``.
+        """Start ``python -m xal_cli.main serve --listen 127.0.0.1:0 --state STATE EXTRA...``.
 
         Args:
             state_dir: the server's state directory (created if missing); reusing one resumes its
@@ -108,7 +108,7 @@ class LocalServer:
             log.flush()
             offset = log.tell()
             process = subprocess.Popen(
-                [python, "-m", "xal_core.cli.main", "serve", "--listen", "127.0.0.1:0", "--state", str(state), *extra_args],
+                [python, "-m", "xal_cli.main", "serve", "--listen", "127.0.0.1:0", "--state", str(state), *extra_args],
                 cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )

@@ -149,7 +149,7 @@ class Registry:
         return model
 
     def _open(self, name: str, path: Path, origin: str, sha256: str = "") -> LoadedModel:
-        from xal_service.runtime import load  # ONNX Runtime / TorchScript only when a model is loaded
+        from xal_core.models.runtime import load  # ONNX Runtime / TorchScript only when a model is loaded
 
         try:
             sha256 = sha256 or file_sha256(path)

@@ -29,7 +29,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONUNBUFFERED=1
 started=$(date +%s)
 for seed in $SEEDS; do
   for strategy in $STRATEGIES; do
-    timeout "$ARM_TIMEOUT" $PYTHON -m xal_core.cli.main run --dataset synthetic --strategies "$strategy" --seed "$seed" \
+    timeout "$ARM_TIMEOUT" $PYTHON -m xal_cli.main run --dataset synthetic --strategies "$strategy" --seed "$seed" \
       --out "$RUNS/$strategy-seed$seed" --size 64 --pool-size "$POOL" --rounds "$ROUNDS" --scorer inprocess \
       --export-format torchscript --no-progress $EXTRA > "$RUNS/$strategy-seed$seed.log" 2>&1 &
   done
@@ -37,4 +37,4 @@ done
 wait
 echo "arms finished in $(( $(date +%s) - started )) s"
 for log in "$RUNS"/*.log; do tail -n 3 "$log" | sed "s#^#$(basename "$log" .log): #"; done | grep -i -E "error|Traceback" || true
-$PYTHON -m xal_core.cli.main report "$RUNS"/*-seed*/ --out "$OUT" --title "xal claim: random vs entropy vs dual, synthetic shortcut benchmark"
+$PYTHON -m xal_cli.main report "$RUNS"/*-seed*/ --out "$OUT" --title "xal claim: random vs entropy vs dual, synthetic shortcut benchmark"

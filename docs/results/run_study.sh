@@ -59,7 +59,7 @@ run_arm() {  # strategy training lambda seed
   [ -f "$RUNS/$name/DONE" ] && return 0
   local started=$(date +%s)
   # shellcheck disable=SC2046,SC2086
-  OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 $PYTHON -m xal_core.cli.main run $PROTOCOL $EXTRA \
+  OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 $PYTHON -m xal_cli.main run $PROTOCOL $EXTRA \
     --strategies "$strategy" --weight "$lambda" --seed "$seed" $(training_flags "$training") \
     --out "$RUNS/$name" > "$RUNS/$name.log" 2>&1
   local rc=$?
@@ -72,10 +72,10 @@ export RUNS PROTOCOL EXTRA PYTHON
 mkdir -p "$RUNS"
 if [ "${1:-}" = report ]; then
   # one report per λ: the merged main study (λ = 0.5) and the sweep beside it
-  $PYTHON -m xal_core.cli.main report "$RUNS"/*-l0.5-s*/ --out "$OUT" \
+  $PYTHON -m xal_cli.main report "$RUNS"/*-l0.5-s*/ --out "$OUT" \
     --title "xal study: strategies × ROI training, synthetic shortcut benchmark (λ = 0.5)"
   for l in 0.25 0.75; do
-    ls -d "$RUNS"/dual-*-l$l-s*/ >/dev/null 2>&1 && $PYTHON -m xal_core.cli.main report "$RUNS"/dual-*-l$l-s*/ \
+    ls -d "$RUNS"/dual-*-l$l-s*/ >/dev/null 2>&1 && $PYTHON -m xal_cli.main report "$RUNS"/dual-*-l$l-s*/ \
       --out "$OUT/lambda-$l" --title "xal study: dual with λ = $l"
   done
   exit 0

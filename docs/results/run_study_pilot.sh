@@ -16,7 +16,7 @@ PYTHON=${PYTHON:-.venv/bin/python}
 COMMON="--dataset synthetic --strategies random --architecture smallcnn --width $WIDTH --epochs 20 --schedule cosine \
   --scorer inprocess --export-format $EXPORT --no-progress"
 mkdir -p "$RUNS"
-run() { name=$1; shift; OMP_NUM_THREADS=1 $PYTHON -m xal_core.cli.main run $COMMON --out "$RUNS/$name" "$@" > "$RUNS/$name.log" 2>&1 \
+run() { name=$1; shift; OMP_NUM_THREADS=1 $PYTHON -m xal_cli.main run $COMMON --out "$RUNS/$name" "$@" > "$RUNS/$name.log" 2>&1 \
   && cp "$RUNS/$name/metrics.csv" "$RUNS/$name.csv"; echo "$name rc=$?"; }
 case "${1:-}" in
   calibration)

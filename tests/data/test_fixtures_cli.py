@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from xal_core.cli.main import main
+from xal_cli.main import main
 from xal_core.data import PoolStore
 
 

@@ -28,7 +28,7 @@ import pytest
 import torch
 from PIL import Image
 
-from xal_core.cli.main import main
+from xal_cli.main import main
 from xal_core.data import Item, PoolStore, open_dataset
 from xal_core.data.ingest import ingest
 from xal_core.data.item import IndexedDataset
@@ -81,7 +81,7 @@ def _ingest(*args: str) -> int:
 
 
 def _xal(*args: str) -> list[str]:
-    return [sys.executable, "-m", "xal_core.cli.main", *args]
+    return [sys.executable, "-m", "xal_cli.main", *args]
 
 
 def _ids(pool: Path) -> list[str]:
@@ -155,7 +155,7 @@ def test_big_pngs_are_refused_or_decoded_within_bounded_memory(tmp_path):
     _labels(root, rows)
     probe = (
         "import resource, sys\n"
-        "from xal_core.cli.main import build_parser, main\n"
+        "from xal_cli.main import build_parser, main\n"
         "import xal_core.data.generic, xal_core.data.ingest, torch\n"
         "build_parser(); torch.nn.functional.interpolate(torch.zeros(1, 1, 64, 64), size=(16, 16), mode='bilinear',"
         " antialias=True)\n"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from xal_core.cli.main import main
+from xal_cli.main import main
 from xal_core.data import Item, PoolStore, open_dataset
 from xal_core.data.ingest import ingest
 from xal_core.data.pool_store import PoolWriter

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xal_core.cli.main import main
+from xal_cli.main import main
 from xal_core.data import Item, PoolStore, PoolWriter, open_dataset
 from xal_core.data.ingest import ingest
 from xal_core.scoring import Roi, cam_alignment

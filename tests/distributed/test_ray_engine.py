@@ -27,14 +27,14 @@ ray = pytest.importorskip(
 )
 
 from tests.service.faults import chunk_file  # noqa: E402
+from xal_cli.main import main as xal  # noqa: E402
 from xal_core.acquisition import ScoringConfig, rank_pool, score_batch  # noqa: E402
-from xal_core.cli.main import main as xal  # noqa: E402
 from xal_core.data import open_dataset  # noqa: E402
 from xal_core.data.ingest import ingest  # noqa: E402
 from xal_core.data.pool_store import PoolStore  # noqa: E402
 from xal_core.models import ExplainableModel, build_backbone, export  # noqa: E402
+from xal_core.models.runtime import load  # noqa: E402
 from xal_service.engines.ray import RayEngineConfig, score_pool_on_ray  # noqa: E402
-from xal_service.runtime import load  # noqa: E402
 
 ITEMS, CHUNK, K = 240, 16, 25
 CONFIG = ScoringConfig(uncertainty="margin", weight=0.4, threshold=0.5)

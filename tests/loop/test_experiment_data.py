@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from xal_cli.session import RunSession
 from xal_core.data import open_dataset
 from xal_core.data.replicas.brats import write_brats
 from xal_core.data.replicas.vindr import write_vindr
 from xal_core.loop.experiment import prepare_data
 from xal_core.loop.protocol import Protocol, TrainRecipe
-from xal_core.loop.session import RunSession
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
+from xal_cli.session import RunSession
 from xal_core.loop.extras import ExtrasCollector, McDropout, TableExtras, check_runnable, extras_for, needed_columns
 from xal_core.loop.ledger import Arm, Ledger
 from xal_core.loop.protocol import Protocol, TrainRecipe
-from xal_core.loop.session import RunSession
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(size=(32, 32), pool_size=120, val_size=16, test_size=24)
@@ -138,7 +138,7 @@ def test_a_strategy_the_loop_cannot_feed_is_refused_naming_the_option():
 
 
 def test_xal_run_refuses_bad_mc_settings_before_preparing_anything(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "xal_core.cli.main", "run", "--out", str(tmp_path / "run"),
+    done = subprocess.run([sys.executable, "-m", "xal_cli.main", "run", "--out", str(tmp_path / "run"),
                            "--strategies", "bald", "--mc-passes", "1", *TINY_CLI], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2
@@ -172,7 +172,7 @@ def test_a_bald_run_acquires_and_both_scorers_record_the_same_ledger(tmp_path):
 
 def test_a_kcenter_run_through_the_cli_acquires(tmp_path):
     run_dir = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-m", "xal_core.cli.main", "run", "--out", str(run_dir), "--strategies",
+    done = subprocess.run([sys.executable, "-m", "xal_cli.main", "run", "--out", str(run_dir), "--strategies",
                            "entropy", "--diversity", "kcenter", *TINY_CLI], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 
+from xal_cli.session import RunSession
 from xal_core.acquisition.strategies import NoRoiWarning
 from xal_core.data import PoolStore, PoolWriter
 from xal_core.data.item import Item
@@ -33,7 +34,6 @@ from xal_core.loop.metrics import METRICS_COLUMNS
 from xal_core.loop.oracle import SimulatedOracle
 from xal_core.loop.protocol import Protocol, TrainRecipe
 from xal_core.loop.scorers import InProcessScorer
-from xal_core.loop.session import RunSession
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(size=(32, 32), pool_size=120, val_size=16, test_size=24)
@@ -102,7 +102,7 @@ def test_service_scorer_run_records_the_same_ledger(reference, tmp_path):
 
 
 def _xal_run(run_dir: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "xal_core.cli.main", "run", "--out", str(run_dir),
+    return subprocess.Popen([sys.executable, "-m", "xal_cli.main", "run", "--out", str(run_dir),
                              "--scorer", "inprocess", *TINY_CLI], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -216,7 +216,7 @@ def test_a_corrupt_ledger_stops_the_run_untouched(tmp_path):
     run_dir.mkdir()
     garbage = np.random.default_rng(5).bytes(4096)
     (run_dir / "ledger.sqlite").write_bytes(garbage)
-    done = subprocess.run([sys.executable, "-m", "xal_core.cli.main", "run", "--out", str(run_dir),
+    done = subprocess.run([sys.executable, "-m", "xal_cli.main", "run", "--out", str(run_dir),
                            "--scorer", "inprocess", *TINY_CLI], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert str(run_dir / "ledger.sqlite") in done.stderr and "NOT modified" in done.stderr

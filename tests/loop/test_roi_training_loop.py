@@ -8,8 +8,9 @@ import csv
 import pytest
 import torch
 
-from xal_core.cli.main import main as xal
-from xal_core.cli.report import merge_runs
+from xal_cli.main import main as xal
+from xal_cli.report import merge_runs
+from xal_cli.session import RunSession
 from xal_core.data import PoolWriter
 from xal_core.data.item import Item
 from xal_core.data.shortcut import ShortcutBenchmark
@@ -23,7 +24,6 @@ from xal_core.loop.oracle import SimulatedOracle
 from xal_core.loop.protocol import Protocol, TrainRecipe
 from xal_core.loop.report.final_table import final_table
 from xal_core.loop.scorers import InProcessScorer
-from xal_core.loop.session import RunSession
 from xal_core.loop.training import round_training_set
 from xal_core.models import load_checkpoint
 

@@ -21,9 +21,10 @@ from xal_core.data import open_dataset
 from xal_core.data.ingest import ingest
 from xal_core.loop.extras import McDropout, TableExtras, extras_for
 from xal_core.loop.protocol import Protocol
-from xal_core.loop.scorers import EXTRA_COLUMNS, InProcessScorer, ScoredPool, ServiceScorer
+from xal_core.loop.scorers import EXTRA_COLUMNS, InProcessScorer, ScoredPool
 from xal_core.models import ExplainableModel, build_backbone, export
 from xal_service.client import ScoringClient
+from xal_service.loop_scorer import ServiceScorer
 from xal_service.process import LocalServer
 
 N = 256
@@ -226,7 +227,7 @@ def test_extras_are_computed_only_when_asked(both):
 
 def test_embeddings_are_the_mean_of_the_exported_models_features(assets):
     from xal_core.data import PoolStore
-    from xal_service.runtime import load
+    from xal_core.models.runtime import load
 
     with InProcessScorer(assets / "pool") as local:
         table = local.score(assets / "model.onnx", exclude=EXCLUDE, config=CONFIG,

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from model_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 
-from xal_core.cli.main import main
+from xal_cli.main import main
 from xal_core.models import ExplainableModel, build_backbone
+from xal_core.models.runtime import load
 from xal_core.train import Augment, TrainConfig, fit
-from xal_service.runtime import load
 
 
 def test_train_export_load_run(tmp_path, capsys):
@@ -45,10 +45,10 @@ def test_cli_choices_match_the_library_and_import_no_monai():
     import subprocess
     import sys
 
-    cli_export = importlib.import_module("xal_core.cli.export")
+    cli_export = importlib.import_module("xal_cli.export")
     models_export = importlib.import_module("xal_core.models.export")  # the module, not the function
 
     assert cli_export.FORMATS == models_export.FORMATS
     assert cli_export.ONNX_EXPORTERS == models_export.ONNX_EXPORTERS
-    code = "import sys, xal_core.cli.export; print('monai' in sys.modules)"
+    code = "import sys, xal_cli.export; print('monai' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -15,9 +15,9 @@ from xal_core.models import (
     export,
     load_checkpoint,
 )
+from xal_core.models.runtime import load
 from xal_core.models.smallcnn import SmallCNN
 from xal_core.train import TrainConfig, fit
-from xal_service.runtime import load
 
 SIZE = 64
 

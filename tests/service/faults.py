@@ -121,7 +121,7 @@ def in_process_ranking(pool: Path, model: Path, k: int, config=None):
     """The ranking the library gives in this process: what a job must reproduce."""
     from xal_core.acquisition import ScoringConfig, rank_pool, score_chunk
     from xal_core.data.pool_store import PoolStore
-    from xal_service.runtime import load
+    from xal_core.models.runtime import load
 
     runtime, store = load(model), PoolStore.open(pool)
     config = config or ScoringConfig()

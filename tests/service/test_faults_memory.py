@@ -18,8 +18,8 @@ from tests.service.faults import rss_mb
 from xal_core.data import open_dataset
 from xal_core.data.ingest import ingest
 from xal_core.models import ExplainableModel, build_backbone, export
+from xal_core.models.runtime import load
 from xal_service.client import ScoringClient
-from xal_service.runtime import load
 from xal_service.wire import scoring_pb2 as pb
 
 

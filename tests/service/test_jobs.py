@@ -21,8 +21,8 @@ from xal_core.data import open_dataset
 from xal_core.data.ingest import ingest
 from xal_core.data.pool_store import PoolStore
 from xal_core.models import ExplainableModel, build_backbone, export
-from xal_service.client import ScoringClient
-from xal_service.runtime import load
+from xal_core.models.runtime import load
+from xal_service.client import JobProgress, RankedItem, ScoringClient
 from xal_service.wire import scoring_pb2 as pb
 
 K = 25
@@ -87,6 +87,15 @@ def test_job_ranking_equals_in_process_ranking(assets, tmp_path):
             again = client.start_scoring(pb.StartScoringRequest(
                 model="m", pool="p", strategy=STRATEGY, k=K, exclude_ids=exclude, idempotency_key="once"))
             assert again.job_id == job_id  # idempotent retry
+            # The domain level: the same job through run_scoring_job (same key: re-attached), plain rows.
+            seen: list[JobProgress] = []
+            result = client.run_scoring_job("m", "p", k=K, config=CONFIG, exclude_ids=exclude,
+                                            idempotency_key="once", on_progress=seen.append, page_size=7)
+            assert result.job_id == job_id and seen and seen[-1].state == "SUCCEEDED"
+            assert seen[-1].items_done == seen[-1].items_total == 240 and result.items_done == 240
+            assert all(isinstance(row, RankedItem) for row in result.items)
+            assert [(row.id, row.rank, row.score, row.source_id) for row in result.items] == \
+                [(i.id, i.rank, i.score, i.source_id) for i in items]
             stages = client.statistics().stages
             assert {"read", "forward", "kernel", "rank"} <= set(stages)
     finally:
@@ -182,7 +191,7 @@ def test_cli_score_writes_the_ranking(assets, tmp_path):
         exclude = tmp_path / "labelled.txt"
         exclude.write_text("0\n1\n2\n")
         done = subprocess.run(
-            [sys.executable, "-m", "xal_core.cli.main", "score", "--server", server.target, "--model", "m",
+            [sys.executable, "-m", "xal_cli.main", "score", "--server", server.target, "--model", "m",
              "--model-path", str(model_path), "--pool", "p", "--pool-path", str(pool_path), "--k", "12",
              "--strategy", "dual", "--uncertainty", "margin", "--weight", "0.4", "--exclude", str(exclude),
              "--out", str(tmp_path / "ranking.csv")],
@@ -191,7 +200,7 @@ def test_cli_score_writes_the_ranking(assets, tmp_path):
         assert done.returncode == 0, done.stderr
         rows = list(csv.DictReader((tmp_path / "ranking.csv").read_text().splitlines()))
         bad = subprocess.run(
-            [sys.executable, "-m", "xal_core.cli.main", "score", "--server", server.target, "--model", "nope",
+            [sys.executable, "-m", "xal_cli.main", "score", "--server", server.target, "--model", "nope",
              "--pool", "p", "--out", str(tmp_path / "x.csv")], capture_output=True, text=True, timeout=300,
             cwd=server_process.ROOT,
         )

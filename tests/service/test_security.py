@@ -67,7 +67,7 @@ def test_tls(tmp_path):
 
 def test_remote_address_without_token_is_refused(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "xal_core.cli.main", "serve", "--listen", "0.0.0.0:0", "--state", str(tmp_path)],
+        [sys.executable, "-m", "xal_cli.main", "serve", "--listen", "0.0.0.0:0", "--state", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 2

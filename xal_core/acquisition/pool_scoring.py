@@ -3,7 +3,7 @@
 ``score_chunk`` is what a scoring job does per chunk (``xal_service.jobs``) and what the in-process
 scorer of the loop does (``xal_core.loop.scorers``), so both give the same numbers on the same pool
 and model. The runtime is duck-typed — anything with ``.metadata.normalise(images)`` and
-``.run(images) -> (logits, features, cam_weights)``, such as ``xal_service.runtime.load(path)`` —
+``.run(images) -> (logits, features, cam_weights)``, such as ``xal_core.models.runtime.load(path)`` —
 so this module does not import the service.
 """
 
@@ -24,7 +24,7 @@ __all__ = ["ChunkLike", "ModelRuntime", "keep_rows", "score_chunk"]
 
 
 class ModelRuntime(Protocol):
-    """What ``score_chunk`` needs of a model runtime (``xal_service.runtime`` satisfies it)."""
+    """What ``score_chunk`` needs of a model runtime (``xal_core.models.runtime`` satisfies it)."""
 
     metadata: Any  # has ``normalise(images) -> images``
 

@@ -1,8 +1,9 @@
 """The active-learning loop: training rounds, oracle, ledger, metrics and reports (docs/loop.md).
 
-``RunSession`` is what ``xal run`` / ``xal demo`` execute; ``ActiveLearner`` is the loop itself,
-for use from Python with any ``PoolScorer`` (in-process or through the gRPC service) and any
-``Oracle`` (simulated, or a CSV a person fills in). Imports are lazy so that ``xal_core.loop.ledger``
+``ActiveLearner`` is the loop itself, for use from Python with any ``PoolScorer`` (in-process here,
+or ``xal_service.loop_scorer.ServiceScorer`` through the gRPC service) and any ``Oracle``
+(simulated, or a CSV a person fills in); ``xal run`` / ``xal demo`` wire it up in
+``xal_cli.session.RunSession``. Imports are lazy so that ``xal_core.loop.ledger``
 stays cheap to import for a dashboard that only reads a ledger.
 """
 
@@ -19,9 +20,8 @@ _EXPORTS = {
     "AcquisitionRow": "ledger",
     "Annotation": "annotations",
     "Oracle": "oracle", "SimulatedOracle": "oracle", "FileOracle": "oracle", "write_labelling_sheet": "oracle",
-    "PoolScorer": "scorers", "InProcessScorer": "scorers", "ServiceScorer": "scorers", "ScoredPool": "scorers",
+    "PoolScorer": "scorers", "InProcessScorer": "scorers", "ScoredPool": "scorers",
     "RoundMetrics": "metrics", "evaluate": "metrics", "classification_metrics": "metrics",
-    "RunSession": "session", "RunOutcome": "session",
 }
 __all__ = sorted(_EXPORTS)
 

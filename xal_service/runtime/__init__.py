@@ -1,37 +1,20 @@
-"""Model runtimes of the scoring service: an exported file in, ``(logits, features, cam_weights)`` out.
-
-``load(path)`` picks the backend from the file itself: a ZIP archive is TorchScript, anything else is
-read as ONNX. Both read the xal metadata embedded by ``xal_core.models.export`` (``.metadata``), so
-a model file is all the service needs.
-
->>> from xal_service.runtime import load          # doctest: +SKIP
->>> runtime = load("model.onnx")                  # doctest: +SKIP
->>> logits, features, cam_weights = runtime.run(runtime.metadata.normalise(images))  # doctest: +SKIP
-"""
+"""Deprecated home of the model runtimes, kept for one release: they moved to
+``xal_core.models.runtime`` (beside ``export``, which writes what they read). Import from there."""
 
 from __future__ import annotations
 
-import zipfile
-from pathlib import Path
+import warnings
 
-from .base import Runtime, RuntimeOutputs, check_images
-from .onnx_runtime import OnnxRuntime
-from .torchscript_runtime import TorchScriptRuntime
-
-TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript")
+from xal_core.models.runtime import (  # noqa: F401  (re-exported)
+    OnnxRuntime,
+    Runtime,
+    RuntimeOutputs,
+    TorchScriptRuntime,
+    check_images,
+    load,
+)
 
 __all__ = ["OnnxRuntime", "Runtime", "RuntimeOutputs", "TorchScriptRuntime", "check_images", "load"]
 
-
-def load(path: str | Path, **options) -> OnnxRuntime | TorchScriptRuntime:
-    """Open an exported xal model (ONNX or TorchScript); a bad file raises ``ValueError`` naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such model file")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path}: empty model file")
-    if zipfile.is_zipfile(path):
-        return TorchScriptRuntime(path, **options)
-    if path.suffix.lower() in TORCHSCRIPT_SUFFIXES:
-        raise ValueError(f"{path}: not a TorchScript ZIP archive (truncated or corrupted?)")
-    return OnnxRuntime(path, **options)
+warnings.warn("xal_service.runtime moved to xal_core.models.runtime; this alias goes in the next release",
+              DeprecationWarning, stacklevel=2)

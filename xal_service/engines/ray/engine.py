@@ -256,7 +256,7 @@ def _check_resources(resources: dict[str, float], engine: RayEngineConfig) -> No
 
 def _check_model(model_path: Path, store: PoolStore) -> None:
     """Fail on the driver, naming both, before any actor loads a model that cannot read the pool."""
-    from xal_service.runtime import load
+    from xal_core.models.runtime import load
 
     metadata = load(model_path).metadata
     expected = (metadata.channels, *metadata.input_size)

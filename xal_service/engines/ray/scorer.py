@@ -80,7 +80,7 @@ class PoolScorer:
 
     def __init__(self, model_path: str, config: dict, k: int, scores_dir: str, roi_format: str,
                  size: tuple[int, int], exclude_ids: np.ndarray, chunk_size: int, threads: int = 1) -> None:
-        from xal_service.runtime import load
+        from xal_core.models.runtime import load
 
         torch.set_num_threads(threads)
         # ONNX Runtime sizes its own thread pool (one per core unless told): tell it what Ray gave us.

@@ -1,5 +1,8 @@
 """One ``xal run``: data, ledger, scorer (a local gRPC service by default), oracle, learner, report.
 
+It lives in the CLI because it wires the core (the loop) to the service (the default scorer is a
+local ``xal serve``); from Python, ``xal_core.loop.ActiveLearner`` runs the loop with any scorer.
+
 The pieces are built in the order a failure is cheapest to report: the protocol and data first,
 then the ledger (a corrupt ledger stops the run before anything else happens), then the service.
 """
@@ -14,14 +17,14 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .experiment import ExperimentData, prepare_data
-from .learner import ActiveLearner, NeedsAnnotations, RoundEvent
-from .ledger import Ledger
-from .oracle import FileOracle, Oracle, SimulatedOracle
-from .protocol import Protocol
-from .report.final_table import final_table_markdown
-from .report.html import write_report
-from .scorers import InProcessScorer, ServiceScorer
+from xal_core.loop.experiment import ExperimentData, prepare_data
+from xal_core.loop.learner import ActiveLearner, NeedsAnnotations, RoundEvent
+from xal_core.loop.ledger import Ledger
+from xal_core.loop.oracle import FileOracle, Oracle, SimulatedOracle
+from xal_core.loop.protocol import Protocol
+from xal_core.loop.report.final_table import final_table_markdown
+from xal_core.loop.report.html import write_report
+from xal_core.loop.scorers import InProcessScorer
 
 __all__ = ["RunSession", "RunOutcome"]
 
@@ -89,7 +92,8 @@ class RunSession:
             with InProcessScorer(data.pool_path) as scorer:
                 yield scorer
             return
-        from xal_service.client import ScoringClient
+        from xal_service.client import ScoringClient  # gRPC only when scoring through the service
+        from xal_service.loop_scorer import ServiceScorer
         from xal_service.process import LocalServer
 
         token = self.token_file.read_text().strip() if self.token_file is not None else None

@@ -13,7 +13,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 import torch
 
-from xal_core.models.metadata import ModelMetadata
+from ..metadata import ModelMetadata
 
 
 class RuntimeOutputs(NamedTuple):

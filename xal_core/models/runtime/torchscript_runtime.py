@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xal_core.models.export import TORCHSCRIPT_METADATA_FILE
-from xal_core.models.metadata import ModelMetadata
-
+from ..export import TORCHSCRIPT_METADATA_FILE
+from ..metadata import ModelMetadata
 from .base import RuntimeOutputs, check_images
 
 

@@ -136,12 +136,13 @@ def run_on_service(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from xal_service import codec
-    from xal_service.client import ScoringClient
-    from xal_service.wire import scoring_pb2 as pb
+    from xal_core.acquisition import ScoringConfig
+    from xal_service.client import ScoringClient, ScoringJobFailed
 
     weight = STRATEGY_WEIGHTS[args.strategy]
     weight = args.weight if weight is None else weight
+    config = ScoringConfig(uncertainty=args.uncertainty, weight=weight, threshold=args.threshold, fusion=args.fusion,
+                           missing_roi=args.missing_roi)
     exclude = [int(line) for line in args.exclude.read_text().split()] if args.exclude else []
     token = args.token_file.read_text().strip() if args.token_file else None
     console = Console(stderr=True)
@@ -151,32 +152,26 @@ def run_on_service(args: argparse.Namespace) -> int:
                 client.load_model(args.model, args.model_path)
             if args.pool_path:
                 client.register_pool(args.pool, args.pool_path)
-            strategy = codec.encode_strategy(args.uncertainty, weight, args.threshold, args.fusion, args.missing_roi)
-            job_id = client.start_scoring(
-                pb.StartScoringRequest(model=args.model, pool=args.pool, strategy=strategy, k=args.k, exclude_ids=exclude)
-            ).job_id
-            final = None
-            with Progress(TextColumn(f"job {job_id}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+            with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                           TimeRemainingColumn(), console=console, transient=True) as progress:
                 task = progress.add_task("scoring", total=None, rate="")
-                for status in client.watch_job(job_id):
-                    progress.update(task, total=status.items_total, completed=status.items_done,
-                                    rate=f"{status.items_per_second:,.0f} items/s")
-                    final = status
-            if final is None or final.state != pb.JOB_SUCCEEDED:
-                state = pb.JobState.Name(final.state) if final else "unknown"
-                console.print(f"xal score: job {job_id} ended {state}: {final.error if final else ''}")
-                return 1
-            rows = [item for page in client.get_ranking(job_id) for item in page.items]
+                result = client.run_scoring_job(
+                    args.model, args.pool, k=args.k, config=config, exclude_ids=exclude,
+                    on_progress=lambda status: progress.update(task, total=status.items_total,
+                                                               completed=status.items_done,
+                                                               rate=f"{status.items_per_second:,.0f} items/s"))
+    except ScoringJobFailed as failed:
+        console.print(f"xal score: job {failed.job_id} ended {failed.state}: {failed.error}")
+        return 1
     except grpc.RpcError as error:
         raise ValueError(f"{args.server}: {error.code().name}: {error.details()}") from None
     with open(args.out, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_HEADER)
-        for item in rows:
+        for item in result.items:
             writer.writerow([item.rank, item.id, item.source_id, f"{item.score:.6g}", f"{item.uncertainty:.6g}",
                              f"{item.dice:.6g}", f"{item.soft_dice:.6g}", f"{item.roi_energy:.6g}",
                              f"{item.pointing_hit:.6g}", item.predicted_class])
-    console.print(f"xal score: job {job_id}: {final.items_done} items scored, top {len(rows)} written to {args.out}"
-                  + (f"; {final.n_item_errors} item(s) with errors ranked last" if final.n_item_errors else ""))
+    console.print(f"xal score: job {result.job_id}: {result.items_done} items scored, top {len(result.items)} written "
+                  f"to {args.out}" + (f"; {result.n_item_errors} item(s) with errors" if result.n_item_errors else ""))
     return 0

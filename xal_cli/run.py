@@ -158,8 +158,8 @@ def build_protocol(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from xal_cli.session import RunSession
     from xal_core.loop.ledger import LedgerError
-    from xal_core.loop.session import RunSession
 
     console = Console(stderr=False)
     protocol = build_protocol(args)
@@ -188,6 +188,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from xal_core.cli.main import main
+    from xal_cli.main import main
 
     sys.exit(main(["run", *sys.argv[1:]]))

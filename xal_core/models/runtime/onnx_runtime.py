@@ -25,8 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xal_core.models.metadata import INPUT_NAME, OUTPUT_NAMES, ModelMetadata
-
+from ..metadata import INPUT_NAME, OUTPUT_NAMES, ModelMetadata
 from .base import RuntimeOutputs, check_images
 
 CPU_MAX_BATCH = 64  # images per run on the CPU provider (bounds a run's buffers; see the module doc)

@@ -1,1 +1,0 @@
-"""The ``xal`` command line."""
