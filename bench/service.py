@@ -195,7 +195,7 @@ def main() -> None:
     torch.set_num_threads(1)  # what `xal serve` runs (server.dedicate_process), for comparison
     single_thread_ms = median_ms(lambda: score_batch(ids, *batch), requests)
     torch.set_num_threads(threads)
-    strategy = codec.encode_strategy()
+    strategy = codec.encode_parameters()
     encode_ms = median_ms(lambda: codec.encode_score_batch_request(*batch, strategy), requests)
     request_mb = len(codec.encode_score_batch_request(*batch, strategy)) / 1e6
     half = (batch[0], batch[1].half(), batch[2], batch[3])

@@ -139,7 +139,7 @@ class ScoringClient:
         predicted_class, invalid, excluded``.
         """
         request = codec.encode_score_batch_request(
-            logits, features, cam_weights, roi, codec.encode_strategy(uncertainty, weight, threshold, fusion, missing_roi),
+            logits, features, cam_weights, roi, codec.encode_parameters(uncertainty, weight, threshold, fusion, missing_roi),
             ids=ids,
         )
         reply = self._call(self._score_batch, request, timeout)
@@ -231,7 +231,7 @@ class ScoringClient:
         """
         request = pb.StartScoringRequest(
             model=model, pool=pool, k=k, exclude_ids=list(exclude_ids), idempotency_key=idempotency_key,
-            strategy=codec.encode_strategy(config.uncertainty, config.weight, config.threshold, config.fusion,
+            parameters=codec.encode_parameters(config.uncertainty, config.weight, config.threshold, config.fusion,
                                            config.missing_roi),
         )
         job_id = self.start_scoring(request).job_id

@@ -41,7 +41,7 @@ from .wire import scoring_pb2 as pb
 
 __all__ = [
     "decode_tensor", "encode_tensor", "fill_tensor", "decode_roi", "encode_roi", "fill_roi",
-    "decode_strategy", "encode_strategy", "ScoreBatchWire", "parse_score_batch_request",
+    "decode_parameters", "encode_parameters", "ScoreBatchWire", "parse_score_batch_request",
     "encode_score_batch_request",
 ]
 
@@ -210,7 +210,7 @@ _MISSING = {
 }
 
 
-def decode_strategy(message: pb.Strategy, field: str = "strategy") -> ScoringConfig:
+def decode_parameters(message: pb.ScoringParameters, field: str = "parameters") -> ScoringConfig:
     """The ``ScoringConfig`` a request asks for; ``INVALID_ARGUMENT`` naming the field otherwise.
 
     The ranges are ``xal_core.scoring.parameters``' own, checked here first so a bad value is the
@@ -238,16 +238,16 @@ def decode_strategy(message: pb.Strategy, field: str = "strategy") -> ScoringCon
     )
 
 
-def encode_strategy(
+def encode_parameters(
     uncertainty: str = DEFAULT_UNCERTAINTY,
     weight: float = DEFAULT_WEIGHT,
     threshold: float = DEFAULT_THRESHOLD,
     fusion: str = DEFAULT_FUSION,
     missing_roi: str = DEFAULT_MISSING_ROI,
-) -> pb.Strategy:
+) -> pb.ScoringParameters:
     lookup = lambda table, value: next(k for k, v in table.items() if v == value and k != 0)  # noqa: E731
     try:
-        return pb.Strategy(
+        return pb.ScoringParameters(
             uncertainty=lookup(_UNCERTAINTY, uncertainty),
             weight=weight,
             threshold=threshold,
@@ -256,7 +256,7 @@ def encode_strategy(
         )
     except StopIteration:
         raise ValueError(
-            f"strategy: unknown uncertainty {uncertainty!r}, fusion {fusion!r} or missing_roi {missing_roi!r}"
+            f"parameters: unknown uncertainty {uncertainty!r}, fusion {fusion!r} or missing_roi {missing_roi!r}"
         ) from None
 
 
@@ -370,13 +370,13 @@ def encode_score_batch_request(
     features: torch.Tensor | np.ndarray,
     cam_weights: torch.Tensor | np.ndarray,
     roi: Roi,
-    strategy: pb.Strategy,
+    parameters: pb.ScoringParameters,
     ids: np.ndarray | None = None,
 ) -> bytes:
     """A serialized ``ScoreBatchRequest``, byte for byte a valid protobuf message, with the feature
     bytes copied once, straight from the array into the result (protobuf would copy them three
     times: into the message, into its serialization, and once more for ``tobytes``)."""
-    request = pb.ScoreBatchRequest(strategy=strategy)
+    request = pb.ScoreBatchRequest(parameters=parameters)
     fill_tensor(request.logits, logits)
     fill_tensor(request.cam_weights, cam_weights)
     fill_roi(request.roi, roi)

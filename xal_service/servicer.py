@@ -162,7 +162,7 @@ class ScoringServicer:
             raise invalid_argument(f"ids: {ids.shape[0]} ids for {batch} items")
         check_score_batch_sizes(request.roi, batch, tuple(features.shape[2:]), request_bytes, self.limits)
         roi = codec.decode_roi(request.roi, batch)
-        config = codec.decode_strategy(request.strategy)
+        config = codec.decode_parameters(request.parameters)
         decoded = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NonFiniteInputWarning)  # reported per item below
@@ -301,7 +301,7 @@ class ScoringServicer:
         def start():
             message = _well_formed(request)
             spec = JobSpec(
-                model=message.model, pool=message.pool, config=codec.decode_strategy(message.strategy),
+                model=message.model, pool=message.pool, config=codec.decode_parameters(message.parameters),
                 k=int(message.k), exclude_ids=tuple(int(i) for i in message.exclude_ids),
                 idempotency_key=message.idempotency_key,
             )

@@ -209,8 +209,8 @@ def test_service_job_on_ray_reports_progress_through_watch_job(cluster, assets, 
         with ScoringClient(f"127.0.0.1:{server.port}", timeout=300) as client:
             client.load_model("m", str(model_path))
             client.register_pool("p", str(pool_path))
-            strategy = pb.Strategy(uncertainty=pb.UNCERTAINTY_MARGIN, weight=0.4, threshold=0.5)
-            job_id = client.start_scoring(pb.StartScoringRequest(model="m", pool="p", strategy=strategy, k=K,
+            parameters = pb.ScoringParameters(uncertainty=pb.UNCERTAINTY_MARGIN, weight=0.4, threshold=0.5)
+            job_id = client.start_scoring(pb.StartScoringRequest(model="m", pool="p", parameters=parameters, k=K,
                                                                  exclude_ids=EXCLUDE)).job_id
             seen = [(status.state, status.items_done) for status in client.watch_job(job_id)]
             items = [item for page in client.get_ranking(job_id) for item in page.items]
@@ -244,11 +244,11 @@ def test_killed_ray_server_resumes_its_job_from_the_finished_chunks(cluster, ass
     flags = ("--engine", "ray", "--ray-address", "auto", "--ray-workers", "1",
              "--model-root", str(model_path.parent), "--pool-root", str(pool_path.parent))
     server = server_process.start(state, *flags, timeout=120)
-    strategy = pb.Strategy(uncertainty=pb.UNCERTAINTY_MARGIN, weight=0.4, threshold=0.5)
+    parameters = pb.ScoringParameters(uncertainty=pb.UNCERTAINTY_MARGIN, weight=0.4, threshold=0.5)
     with ScoringClient(server.target, timeout=120) as client:
         client.load_model("m", str(model_path))
         client.register_pool("p", str(pool_path))
-        job_id = client.start_scoring(pb.StartScoringRequest(model="m", pool="p", strategy=strategy, k=K,
+        job_id = client.start_scoring(pb.StartScoringRequest(model="m", pool="p", parameters=parameters, k=K,
                                                              exclude_ids=EXCLUDE)).job_id
         scores = state / "jobs" / job_id / "scores"
         deadline = time.monotonic() + 120

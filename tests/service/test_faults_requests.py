@@ -17,7 +17,7 @@ from xal_service.wire import scoring_pb2 as pb
 
 def _box_request(width: int, *, height: int = 1, batch: int = 1, grid: tuple[int, int] = (1, 1)) -> bytes:
     """A tiny ScoreBatch whose box ROI declares a ``height × width`` frame (the issue's 293 bytes)."""
-    message = pb.ScoreBatchRequest(strategy=pb.Strategy())
+    message = pb.ScoreBatchRequest(parameters=pb.ScoringParameters())
     codec.fill_tensor(message.logits, torch.zeros(batch, 2))
     codec.fill_tensor(message.features, torch.ones(batch, 1, *grid))
     codec.fill_tensor(message.cam_weights, torch.ones(batch, 1))

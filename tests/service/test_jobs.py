@@ -26,7 +26,7 @@ from xal_service.client import JobProgress, RankedItem, ScoringClient
 from xal_service.wire import scoring_pb2 as pb
 
 K = 25
-STRATEGY = pb.Strategy(uncertainty=pb.UNCERTAINTY_MARGIN, weight=0.4, threshold=0.5)
+PARAMETERS = pb.ScoringParameters(uncertainty=pb.UNCERTAINTY_MARGIN, weight=0.4, threshold=0.5)
 CONFIG = ScoringConfig(uncertainty="margin", weight=0.4, threshold=0.5)
 
 
@@ -61,7 +61,7 @@ def in_process_ranking(pool_path: Path, model_path: Path, k: int, exclude: list[
 
 
 def _run_job(client: ScoringClient, **request) -> str:
-    job_id = client.start_scoring(pb.StartScoringRequest(model="m", pool="p", strategy=STRATEGY, **request)).job_id
+    job_id = client.start_scoring(pb.StartScoringRequest(model="m", pool="p", parameters=PARAMETERS, **request)).job_id
     final = None
     for status in client.watch_job(job_id):
         final = status
@@ -85,7 +85,7 @@ def test_job_ranking_equals_in_process_ranking(assets, tmp_path):
             job_id = _run_job(client, k=K, exclude_ids=exclude, idempotency_key="once")
             items = _ranking(client, job_id)
             again = client.start_scoring(pb.StartScoringRequest(
-                model="m", pool="p", strategy=STRATEGY, k=K, exclude_ids=exclude, idempotency_key="once"))
+                model="m", pool="p", parameters=PARAMETERS, k=K, exclude_ids=exclude, idempotency_key="once"))
             assert again.job_id == job_id  # idempotent retry
             # The domain level: the same job through run_scoring_job (same key: re-attached), plain rows.
             seen: list[JobProgress] = []
@@ -118,7 +118,7 @@ def test_killed_server_resumes_the_job_with_the_same_ranking(assets, tmp_path):
     with ScoringClient(server.target, timeout=120) as client:
         client.load_model("m", str(model_path))
         client.register_pool("p", str(pool_path))
-        job_id = client.start_scoring(pb.StartScoringRequest(model="m", pool="p", strategy=STRATEGY, k=K)).job_id
+        job_id = client.start_scoring(pb.StartScoringRequest(model="m", pool="p", parameters=PARAMETERS, k=K)).job_id
         chunks = state / "jobs" / job_id / "chunks"
         deadline = time.monotonic() + 120
         while len(list(chunks.glob("*.npz"))) < 3 and time.monotonic() < deadline:
@@ -157,17 +157,17 @@ def test_job_errors_are_status_codes(assets, tmp_path):
             assert code(lambda: client.cancel_job("nope"))[0] == grpc.StatusCode.NOT_FOUND
             assert code(lambda: client.register_pool("p", str(tmp_path)))[0] == grpc.StatusCode.INVALID_ARGUMENT
             assert code(lambda: client.load_model("m", str(tmp_path / "missing.onnx")))[0] == grpc.StatusCode.INVALID_ARGUMENT
-            request = pb.StartScoringRequest(model="m", pool="p", strategy=STRATEGY, k=K)
+            request = pb.StartScoringRequest(model="m", pool="p", parameters=PARAMETERS, k=K)
             assert code(lambda: client.start_scoring(request))[0] == grpc.StatusCode.NOT_FOUND
             client.load_model("m", str(model_path))
             client.register_pool("p", str(pool_path))
             for bad_k in (0, 10_000):
                 status, details = code(lambda bad_k=bad_k: client.start_scoring(
-                    pb.StartScoringRequest(model="m", pool="p", strategy=STRATEGY, k=bad_k)))
+                    pb.StartScoringRequest(model="m", pool="p", parameters=PARAMETERS, k=bad_k)))
                 assert status == grpc.StatusCode.INVALID_ARGUMENT and "k:" in details
             status, details = code(lambda: client.start_scoring(pb.StartScoringRequest(
-                model="m", pool="p", strategy=pb.Strategy(weight=2.0), k=K)))
-            assert status == grpc.StatusCode.INVALID_ARGUMENT and "strategy.weight" in details
+                model="m", pool="p", parameters=pb.ScoringParameters(weight=2.0), k=K)))
+            assert status == grpc.StatusCode.INVALID_ARGUMENT and "parameters.weight" in details
             assert client.health() == "SERVING"
             uploaded = client.upload_model("streamed", model_path, chunk_mb=1)
             assert uploaded.name == "streamed" and list(uploaded.input_shape) == [1, 32, 32]
@@ -221,7 +221,7 @@ def test_cancel_a_queued_job(assets, tmp_path):
         with ScoringClient(server.target, timeout=120) as client:
             client.load_model("m", str(model_path))
             client.register_pool("p", str(pool_path))
-            jobs = [client.start_scoring(pb.StartScoringRequest(model="m", pool="p", strategy=STRATEGY, k=K)).job_id
+            jobs = [client.start_scoring(pb.StartScoringRequest(model="m", pool="p", parameters=PARAMETERS, k=K)).job_id
                     for _ in range(3)]
             assert client.cancel_job(jobs[2]).state == pb.JOB_CANCELLED
             final = {job: list(client.watch_job(job))[-1].state for job in jobs}

@@ -32,7 +32,7 @@ def _inputs(batch=3, dtype=torch.float32, seed=0):
 
 
 def _protobuf_request(logits, features, weights, roi, strategy, ids=None):
-    request = pb.ScoreBatchRequest(strategy=strategy)
+    request = pb.ScoreBatchRequest(parameters=strategy)
     codec.fill_tensor(request.logits, logits)
     codec.fill_tensor(request.features, features)
     codec.fill_tensor(request.cam_weights, weights)
@@ -45,7 +45,7 @@ def _protobuf_request(logits, features, weights, roi, strategy, ids=None):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_encoded_request_is_the_protobuf_message(dtype):
     logits, features, weights, roi = _inputs(dtype=dtype)
-    strategy = codec.encode_strategy("margin", 0.3, 0.4, "rank", "exclude")
+    strategy = codec.encode_parameters("margin", 0.3, 0.4, "rank", "exclude")
     raw = codec.encode_score_batch_request(logits, features, weights, roi, strategy, ids=np.array([7, 3, 9]))
     assert pb.ScoreBatchRequest.FromString(raw) == _protobuf_request(logits, features, weights, roi, strategy, [7, 3, 9])
 
@@ -53,7 +53,7 @@ def test_encoded_request_is_the_protobuf_message(dtype):
 def test_non_contiguous_and_numpy_features_encode_like_their_contiguous_copy():
     logits, features, weights, roi = _inputs()
     strided = features.transpose(2, 3).contiguous().transpose(2, 3)  # same values, other strides
-    strategy = codec.encode_strategy()
+    strategy = codec.encode_parameters()
     for variant in (strided, features.numpy()):
         raw = codec.encode_score_batch_request(logits, variant, weights, roi, strategy)
         assert raw == codec.encode_score_batch_request(logits, features, weights, roi, strategy)
@@ -62,7 +62,7 @@ def test_non_contiguous_and_numpy_features_encode_like_their_contiguous_copy():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_parse_keeps_features_out_of_protobuf_and_decodes_the_same(dtype):
     logits, features, weights, roi = _inputs(dtype=dtype)
-    raw = _protobuf_request(logits, features, weights, roi, codec.encode_strategy()).SerializeToString()
+    raw = _protobuf_request(logits, features, weights, roi, codec.encode_parameters()).SerializeToString()
     wire = codec.parse_score_batch_request(raw)
     assert wire.features_data is not None and wire.message.features.data == b""
     assert wire.message.features.dtype == codec._TORCH_TO_WIRE[dtype]
@@ -82,7 +82,7 @@ def test_parse_follows_protobuf_merging_rules():
     logits, features, weights, roi = _inputs()
     first = pb.ScoreBatchRequest(features=pb.Tensor(dtype=pb.DTYPE_FLOAT64, data=b"\x01" * 8))
     second = pb.ScoreBatchRequest(features=pb.Tensor(shape=list(features.shape), data=features.numpy().tobytes()))
-    rest = _protobuf_request(logits, torch.zeros(0), weights, roi, codec.encode_strategy())
+    rest = _protobuf_request(logits, torch.zeros(0), weights, roi, codec.encode_parameters())
     rest.ClearField("features")
     third = pb.ScoreBatchRequest(features=pb.Tensor(dtype=pb.DTYPE_FLOAT32))
     raw = first.SerializeToString() + rest.SerializeToString() + second.SerializeToString() + third.SerializeToString()
@@ -99,7 +99,7 @@ def test_parse_of_requests_without_features_or_with_malformed_bytes():
     with pytest.raises(RequestError) as missing:
         codec.decode_tensor(wire.message.features, "features", dtypes=codec.FLOATS, ndim=4, data=wire.features_data)
     assert missing.value.code == grpc.StatusCode.INVALID_ARGUMENT and "features: missing" in missing.value.message
-    good = _protobuf_request(*_inputs(), codec.encode_strategy()).SerializeToString()
+    good = _protobuf_request(*_inputs(), codec.encode_parameters()).SerializeToString()
     for broken in (good[:-3], b"\x1a\xff\xff\xff\xff\x0f", b"\x00\x01", b"\x1b"):  # truncated, overlong, field 0, group
         try:
             expected = pb.ScoreBatchRequest.FromString(broken)

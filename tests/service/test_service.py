@@ -103,7 +103,7 @@ def test_score_batch_from_a_stub_generated_from_the_proto(server, wire, roi_kind
         ids=[100 + i for i in range(6)],
         logits=raw(logits, pb.DTYPE_FLOAT32), features=raw(features, pb.DTYPE_FLOAT32),
         cam_weights=raw(weights, pb.DTYPE_FLOAT32), roi=roi_message,
-        strategy=pb.Strategy(uncertainty=pb.UNCERTAINTY_MARGIN, weight=0.3, threshold=0.4),
+        parameters=pb.ScoringParameters(uncertainty=pb.UNCERTAINTY_MARGIN, weight=0.3, threshold=0.4),
     )
     with grpc.insecure_channel(server.target) as channel:
         reply = pb_grpc.ScoringStub(channel).ScoreBatch(request, timeout=60)
@@ -183,9 +183,9 @@ def test_malformed_tensors_are_invalid_argument_naming_the_field(server, wire):
         "roi.masks.packed.shape": dict(roi=pb.RoiBatch(height=37, width=29, masks=pb.PackedMasks(
             packed=pb.Tensor(dtype=pb.DTYPE_UINT8, shape=[3, 37, 3], data=b"\0" * 333)))),
         "roi: set either masks or boxes": dict(roi=pb.RoiBatch(height=37, width=29)),
-        "strategy.threshold": dict(strategy=pb.Strategy(threshold=1.5)),
-        "strategy.weight": dict(strategy=pb.Strategy(weight=-0.1)),
-        "strategy.weight: λ must be in [0, 1], got nan": dict(strategy=pb.Strategy(weight=float("nan"))),
+        "parameters.threshold": dict(parameters=pb.ScoringParameters(threshold=1.5)),
+        "parameters.weight": dict(parameters=pb.ScoringParameters(weight=-0.1)),
+        "parameters.weight: λ must be in [0, 1], got nan": dict(parameters=pb.ScoringParameters(weight=float("nan"))),
         "logits: missing": dict(logits=pb.Tensor()),
     }
     with grpc.insecure_channel(server.target) as channel:

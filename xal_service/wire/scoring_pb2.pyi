@@ -108,7 +108,7 @@ class Boxes(_message.Message):
     counts: Tensor
     def __init__(self, boxes: _Optional[_Union[Tensor, _Mapping]] = ..., counts: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
-class Strategy(_message.Message):
+class ScoringParameters(_message.Message):
     __slots__ = ("uncertainty", "weight", "threshold", "fusion", "missing_roi")
     UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -123,20 +123,20 @@ class Strategy(_message.Message):
     def __init__(self, uncertainty: _Optional[_Union[UncertaintyKind, str]] = ..., weight: _Optional[float] = ..., threshold: _Optional[float] = ..., fusion: _Optional[_Union[Fusion, str]] = ..., missing_roi: _Optional[_Union[MissingRoiPolicy, str]] = ...) -> None: ...
 
 class ScoreBatchRequest(_message.Message):
-    __slots__ = ("ids", "logits", "features", "cam_weights", "roi", "strategy")
+    __slots__ = ("ids", "logits", "features", "cam_weights", "roi", "parameters")
     IDS_FIELD_NUMBER: _ClassVar[int]
     LOGITS_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     CAM_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     ROI_FIELD_NUMBER: _ClassVar[int]
-    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[int]
     logits: Tensor
     features: Tensor
     cam_weights: Tensor
     roi: RoiBatch
-    strategy: Strategy
-    def __init__(self, ids: _Optional[_Iterable[int]] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., features: _Optional[_Union[Tensor, _Mapping]] = ..., cam_weights: _Optional[_Union[Tensor, _Mapping]] = ..., roi: _Optional[_Union[RoiBatch, _Mapping]] = ..., strategy: _Optional[_Union[Strategy, _Mapping]] = ...) -> None: ...
+    parameters: ScoringParameters
+    def __init__(self, ids: _Optional[_Iterable[int]] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., features: _Optional[_Union[Tensor, _Mapping]] = ..., cam_weights: _Optional[_Union[Tensor, _Mapping]] = ..., roi: _Optional[_Union[RoiBatch, _Mapping]] = ..., parameters: _Optional[_Union[ScoringParameters, _Mapping]] = ...) -> None: ...
 
 class ScoreBatchResponse(_message.Message):
     __slots__ = ("ids", "score", "uncertainty", "dice", "soft_dice", "roi_energy", "pointing_hit", "predicted_class", "invalid", "excluded", "n_invalid")
@@ -267,20 +267,20 @@ class DescribePoolRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class StartScoringRequest(_message.Message):
-    __slots__ = ("model", "pool", "strategy", "k", "exclude_ids", "idempotency_key")
+    __slots__ = ("model", "pool", "parameters", "k", "exclude_ids", "idempotency_key")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     POOL_FIELD_NUMBER: _ClassVar[int]
-    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_IDS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     model: str
     pool: str
-    strategy: Strategy
+    parameters: ScoringParameters
     k: int
     exclude_ids: _containers.RepeatedScalarFieldContainer[int]
     idempotency_key: str
-    def __init__(self, model: _Optional[str] = ..., pool: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, _Mapping]] = ..., k: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[int]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., pool: _Optional[str] = ..., parameters: _Optional[_Union[ScoringParameters, _Mapping]] = ..., k: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[int]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class StartScoringResponse(_message.Message):
     __slots__ = ("job_id",)
