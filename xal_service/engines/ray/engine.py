@@ -3,7 +3,7 @@
 The pipeline is Ray Data's own, streaming (memory bounded by Ray's backpressure, not the pool):
 
     read_datasource(PoolStoreDatasource)            one read task and block per pool chunk
-      .map_batches(PoolScorer, ActorPoolStrategy)   forward → score_batch → Parquet → block top-k
+      .map_batches(BlockScorer, ActorPoolStrategy)  forward → score_batch → Parquet → block top-k
       .iter_batches()                               on the driver: BlockMerger → the pool's top-k
 
 Fault tolerance is Ray's: the actor pool restarts an actor that died (``max_restarts=-1``) and
@@ -199,7 +199,7 @@ def _score_on_ray(ray, store: PoolStore, chunks: list[int], model_path: Path, sc
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
     from .datasource import PoolStoreDatasource
-    from .scorer import PoolScorer
+    from .scorer import BlockScorer
 
     # override_num_blocks = the chunk count: asked for more blocks than read tasks, Ray Data would
     # split every chunk into pieces, and the scorer would no longer see the in-process batches.
@@ -212,7 +212,7 @@ def _score_on_ray(ray, store: PoolStore, chunks: list[int], model_path: Path, sc
     chunk_bytes = 2 * store.chunk_size * int(store.manifest.get("channels", 1)) * store.size[0] * store.size[1]
     context.target_max_block_size = max(context.target_max_block_size or 0, 2 * chunk_bytes)  # a chunk stays whole
     scored = dataset.map_batches(
-        PoolScorer,
+        BlockScorer,
         fn_constructor_kwargs={
             "model_path": str(Path(model_path).resolve()), "config": dataclasses.asdict(config), "k": k,
             "scores_dir": str(scores_dir), "roi_format": store.roi_format, "size": store.size,

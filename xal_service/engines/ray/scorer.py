@@ -29,7 +29,7 @@ from xal_core.scoring import Roi, TopK
 
 from .item_scores import write_item_scores
 
-__all__ = ["PoolScorer", "CANDIDATE_COLUMNS", "SUMMARY_COLUMNS", "block_counts", "block_rows"]
+__all__ = ["BlockScorer", "CANDIDATE_COLUMNS", "SUMMARY_COLUMNS", "block_counts", "block_rows"]
 
 # Columns of a candidate row (one of a block's top-k items) that the ranking reports.
 CANDIDATE_COLUMNS = ("uncertainty", "dice", "soft_dice", "roi_energy", "pointing_hit", "predicted_class",
@@ -64,7 +64,7 @@ def _writable(array: np.ndarray) -> np.ndarray:
     return np.require(array, requirements="W")
 
 
-class PoolScorer:
+class BlockScorer:
     """Callable class for ``Dataset.map_batches`` with an ``ActorPoolStrategy``.
 
     Args:
