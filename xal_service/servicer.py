@@ -31,8 +31,8 @@ from typing import Any, TypeVar
 import grpc
 import torch
 
-from xal_core.acquisition import BatchScores, score_batch
-from xal_core.scoring import NonFiniteInputWarning, dual_score
+from xal_core.acquisition import BatchScores, rank_fusion, score_batch
+from xal_core.scoring import NonFiniteInputWarning
 
 from . import codec, replies
 from .errors import RequestError, invalid_argument
@@ -171,12 +171,8 @@ class ScoringServicer:
             except ValueError as error:
                 raise invalid_argument(str(error)) from None
             score = scores.score
-            if config.fusion == "rank":
-                fused = dual_score(
-                    scores.uncertainty, 1.0 - scores.dice, weight=config.weight, method="rank",
-                    missing_roi=config.missing_roi, invalid=scores.invalid,
-                )
-                score = fused.score
+            if config.fusion == "rank":  # ranks relative to this batch (docs/service.md)
+                score = rank_fusion(scores.uncertainty, scores.dice, scores.invalid, config).score
         scored = time.perf_counter()
         reply = pb.ScoreBatchResponse(
             ids=scores.ids.tolist(),

@@ -14,7 +14,7 @@ from xal_core.scoring import NonFiniteInputWarning, Selection, TopK, dual_score
 
 from .batch_scoring import BatchScores, ScoringConfig
 
-__all__ = ["PoolRanking", "rank_pool"]
+__all__ = ["PoolRanking", "rank_fusion", "rank_pool"]
 
 
 @dataclass
@@ -65,17 +65,20 @@ def rank_pool(
             kept.append(batch)
     if config.fusion == "rank" and kept:
         merged = {name: torch.cat([getattr(b, name) for b in kept]) for name in ("ids", "uncertainty", "dice", "invalid")}
-        with warnings.catch_warnings():  # each batch already reported its own non-finite items
-            warnings.simplefilter("ignore", NonFiniteInputWarning)
-            fused = dual_score(
-                merged["uncertainty"],
-                1.0 - merged["dice"],
-                weight=config.weight,
-                method="rank",
-                missing_roi=config.missing_roi,
-                invalid=merged["invalid"],
-            )
+        fused = rank_fusion(merged["uncertainty"], merged["dice"], merged["invalid"], config)
         columns = {name: torch.cat([b.columns()[name] for b in kept]) for name in kept[0].columns()}
         top.push(merged["ids"], fused.score, columns)
         n_invalid, n_excluded = fused.n_invalid, fused.n_excluded
     return PoolRanking(top.result(), top.selected_columns(), n_scored, n_invalid, n_excluded)
+
+
+def rank_fusion(uncertainty: torch.Tensor, dice: torch.Tensor, invalid: torch.Tensor, config: ScoringConfig):
+    """Rank-fused dual scores of a set of items (DESIGN.md §2): ranks are relative to the set, so
+    the set is the whole pool for a job (``rank_pool``) and the batch for an inline ``ScoreBatch``.
+    The one place both call. Non-finite items were reported when their batch was scored, so the
+    fusion does not warn again. Returns ``dual_score``'s result (``score``, ``n_invalid``, ``n_excluded``).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonFiniteInputWarning)
+        return dual_score(uncertainty, 1.0 - dice, weight=config.weight, method="rank",
+                          missing_roi=config.missing_roi, invalid=invalid)
