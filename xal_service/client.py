@@ -30,11 +30,11 @@ from xal_core.scoring.parameters import (
 )
 
 from . import codec
-from .job_results import JobProgress, RankedItem, ScoringJobFailed, ScoringJobResult, job_state
+from .job_results import ItemScoreRows, JobProgress, RankedItem, ScoringJobFailed, ScoringJobResult, job_state
 from .wire import scoring_pb2 as pb
 from .wire import scoring_pb2_grpc as pb_grpc
 
-__all__ = ["JobProgress", "RankedItem", "ScoringClient", "ScoringJobFailed", "ScoringJobResult"]
+__all__ = ["ItemScoreRows", "JobProgress", "RankedItem", "ScoringClient", "ScoringJobFailed", "ScoringJobResult"]
 
 _RETRY_POLICY = {
     "methodConfig": [
@@ -200,6 +200,10 @@ class ScoringClient:
     def get_ranking(self, job_id: str, page_size: int = 1000):
         return self._stub.GetRanking(pb.GetRankingRequest(job_id=job_id, page_size=page_size), metadata=self._metadata)
 
+    def get_item_scores(self, job_id: str, page_size: int = 1000):
+        return self._stub.GetItemScores(pb.GetItemScoresRequest(job_id=job_id, page_size=page_size),
+                                        metadata=self._metadata)
+
     def cancel_job(self, job_id: str) -> pb.JobStatus:
         return self._call(self._stub.CancelJob, pb.JobRef(job_id=job_id))
 
@@ -217,7 +221,7 @@ class ScoringClient:
         page_size: int = 1000,
     ) -> ScoringJobResult:
         """Score a registered pool with a loaded model: start the job, watch it to its end, page its
-        ranking. The one home of that sequence (the loop's ``ServiceScorer`` and ``xal score`` use it).
+        ranking. The one home of that sequence with :meth:`score_every_item` (``xal score`` uses this one).
 
         Args:
             k: the ranking's length.
@@ -229,10 +233,37 @@ class ScoringClient:
         Raises:
             ScoringJobFailed: the job ended FAILED or CANCELLED; grpc.RpcError for a refused call.
         """
+        final = self._run_job(model, pool, k, config, exclude_ids, idempotency_key, on_progress)
+        items = [RankedItem.from_wire(item) for page in self.get_ranking(final.job_id, page_size=page_size)
+                 for item in page.items]
+        return ScoringJobResult.from_wire(final, items)
+
+    def score_every_item(
+        self,
+        model: str,
+        pool: str,
+        *,
+        config: ScoringConfig = ScoringConfig(),
+        exclude_ids: Sequence[int] = (),
+        idempotency_key: str = "",
+        on_progress: Callable[[JobProgress], None] | None = None,
+        page_size: int = 1000,
+    ) -> ItemScoreRows:
+        """Score a registered pool and read back every item's scores in pool order
+        (``GetItemScores``), for a caller whose own strategy ranks (the loop's ``ServiceScorer``):
+        no ranking of the whole pool is made only to be sorted back. Same arguments and errors as
+        :meth:`run_scoring_job` (the job keeps a top-1 ranking, which nobody reads)."""
+        final = self._run_job(model, pool, 1, config, exclude_ids, idempotency_key, on_progress)
+        classes = len(self.model_metadata(model).class_names)
+        return ItemScoreRows.from_wire(final, self.get_item_scores(final.job_id, page_size=page_size), classes)
+
+    def _run_job(self, model: str, pool: str, k: int, config: ScoringConfig, exclude_ids: Sequence[int],
+                 idempotency_key: str, on_progress: Callable[[JobProgress], None] | None) -> pb.JobStatus:
+        """Start a job and watch it to its end: its final status, or ``ScoringJobFailed``."""
         request = pb.StartScoringRequest(
             model=model, pool=pool, k=k, exclude_ids=list(exclude_ids), idempotency_key=idempotency_key,
             parameters=codec.encode_parameters(config.uncertainty, config.weight, config.threshold, config.fusion,
-                                           config.missing_roi),
+                                               config.missing_roi),
         )
         job_id = self.start_scoring(request).job_id
         final = None
@@ -243,9 +274,7 @@ class ScoringClient:
         if final is None or final.state != pb.JOB_SUCCEEDED:
             raise ScoringJobFailed(job_id, job_state(final) if final is not None else "UNKNOWN",
                                    final.error if final is not None else "the status stream ended early")
-        items = [RankedItem.from_wire(item) for page in self.get_ranking(job_id, page_size=page_size)
-                 for item in page.items]
-        return ScoringJobResult.from_wire(final, items)
+        return final
 
     def list_jobs(self) -> pb.ListJobsResponse:
         return self._call(self._stub.ListJobs, pb.ListJobsRequest())

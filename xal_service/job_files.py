@@ -72,6 +72,20 @@ class ChunkFiles:
                 batch = BatchScores(**{name: torch.from_numpy(data[name][keep]) for name in BATCH_FIELDS})
                 yield batch, data["source_ids"][keep], errors
 
+    def item_scores(self) -> Iterator[tuple[BatchScores, np.ndarray]]:
+        """A finished job's per-item scores, chunk by chunk in pool order, with their source ids:
+        requested exclusions and skipped chunks left out. The in-process worker's chunk files, or
+        the Ray engine's per-item Parquet files (``scores/``) for a job that ran on Ray."""
+        ray_scores = self.directory / "scores"
+        if not self.chunks.is_dir() and ray_scores.is_dir():
+            from .engines.ray.item_scores import read_item_scores  # pyarrow: only jobs that ran on Ray
+
+            yield from read_item_scores(ray_scores)
+            return
+        for batch, source_ids, _ in self.read():
+            if batch is not None and len(batch.ids):
+                yield batch, source_ids
+
     def save_ranking(self, ranking: PoolRanking, source_ids: list[str]) -> None:
         arrays = {"ids": ranking.selection.ids.numpy(), "scores": ranking.selection.scores.numpy(),
                   "source_ids": np.asarray(source_ids, dtype=np.str_)}

@@ -5,11 +5,14 @@ the wire. ``ScoringClient.run_scoring_job`` builds them; the conversions from th
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+import numpy as np
 
 from .wire import scoring_pb2 as pb
 
-__all__ = ["JobProgress", "RankedItem", "ScoringJobFailed", "ScoringJobResult"]
+__all__ = ["ItemScoreRows", "JobProgress", "RankedItem", "ScoringJobFailed", "ScoringJobResult"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,55 @@ class ScoringJobResult:
     def from_wire(cls, final: pb.JobStatus, items: list[RankedItem]) -> ScoringJobResult:
         return cls(final.job_id, items, int(final.items_done),
                    [(int(error.id), error.reason) for error in final.item_errors], int(final.n_item_errors))
+
+
+@dataclass(frozen=True, eq=False)
+class ItemScoreRows:
+    """Every item's scores of a succeeded job, in pool order (ascending ``ids``), as NumPy columns
+    (``GetItemScores``): what a caller that ranks by itself reads. Requested exclusions and the
+    items of skipped pool chunks are absent; ``item_errors`` (capped) / ``n_item_errors`` say why.
+
+    ``score`` is float64 (the dual score under weighted fusion; NaN under rank fusion);
+    ``uncertainty``, ``dice``, ``soft_dice``, ``roi_energy``, ``pointing_hit`` and ``probabilities``
+    ``[N, K]`` float32, the wire's precision; ``predicted_class`` int64; ``invalid``, ``excluded`` bool.
+    """
+
+    job_id: str
+    ids: np.ndarray
+    source_ids: list[str]
+    score: np.ndarray
+    uncertainty: np.ndarray
+    dice: np.ndarray
+    soft_dice: np.ndarray
+    roi_energy: np.ndarray
+    pointing_hit: np.ndarray
+    predicted_class: np.ndarray
+    probabilities: np.ndarray
+    invalid: np.ndarray
+    excluded: np.ndarray
+    item_errors: list[tuple[int, str]]
+    n_item_errors: int
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    @classmethod
+    def from_wire(cls, final: pb.JobStatus, pages: Iterable[pb.ItemScoresPage], classes: int) -> ItemScoreRows:
+        items = [item for page in pages for item in page.items]
+        floats = {name: np.asarray([getattr(item, name) for item in items], dtype=np.float32)
+                  for name in ("uncertainty", "dice", "soft_dice", "roi_energy", "pointing_hit")}
+        probabilities = np.asarray([list(item.probabilities) for item in items], dtype=np.float32)
+        return cls(
+            job_id=final.job_id, ids=np.asarray([item.id for item in items], dtype=np.int64),
+            source_ids=[item.source_id for item in items],
+            score=np.asarray([item.score for item in items], dtype=np.float64), **floats,
+            predicted_class=np.asarray([item.predicted_class for item in items], dtype=np.int64),
+            probabilities=probabilities.reshape(len(items), classes) if not items else probabilities,
+            invalid=np.asarray([item.invalid for item in items], dtype=bool),
+            excluded=np.asarray([item.excluded for item in items], dtype=bool),
+            item_errors=[(int(error.id), error.reason) for error in final.item_errors],
+            n_item_errors=int(final.n_item_errors),
+        )
 
 
 class ScoringJobFailed(RuntimeError):

@@ -34,7 +34,7 @@ class ServiceLimits:
         max_grid_scratch: the scorer keeps the CAM grid's rows resampled to the frame's width
             (``h × W`` float64 values, and ``w × H`` on the separable path): at most this many.
         max_model_bytes: largest uploaded model file (``--max-model-bytes``).
-        max_streams_per_client: concurrent streaming calls (``WatchJob``, ``GetRanking``,
+        max_streams_per_client: concurrent streaming calls (``WatchJob``, ``GetRanking``, ``GetItemScores``,
             ``LoadModel``) from one client address (``--max-streams-per-client``).
         max_streams: concurrent streaming calls in total (``--max-streams``).
         max_path_chars: longest server-side path or name a request may give.

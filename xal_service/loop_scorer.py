@@ -41,23 +41,25 @@ class ServiceScorer(PoolScorer):
     The pool is registered under ``pool_name`` (default: the folder's name and a hash of its
     absolute path) on first use; each model file is loaded once under a name made of its stem and a
     hash of its bytes (reused when the server already has it, e.g. after a restart with the same
-    ``--state``). Each :meth:`score` is one ``StartScoring`` job over every unlabeled item (``k`` =
-    their number) with an idempotency key derived from the model, the pool, the exclusions and the
-    config, so a learner that restarts mid-job re-attaches to the running job instead of starting
-    another. A job that ends FAILED or CANCELLED raises ``RuntimeError`` with the job's error; the
-    next :meth:`score` of the same scorer then starts a fresh job.
+    ``--state``). Each :meth:`score` is one scoring job over the pool, the labelled items
+    excluded, read back item by item in pool order (``ScoringClient.score_every_item``:
+    ``GetItemScores``, not a ranking of everything sorted back by id; the loop's strategy alone
+    ranks). Its idempotency key is derived from the model, the pool, the exclusions and the config,
+    so a learner that restarts mid-job re-attaches to the running job instead of starting another.
+    A job that ends FAILED or CANCELLED raises ``RuntimeError`` with the job's error; the next
+    :meth:`score` of the same scorer then starts a fresh job.
 
-    Invalid items (a non-finite image or model output) are the ones the service ranks with score
-    ``-inf``. Extra columns (``extras=``) are computed in this process from the same model file
-    (see the module's docstring), so that file must be readable here too. The job is always run with ``fusion="weighted"`` and ``missing_roi="uncertainty_only"``
-    so that every unlabeled item is in its ranking (those two change only the ranking score, not
-    the table's columns).
+    Invalid items (a non-finite image or model output) come flagged in the item scores. Extra
+    columns (``extras=``) are computed in this process from the same model file (see
+    ``PoolScorer.local_extras``), so that file must be readable here too. The job runs with
+    ``fusion="weighted"`` and ``missing_roi="uncertainty_only"``: those shape only the service's
+    ranking score, which the table does not carry, and keep the job's key independent of them.
 
     Args:
         client: a connected client; the scorer does not close it unless ``close_client``.
         pool_path: the pool store, as a path the server can read (it is sent absolute).
         pool_name: the name to register the pool under.
-        page_size: items per ``GetRanking`` page.
+        page_size: items per ``GetItemScores`` page.
         runtime_options: for the in-process pass that computes extra columns (as ``InProcessScorer``).
     """
 
@@ -153,36 +155,26 @@ class ServiceScorer(PoolScorer):
     def _run_job(self, model: str, excluded: np.ndarray, unlabeled: np.ndarray, config: ScoringConfig,
                  progress: Progress | None) -> ScoredPool:
         job_config = dataclasses.replace(config, fusion="weighted", missing_roi="uncertainty_only")
-        k = int(unlabeled.size)
         base_key = _idempotency_key(model, self.pool_name, len(self.store), excluded, job_config)
         attempt = self._attempts.get(base_key, 0)
         key = base_key if attempt == 0 else f"{base_key}-retry{attempt}"
         report = None if progress is None else (lambda status: progress(status.items_done, status.items_total))
         try:
-            result = self.client.run_scoring_job(model, self.pool_name, k=k, config=job_config,
-                                                 exclude_ids=excluded.tolist(), idempotency_key=key,
-                                                 on_progress=report, page_size=self.page_size)
+            rows = self.client.score_every_item(model, self.pool_name, config=job_config,
+                                                exclude_ids=excluded.tolist(), idempotency_key=key,
+                                                on_progress=report, page_size=self.page_size)
         except ScoringJobFailed as failed:
             self._attempts[base_key] = attempt + 1
             raise RuntimeError(f"scoring job {failed.job_id} (model {model}, pool {self.pool_name}) ended "
                                f"{failed.state}: {failed.error or 'no error reported'}") from None
-        items = result.items
-        ids = np.asarray([item.id for item in items], dtype=np.int64)
-        if ids.size != k or not np.array_equal(np.sort(ids), unlabeled):
-            reasons = list(dict.fromkeys(reason for _, reason in result.item_errors))[:3]
-            why = f"; the job reports {result.n_item_errors} item error(s): {'; '.join(reasons)}" \
+        if not np.array_equal(rows.ids, unlabeled):  # in pool order: exactly the unlabeled items
+            reasons = list(dict.fromkeys(reason for _, reason in rows.item_errors))[:3]
+            why = f"; the job reports {rows.n_item_errors} item error(s): {'; '.join(reasons)}" \
                 if reasons else ""  # e.g. a pool chunk that failed its checksum, its items skipped
-            raise RuntimeError(f"scoring job {result.job_id}: the ranking holds {ids.size} items, expected the {k} "
-                               f"unlabeled ones{why}")
-        order = np.argsort(ids, kind="stable")
-        items = [items[i] for i in order]
-        score = np.asarray([item.score for item in items], dtype=np.float64)
-        values = {name: [getattr(item, name) for item in items]
-                  for name in ("dice", "soft_dice", *EXTRA_COLUMNS)}
-        values["ids"] = ids[order]
-        values["probabilities"] = [list(item.probabilities) for item in items]
-        invalid = score == -np.inf  # the service's mark of an item with non-finite inputs
-        return scored_pool(values, invalid, {item.id: item.source_id for item in items})
+            raise RuntimeError(f"scoring job {rows.job_id}: its item scores hold {len(rows)} items, expected the "
+                               f"{unlabeled.size} unlabeled ones{why}")
+        values = {name: getattr(rows, name) for name in ("ids", "probabilities", "dice", "soft_dice", *EXTRA_COLUMNS)}
+        return scored_pool(values, rows.invalid, dict(zip(rows.ids.tolist(), rows.source_ids, strict=True)))
 
     def close(self) -> None:
         super().close()

@@ -7,6 +7,7 @@ one place (and never includes a server path: a pool is shown by its path under `
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 from .wire import scoring_pb2 as pb
 
@@ -67,3 +68,27 @@ def ranking_pages(job, size: int) -> list[pb.RankingPage]:
     if items:
         pages.append(pb.RankingPage(items=items))
     return pages
+
+
+def item_score_pages(job, size: int) -> Iterator[pb.ItemScoresPage]:
+    """The job's per-item scores in pool order, in pages of ``size`` items, read chunk by chunk
+    (memory: a chunk and a page, whatever the pool)."""
+    items: list[pb.ItemScore] = []
+    for batch, source_ids in job.files.item_scores():
+        probabilities = batch.probabilities.tolist()
+        columns = {name: getattr(batch, name).tolist() for name in (
+            "ids", "score", "uncertainty", "dice", "soft_dice", "roi_energy", "pointing_hit", "predicted_class",
+            "invalid", "excluded")}
+        for row in range(len(columns["ids"])):
+            items.append(pb.ItemScore(
+                id=columns["ids"][row], source_id=str(source_ids[row]), score=columns["score"][row],
+                uncertainty=columns["uncertainty"][row], dice=columns["dice"][row],
+                soft_dice=columns["soft_dice"][row], roi_energy=columns["roi_energy"][row],
+                pointing_hit=columns["pointing_hit"][row], predicted_class=columns["predicted_class"][row],
+                probabilities=probabilities[row], invalid=columns["invalid"][row], excluded=columns["excluded"][row],
+            ))
+            if len(items) == size:
+                yield pb.ItemScoresPage(items=items)
+                items = []
+    if items:
+        yield pb.ItemScoresPage(items=items)

@@ -342,6 +342,24 @@ class ScoringServicer:
         finally:
             self.streams.release(client)
 
+    async def GetItemScores(self, request, context):
+        """Every item's scores in pool order; the pages are made chunk by chunk on a worker thread
+        as the stream is read, so memory stays one chunk whatever the pool."""
+        client = await self._open_stream("GetItemScores", context)
+        try:
+            def start():
+                message = _well_formed(request)
+                job = self._finished_job(message.job_id)
+                if message.page_size < 0:
+                    raise invalid_argument(f"page_size: must be >= 0, got {message.page_size}")
+                return replies.item_score_pages(job, message.page_size or 1000)
+
+            pages = await self._sync("GetItemScores", context, start)
+            while (page := await self._run(next, pages, None)) is not None:
+                yield page
+        finally:
+            self.streams.release(client)
+
     def _finished_job(self, job_id: str):
         job = self.jobs.get(job_id)
         if job.state != SUCCEEDED or job.ranking is None:

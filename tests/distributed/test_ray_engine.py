@@ -214,9 +214,11 @@ def test_service_job_on_ray_reports_progress_through_watch_job(cluster, assets, 
                                                                  exclude_ids=EXCLUDE)).job_id
             seen = [(status.state, status.items_done) for status in client.watch_job(job_id)]
             items = [item for page in client.get_ranking(job_id) for item in page.items]
+            every = [item.id for page in client.get_item_scores(job_id, page_size=50) for item in page.items]
             stages = client.statistics().stages
     finally:
         server.stop()
+    assert every == [i for i in range(ITEMS) if i not in EXCLUDE]  # the per-item stream reads the Parquet files
     assert seen[-1] == (pb.JOB_SUCCEEDED, ITEMS)
     assert any(0 < done < ITEMS for _, done in seen), f"no intermediate progress in {seen}"
     assert [done for _, done in seen] == sorted(done for _, done in seen)

@@ -165,7 +165,7 @@ def test_a_failing_job_raises_with_the_job_error(assets, client):
     assert len(chunk_files) == 4
     chunk_files[2].write_bytes(b"not a compressed chunk")
     with ServiceScorer(client, broken) as remote, pytest.raises(
-            RuntimeError, match=r"scoring job \w+: the ranking holds \d+ items.* pool chunk 2 unreadable.*: item skipped"):
+            RuntimeError, match=r"scoring job \w+: its item scores hold \d+ items.* pool chunk 2 unreadable.*: item skipped"):
         remote.score(assets / "model.onnx", exclude=[], config=CONFIG)
     with InProcessScorer(broken) as local, pytest.raises(Exception):  # noqa: B017 - the codec's own error
         local.score(assets / "model.onnx", exclude=[], config=CONFIG)

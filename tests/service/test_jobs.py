@@ -60,6 +60,18 @@ def in_process_ranking(pool_path: Path, model_path: Path, k: int, exclude: list[
     return rank_pool(batches(), k, CONFIG)
 
 
+def in_process_scores(pool_path: Path, model_path: Path, exclude: list[int]):
+    """Every item's scores in pool order, computed here, the exclusions left out."""
+    runtime = load(model_path)
+    batches = []
+    for chunk in PoolStore.open(pool_path).chunks():
+        scores = score_batch(chunk.index, *runtime.run(runtime.metadata.normalise(chunk.images)), chunk.roi, CONFIG)
+        keep = ~torch.isin(scores.ids, torch.tensor(exclude, dtype=torch.int64))
+        batches.append(type(scores)(**{name: getattr(scores, name)[keep] for name in scores.__dataclass_fields__}))
+    return type(batches[0])(**{name: torch.cat([getattr(b, name) for b in batches])
+                               for name in batches[0].__dataclass_fields__})
+
+
 def _run_job(client: ScoringClient, **request) -> str:
     job_id = client.start_scoring(pb.StartScoringRequest(model="m", pool="p", parameters=PARAMETERS, **request)).job_id
     final = None
@@ -96,6 +108,8 @@ def test_job_ranking_equals_in_process_ranking(assets, tmp_path):
             assert all(isinstance(row, RankedItem) for row in result.items)
             assert [(row.id, row.rank, row.score, row.source_id) for row in result.items] == \
                 [(i.id, i.rank, i.score, i.source_id) for i in items]
+            # Every item's scores in pool order (GetItemScores), for callers whose own strategy ranks.
+            rows = client.score_every_item("m", "p", config=CONFIG, exclude_ids=exclude, page_size=50)
             stages = client.statistics().stages
             assert {"read", "forward", "kernel", "rank"} <= set(stages)
     finally:
@@ -106,6 +120,14 @@ def test_job_ranking_equals_in_process_ranking(assets, tmp_path):
     torch.testing.assert_close(torch.tensor([i.score for i in items], dtype=torch.float64), expected.selection.scores)
     assert not set(exclude) & {i.id for i in items}
     assert all(i.source_id for i in items)
+    every = in_process_scores(pool_path, model_path, exclude)
+    assert rows.ids.tolist() == every.ids.tolist() == [i for i in range(240) if i not in exclude]
+    assert rows.probabilities.shape == (236, 2) and all(rows.source_ids) and not rows.invalid.any()
+    for name in ("uncertainty", "dice", "soft_dice", "roi_energy", "pointing_hit", "probabilities"):
+        torch.testing.assert_close(torch.from_numpy(getattr(rows, name)), getattr(every, name).float(),
+                                   equal_nan=True, msg=name)
+    assert rows.predicted_class.tolist() == every.predicted_class.tolist()
+    torch.testing.assert_close(torch.from_numpy(rows.score), every.score.double(), equal_nan=True)
     for name in ("uncertainty", "dice", "soft_dice", "roi_energy", "pointing_hit"):  # every per-item column
         got = torch.tensor([getattr(i, name) for i in items], dtype=torch.float32)
         torch.testing.assert_close(got, expected.columns[name].float(), equal_nan=True, msg=name)
@@ -159,6 +181,7 @@ def test_job_errors_are_status_codes(assets, tmp_path):
             assert code(lambda: client.load_model("m", str(tmp_path / "missing.onnx")))[0] == grpc.StatusCode.INVALID_ARGUMENT
             request = pb.StartScoringRequest(model="m", pool="p", parameters=PARAMETERS, k=K)
             assert code(lambda: client.start_scoring(request))[0] == grpc.StatusCode.NOT_FOUND
+            assert code(lambda: list(client.get_item_scores("nope")))[0] == grpc.StatusCode.NOT_FOUND
             client.load_model("m", str(model_path))
             client.register_pool("p", str(pool_path))
             for bad_k in (0, 10_000):

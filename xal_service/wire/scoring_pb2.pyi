@@ -378,6 +378,48 @@ class RankingPage(_message.Message):
     items: _containers.RepeatedCompositeFieldContainer[RankedItem]
     def __init__(self, items: _Optional[_Iterable[_Union[RankedItem, _Mapping]]] = ...) -> None: ...
 
+class GetItemScoresRequest(_message.Message):
+    __slots__ = ("job_id", "page_size")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    page_size: int
+    def __init__(self, job_id: _Optional[str] = ..., page_size: _Optional[int] = ...) -> None: ...
+
+class ItemScore(_message.Message):
+    __slots__ = ("id", "source_id", "score", "uncertainty", "dice", "soft_dice", "roi_energy", "pointing_hit", "predicted_class", "probabilities", "invalid", "excluded")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
+    DICE_FIELD_NUMBER: _ClassVar[int]
+    SOFT_DICE_FIELD_NUMBER: _ClassVar[int]
+    ROI_ENERGY_FIELD_NUMBER: _ClassVar[int]
+    POINTING_HIT_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_CLASS_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    INVALID_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    source_id: str
+    score: float
+    uncertainty: float
+    dice: float
+    soft_dice: float
+    roi_energy: float
+    pointing_hit: float
+    predicted_class: int
+    probabilities: _containers.RepeatedScalarFieldContainer[float]
+    invalid: bool
+    excluded: bool
+    def __init__(self, id: _Optional[int] = ..., source_id: _Optional[str] = ..., score: _Optional[float] = ..., uncertainty: _Optional[float] = ..., dice: _Optional[float] = ..., soft_dice: _Optional[float] = ..., roi_energy: _Optional[float] = ..., pointing_hit: _Optional[float] = ..., predicted_class: _Optional[int] = ..., probabilities: _Optional[_Iterable[float]] = ..., invalid: _Optional[bool] = ..., excluded: _Optional[bool] = ...) -> None: ...
+
+class ItemScoresPage(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ItemScore]
+    def __init__(self, items: _Optional[_Iterable[_Union[ItemScore, _Mapping]]] = ...) -> None: ...
+
 class StatisticsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -81,6 +81,11 @@ class ScoringStub:
                 request_serializer=xal_dot_v1_dot_scoring__pb2.GetRankingRequest.SerializeToString,
                 response_deserializer=xal_dot_v1_dot_scoring__pb2.RankingPage.FromString,
                 _registered_method=True)
+        self.GetItemScores = channel.unary_stream(
+                '/xal.v1.Scoring/GetItemScores',
+                request_serializer=xal_dot_v1_dot_scoring__pb2.GetItemScoresRequest.SerializeToString,
+                response_deserializer=xal_dot_v1_dot_scoring__pb2.ItemScoresPage.FromString,
+                _registered_method=True)
         self.CancelJob = channel.unary_unary(
                 '/xal.v1.Scoring/CancelJob',
                 request_serializer=xal_dot_v1_dot_scoring__pb2.JobRef.SerializeToString,
@@ -165,6 +170,15 @@ class ScoringServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetItemScores(self, request, context):
+        """Every item's scores of a finished job in pool order (ascending id), for a caller that ranks
+        by itself (e.g. the loop's strategies): the job's exclude_ids and the items of skipped pool
+        chunks are left out. FAILED_PRECONDITION until the job has succeeded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CancelJob(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -238,6 +252,11 @@ def add_ScoringServicer_to_server(servicer, server):
                     servicer.GetRanking,
                     request_deserializer=xal_dot_v1_dot_scoring__pb2.GetRankingRequest.FromString,
                     response_serializer=xal_dot_v1_dot_scoring__pb2.RankingPage.SerializeToString,
+            ),
+            'GetItemScores': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetItemScores,
+                    request_deserializer=xal_dot_v1_dot_scoring__pb2.GetItemScoresRequest.FromString,
+                    response_serializer=xal_dot_v1_dot_scoring__pb2.ItemScoresPage.SerializeToString,
             ),
             'CancelJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelJob,
@@ -505,6 +524,33 @@ class Scoring:
             '/xal.v1.Scoring/GetRanking',
             xal_dot_v1_dot_scoring__pb2.GetRankingRequest.SerializeToString,
             xal_dot_v1_dot_scoring__pb2.RankingPage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetItemScores(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/xal.v1.Scoring/GetItemScores',
+            xal_dot_v1_dot_scoring__pb2.GetItemScoresRequest.SerializeToString,
+            xal_dot_v1_dot_scoring__pb2.ItemScoresPage.FromString,
             options,
             channel_credentials,
             insecure,
