@@ -1,159 +1,27 @@
-"""Oracles: who answers "what is this image?" for the items a strategy acquires.
-
-``SimulatedOracle`` reveals the labels (and ROIs) the dataset already holds — the pool store's
-``oracle/labels``, which the scorer never reads — so strategies can be compared offline.
-``FileOracle`` imports the answers a person typed into a CSV sheet (``write_labelling_sheet``
-writes it): each line is checked on its own, bad lines are rejected with a reason (kept in
-``rejections`` and written next to the CSV), good lines are kept, and blank labels are simply not
-answered yet.
-
-Every oracle answers with an :class:`OracleAnswer`: an :class:`Annotation` for each item it can
-answer now, and the ids it cannot (``missing``), in the order they were asked.
-"""
+"""``FileOracle``: imports the answers a person typed into the labelling sheet. Each line is
+checked on its own; bad lines are rejected with a reason (kept in ``rejections`` and written next
+to the CSV), good lines are kept, and blank labels are simply not answered yet."""
 
 from __future__ import annotations
 
 import csv
 import io
 import os
-import re
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .annotations import AnnotatedRoi, Annotation, BoxRoi, MaskRoi, utc_now
+from ..annotations import Annotation, BoxRoi, utc_now
+from .base import Oracle, OracleAnswer
+from .sheet import _INTEGER, SHEET_COLUMNS, _lines, _pool_source_ids
 
 if TYPE_CHECKING:
     from xal_core.data import PoolStore
 
-__all__ = ["Oracle", "OracleAnswer", "SimulatedOracle", "FileOracle", "Rejection", "write_labelling_sheet",
-           "SHEET_COLUMNS"]
-
-SHEET_COLUMNS = ("item_id", "source_id", "label", "annotator", "roi")
-_INTEGER = re.compile(r"[0-9]+")
+__all__ = ["FileOracle", "Rejection"]
 
 
-@dataclass(frozen=True)
-class OracleAnswer:
-    """``annotations`` for the items answered, ``missing`` the ids not answered yet (asked order)."""
-
-    annotations: list[Annotation] = field(default_factory=list)
-    missing: list[int] = field(default_factory=list)
-
-
-class Oracle(ABC):
-    """Answers label requests. ``annotator`` names who answers; ``class_names`` the label set."""
-
-    annotator: str
-    class_names: tuple[str, ...]
-
-    @abstractmethod
-    def annotate(self, item_ids: Sequence[int]) -> OracleAnswer:
-        """Labels (and ROIs) for the ids it can answer; every asked id is in exactly one of the two lists."""
-
-    @staticmethod
-    def _asked(item_ids: Sequence[int]) -> list[int]:
-        asked = []
-        for value in item_ids:
-            if isinstance(value, bool) or not hasattr(value, "__index__") or int(value) < 0:
-                raise ValueError(f"item ids must be non-negative integers, got {value!r}")
-            asked.append(int(value))
-        if len(set(asked)) != len(asked):
-            twice = sorted({i for i in asked if asked.count(i) > 1})
-            raise ValueError(f"item ids asked more than once: {twice}")
-        return asked
-
-
-# ---------------------------------------------------------------------------------------- simulated
-class SimulatedOracle(Oracle):
-    """Reveals known labels: from a pool store (:meth:`from_pool`) or from a mapping.
-
-    Args:
-        labels_by_id: ``item_id → class index``.
-        class_names: the classes, indexed by label.
-        rois_by_id: optional ``item_id → BoxRoi | MaskRoi | None``; absent ids reveal no ROI (unknown).
-        annotator: recorded as the annotations' annotator.
-
-    Asking for an id it does not know is a ``ValueError`` (a simulated oracle can answer every
-    item of its dataset, so an unknown id is a bug, never "not answered yet").
-    """
-
-    def __init__(self, labels_by_id: Mapping[int, int], class_names: Sequence[str], *,
-                 rois_by_id: Mapping[int, AnnotatedRoi] | None = None, annotator: str = "simulated") -> None:
-        self.class_names = tuple(class_names)
-        self.annotator = annotator
-        labels, rois = labels_by_id, rois_by_id or {}
-
-        def reveal(ids: list[int]) -> list[tuple[int, AnnotatedRoi]]:
-            unknown = [item for item in ids if item not in labels]
-            if unknown:
-                raise ValueError(f"simulated oracle: no label for item(s) {unknown[:20]}")
-            return [(int(labels[item]), rois.get(item)) for item in ids]
-
-        self._reveal: Callable[[list[int]], list[tuple[int, AnnotatedRoi]]] = reveal
-
-    @classmethod
-    def from_pool(cls, pool: PoolStore | str | os.PathLike[str], *, annotator: str = "simulated",
-                  reveal_roi: bool = True) -> SimulatedOracle:
-        """Reveal the pool's ``oracle/labels`` and its stored ROI of each asked item (read in one go).
-
-        ``reveal_roi=False`` answers labels only (ROI unknown), e.g. to simulate an annotator who
-        does not draw.
-        """
-        from xal_core.data import PoolStore
-
-        store = pool if isinstance(pool, PoolStore) else PoolStore.open(pool)
-        oracle = cls({}, store.classes, annotator=annotator)
-
-        def reveal(ids: list[int]) -> list[tuple[int, AnnotatedRoi]]:
-            if not ids:
-                return []
-            labels = store.oracle_labels(ids).tolist()  # IndexError names the range for unknown ids
-            rois = _pool_rois(store, ids) if reveal_roi else [None] * len(ids)
-            return list(zip(labels, rois, strict=True))
-
-        oracle._reveal = reveal
-        return oracle
-
-    def annotate(self, item_ids: Sequence[int]) -> OracleAnswer:
-        asked = self._asked(item_ids)
-        try:
-            revealed = self._reveal(asked)
-        except IndexError as error:
-            raise ValueError(f"simulated oracle: {error}") from None
-        time = utc_now()
-        annotations = []
-        for item, (label, roi) in zip(asked, revealed, strict=True):
-            if not 0 <= label < len(self.class_names):
-                raise ValueError(f"simulated oracle: item {item} has label {label}, "
-                                 f"outside 0..{len(self.class_names) - 1}")
-            annotations.append(Annotation(item, label, self.class_names[label], roi, self.annotator, time))
-        return OracleAnswer(annotations, [])
-
-
-def _pool_rois(pool: PoolStore, ids: Sequence[int]) -> list[AnnotatedRoi]:
-    """The stored ROIs of the given rows (``xal-pool/1`` layout, docs/data.md), read in one selection each."""
-    import numpy as np
-    import zarr
-
-    rows = np.asarray(ids, dtype=np.int64)
-    if rows.min() < 0 or rows.max() >= len(pool):
-        raise IndexError(f"item index out of range 0..{len(pool) - 1}")
-    scoring = pool.path / "scoring"
-    read = lambda name: zarr.open_array(str(scoring / name), mode="r").get_orthogonal_selection((rows,))  # noqa: E731
-    if pool.roi_format == "boxes":
-        counts, boxes = read("roi_counts"), read("roi_boxes")
-        return [None if count < 0 else BoxRoi(tuple(tuple(float(v) for v in box) for box in boxes[row, :count]))
-                for row, count in enumerate(counts.tolist())]
-    known, packed = read("roi_known"), read("roi_packed")
-    width = pool.size[1]
-    return [MaskRoi.from_packed_row(packed[row], width) if is_known else None
-            for row, is_known in enumerate(known.tolist())]
-
-
-# ---------------------------------------------------------------------------------------- file
 @dataclass(frozen=True)
 class Rejection:
     """One CSV line the file oracle did not accept: 1-based ``line`` number, its ``text``, ``reason``."""
@@ -371,111 +239,3 @@ class FileOracle(Oracle):
         temporary = self.report_path.with_name(self.report_path.name + ".tmp")
         temporary.write_text(body.getvalue(), encoding="utf-8")
         temporary.replace(self.report_path)
-
-
-def _lines(path: Path) -> list[str]:
-    """The file's lines as an editor numbers them (only CR/LF end a line; a BOM is dropped)."""
-    text = path.read_text(encoding="utf-8-sig")
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    return lines[:-1] if lines and lines[-1] == "" else lines
-
-
-def _pool_source_ids(pool: PoolStore, ids: Sequence[int]) -> dict[int, str]:
-    import numpy as np
-    import zarr
-
-    if not ids:
-        return {}
-    rows = np.asarray(ids, dtype=np.int64)
-    raw = zarr.open_array(str(pool.path / "scoring" / "ids"), mode="r").get_orthogonal_selection((rows,))
-    return {int(item): bytes(row).rstrip(b"\0").decode("utf-8") for item, row in zip(rows.tolist(), raw, strict=True)}
-
-
-# ---------------------------------------------------------------------------------------- sheet
-def write_labelling_sheet(path: str | os.PathLike[str], item_ids: Sequence[int],
-                          source_ids: Sequence[str] | Mapping[int, str], class_names: Sequence[str]) -> list[int]:
-    """Write the CSV a person fills in, or add the rows it lacks; never rewrite a line already there.
-
-    The sheet starts with ``#`` lines on what to type, then the header ``item_id,source_id,label,
-    annotator,roi`` and one row per item with ``label``, ``annotator`` and ``roi`` blank. When the
-    file exists (a half-filled sheet after a restart), rows are appended only for ids it does not
-    list yet, so nothing a person typed is lost.
-
-    Args:
-        path: the sheet; its folder must exist.
-        item_ids: the items to label, in the order to show them.
-        source_ids: their dataset ids (aligned with ``item_ids``, or a mapping).
-        class_names: the allowed labels.
-
-    Returns:
-        The ids whose rows were written now.
-    """
-    path = Path(path)
-    ids = [int(item) for item in item_ids]
-    names = dict(source_ids) if isinstance(source_ids, Mapping) else dict(zip(ids, source_ids, strict=True))
-    if path.exists():
-        listed = _sheet_ids(path)
-        new = [item for item in ids if item not in listed]
-        if new:
-            with open(path, "rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                ends_open = handle.tell() > 0 and (handle.seek(-1, os.SEEK_END), handle.read(1))[1] not in b"\r\n"
-            with open(path, "a", encoding="utf-8", newline="") as handle:
-                if ends_open:
-                    handle.write("\n")
-                writer = csv.writer(handle, lineterminator="\n")
-                writer.writerows([item, names[item], "", "", ""] for item in new)
-                handle.flush()
-                os.fsync(handle.fileno())
-        return new
-    classes = list(class_names)
-    body = io.StringIO()
-    body.write(f"# xal labelling sheet. Fill in `label` on each row with one of: {', '.join(classes)} "
-               f"(or its number 0-{len(classes) - 1}).\n")
-    body.write('# roi (optional): boxes in pixels as JSON, e.g. "[[x_min, y_min, x_max, y_max]]"; [] = nothing to '
-               "outline; blank = not drawn.\n")
-    body.write("# annotator (optional): your name or initials. Leave label blank for rows not done yet; lines "
-               "starting with # are ignored.\n")
-    writer = csv.writer(body, lineterminator="\n")
-    writer.writerow(SHEET_COLUMNS)
-    writer.writerows([item, names[item], "", "", ""] for item in ids)
-    temporary = path.with_name(f".{path.name}.writing-{os.getpid()}")
-    with open(temporary, "w", encoding="utf-8", newline="") as handle:
-        handle.write(body.getvalue())
-        handle.flush()
-        os.fsync(handle.fileno())
-    try:
-        os.link(temporary, path)  # no clobber: a sheet that appeared meanwhile is never overwritten
-    except FileExistsError:
-        temporary.unlink()
-        return write_labelling_sheet(path, ids, names, class_names)
-    except OSError:  # a file system without hard links
-        if path.exists():
-            temporary.unlink()
-            return write_labelling_sheet(path, ids, names, class_names)
-        os.replace(temporary, path)
-        return ids
-    temporary.unlink()
-    return ids
-
-
-def _sheet_ids(path: Path) -> set[int]:
-    """The item ids an existing sheet lists (first column of its data lines)."""
-    listed: set[int] = set()
-    header_seen = False
-    for raw in _lines(path):
-        if not raw.strip() or raw.lstrip().startswith("#"):
-            continue
-        fields = next(csv.reader([raw]))
-        if not header_seen:
-            header = [name.strip().lower() for name in fields]
-            if "item_id" not in header:
-                raise ValueError(f"{path}: exists and is not a labelling sheet (no item_id column); not touching it")
-            column = header.index("item_id")
-            header_seen = True
-            continue
-        value = fields[column].strip() if column < len(fields) else ""
-        if _INTEGER.fullmatch(value):
-            listed.add(int(value))
-    return listed
-

@@ -1,34 +1,6 @@
-"""The durable record of an active-learning run: one SQLite file, ``RUN_DIR/ledger.sqlite``.
-
-Every acquisition (item, round, strategy, scores at selection time, model version), every
-annotation (label, ROI, annotator, time) and every round's metrics is committed before the loop
-moves on, so a run killed at any point continues where it stopped: what was acquired but not yet
-annotated is :meth:`Ledger.pending` (sent to the oracle again, never re-selected), and an item that
-has an annotation is never asked for again — by any arm, because a label is a fact about the item,
-not about the strategy that asked for it.
-
-Durability: WAL journal, ``synchronous=FULL`` (every commit is fsynced), one transaction per
-recording call, foreign keys on. One writer process at a time (an exclusive lock on the sidecar
-``<ledger>.lock``, released by the OS even on ``kill -9``); any number of readers, also while a run
-is going (``Ledger.open(path, readonly=True)`` or the ``sqlite3`` CLI).
-
-A file that is not an xal ledger, fails ``PRAGMA quick_check``, or has a newer schema is refused
-with :class:`LedgerError` after a read-only inspection: it is never modified, overwritten or
-"repaired". A new ledger is built under a temporary name and linked into place complete, so a
-crash while creating one never leaves a half-made file behind.
-
-Schema (version 1; docs/loop.md has the table):
-
-    meta(key, value)                               format, schema_version, xal_version, created_at, run_config
-    sessions(session_id, opened_at, xal_version, host, pid)   one row per writer open
-    arms(arm_id, strategy, seed, created_at)
-    acquisitions(arm_id, round, item_id, source_id, rank, score, uncertainty, dice, soft_dice,
-                 roi_energy, pointing_hit, predicted_class, probabilities, extra, model_version,
-                 acquired_at, session_id)          PK (arm_id, item_id), UNIQUE (arm_id, round, rank)
-    annotations(item_id, source_id, label, label_name, roi_kind, roi_boxes, roi_mask, roi_height,
-                roi_width, annotator, annotated_at, first_arm_id, recorded_at, session_id)  PK item_id
-    rounds(arm_id, round, labels, metrics, model_version, recorded_at, session_id)  PK (arm_id, round)
-"""
+"""``Ledger``: one run's SQLite ledger — opening, recording (one fsynced transaction per call,
+idempotent where the loop repeats itself after a restart), queries, export and backup. The file's
+lock, creation and inspection are ``files``; how each value is stored is ``values``."""
 
 from __future__ import annotations
 
@@ -38,291 +10,26 @@ import os
 import socket
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .annotations import Annotation, BoxRoi, MaskRoi, roi_to_json, utc_now
+from ..annotations import Annotation, roi_to_json, utc_now
+from .files import _canonical, _fsync_dir, _xal_version, create_file, inspect_file, release_lock, take_lock
+from .records import AcquisitionRecord, AcquisitionRow, Arm, LedgerConflict, LedgerError, RoundRecord
+from .values import (
+    _json_numbers,
+    _nan,
+    acquisition_values,
+    annotation_from_row,
+    describe,
+    export_acquisition,
+    roi_columns,
+)
 
-__all__ = [
-    "SCHEMA_VERSION", "APPLICATION_ID", "FORMAT", "LedgerError", "LedgerConflict", "Arm", "AcquisitionRow",
-    "AcquisitionRecord", "RoundRecord", "Ledger", "acquisition_rows",
-]
-
-FORMAT = "xal-ledger"
-SCHEMA_VERSION = 1
-APPLICATION_ID = 0x58414C4C  # "XALL": `PRAGMA application_id` of every xal ledger
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-_SCORE_COLUMNS = ("score", "uncertainty", "dice", "soft_dice", "roi_energy", "pointing_hit")
-
-_SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
-CREATE TABLE sessions (
-    session_id INTEGER PRIMARY KEY,
-    opened_at TEXT NOT NULL,
-    xal_version TEXT NOT NULL,
-    host TEXT NOT NULL,
-    pid INTEGER NOT NULL
-) STRICT;
-CREATE TABLE arms (
-    arm_id INTEGER PRIMARY KEY,
-    strategy TEXT NOT NULL,
-    seed INTEGER NOT NULL,
-    created_at TEXT NOT NULL,
-    UNIQUE (strategy, seed)
-) STRICT;
-CREATE TABLE acquisitions (
-    arm_id INTEGER NOT NULL REFERENCES arms (arm_id),
-    round INTEGER NOT NULL CHECK (round >= 0),
-    item_id INTEGER NOT NULL CHECK (item_id >= 0),
-    source_id TEXT NOT NULL,
-    rank INTEGER NOT NULL CHECK (rank >= 0),
-    score REAL,
-    uncertainty REAL,
-    dice REAL,
-    soft_dice REAL,
-    roi_energy REAL,
-    pointing_hit REAL,
-    predicted_class INTEGER,
-    probabilities TEXT,
-    extra TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    acquired_at TEXT NOT NULL,
-    session_id INTEGER NOT NULL REFERENCES sessions (session_id),
-    PRIMARY KEY (arm_id, item_id),
-    UNIQUE (arm_id, round, rank)
-) STRICT;
-CREATE INDEX acquisitions_by_item ON acquisitions (item_id);
-CREATE TABLE annotations (
-    item_id INTEGER PRIMARY KEY CHECK (item_id >= 0),
-    source_id TEXT NOT NULL,
-    label INTEGER NOT NULL CHECK (label >= 0),
-    label_name TEXT NOT NULL,
-    roi_kind TEXT CHECK (roi_kind IN ('boxes', 'mask')),
-    roi_boxes TEXT,
-    roi_mask BLOB,
-    roi_height INTEGER,
-    roi_width INTEGER,
-    annotator TEXT NOT NULL,
-    annotated_at TEXT NOT NULL,
-    first_arm_id INTEGER NOT NULL REFERENCES arms (arm_id),
-    recorded_at TEXT NOT NULL,
-    session_id INTEGER NOT NULL REFERENCES sessions (session_id),
-    CHECK ((roi_kind IS NULL AND roi_boxes IS NULL AND roi_mask IS NULL)
-        OR (roi_kind = 'boxes' AND roi_boxes IS NOT NULL AND roi_mask IS NULL)
-        OR (roi_kind = 'mask' AND roi_mask IS NOT NULL AND roi_height > 0 AND roi_width > 0))
-) STRICT;
-CREATE TABLE rounds (
-    arm_id INTEGER NOT NULL REFERENCES arms (arm_id),
-    round INTEGER NOT NULL CHECK (round >= 0),
-    labels INTEGER NOT NULL CHECK (labels >= 0),
-    metrics TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    recorded_at TEXT NOT NULL,
-    session_id INTEGER NOT NULL REFERENCES sessions (session_id),
-    PRIMARY KEY (arm_id, round)
-) STRICT;
-"""
-_TABLES = ("meta", "sessions", "arms", "acquisitions", "annotations", "rounds")
+__all__ = ["Ledger"]
 
 
-class LedgerError(RuntimeError):
-    """The ledger cannot be used as it is: not a ledger, corrupt, newer schema, other run config,
-    locked by another writer. The message names the file and how to recover; the file is untouched."""
-
-
-class LedgerConflict(LedgerError):
-    """A recording call contradicts what the ledger holds (another label for an annotated item,
-    other items for an acquired round, ...). Nothing of that call was written."""
-
-
-@dataclass(frozen=True, order=True)
-class Arm:
-    """One (strategy, seed) pair of a run: its own labeled set and rounds."""
-
-    strategy: str
-    seed: int
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.strategy, str) or not self.strategy:
-            raise ValueError(f"arm: strategy must be a non-empty string, got {self.strategy!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"arm: seed must be an integer, got {self.seed!r}")
-
-    def __str__(self) -> str:
-        return f"{self.strategy}/seed={self.seed}"
-
-
-@dataclass(frozen=True)
-class AcquisitionRow:
-    """One selected item and its scores at selection time (NaN or None = not computed; stored as NULL).
-
-    Attributes:
-        item_id: the pool's integer id; ``source_id`` the dataset's id (kept for humans and as a
-            check that a resumed run reads the same pool).
-        rank: position in this round's acquisition list, 0 = acquired first; a round's ranks are
-            ``0 .. n-1``. Round 0 (the initial random draw) uses the draw order.
-        score ... pointing_hit: the dual score and the contract's per-item values (DESIGN.md §2).
-        predicted_class, probabilities: the model's prediction when it was selected.
-        extra: any other named per-item numbers a strategy wants kept (BALD, a diversity term).
-    """
-
-    item_id: int
-    source_id: str
-    rank: int
-    score: float | None = None
-    uncertainty: float | None = None
-    dice: float | None = None
-    soft_dice: float | None = None
-    roi_energy: float | None = None
-    pointing_hit: float | None = None
-    predicted_class: int | None = None
-    probabilities: tuple[float, ...] | None = None
-    extra: Mapping[str, float] = field(default_factory=dict)
-
-
-def acquisition_rows(ranking: Any, source_ids: Sequence[str] | Mapping[int, str]) -> list[AcquisitionRow]:
-    """Rows for :meth:`Ledger.record_acquisitions` from a ``PoolRanking`` (``rank_pool``'s result).
-
-    Args:
-        ranking: anything with ``selection.ids``, ``selection.scores`` (best first) and ``columns``
-            (per-item tensors aligned with the ids, as ``BatchScores.columns()`` names them); columns
-            without a field of their own go to ``extra`` when they hold one number per item.
-        source_ids: the selected items' source ids, aligned with ``selection.ids``, or a mapping.
-    """
-    ids = [int(i) for i in ranking.selection.ids.tolist()]
-    scores = ranking.selection.scores.tolist()
-    columns = {name: value.tolist() for name, value in dict(ranking.columns).items()}
-    names = dict(source_ids) if isinstance(source_ids, Mapping) else dict(zip(ids, source_ids, strict=True))
-    own = {"uncertainty", "dice", "soft_dice", "roi_energy", "pointing_hit", "predicted_class", "probabilities"}
-    rows = []
-    for rank, item in enumerate(ids):
-        value = {name: column[rank] for name, column in columns.items()}
-        extra = {name: float(v) for name, v in value.items() if name not in own and isinstance(v, int | float)}
-        predicted = value.get("predicted_class")
-        probabilities = value.get("probabilities")
-        rows.append(AcquisitionRow(
-            item, names[item], rank, score=scores[rank],
-            **{name: value.get(name) for name in ("uncertainty", "dice", "soft_dice", "roi_energy", "pointing_hit")},
-            predicted_class=None if predicted is None else int(predicted),
-            probabilities=None if probabilities is None else tuple(float(p) for p in probabilities),
-            extra=extra))
-    return rows
-
-
-@dataclass(frozen=True)
-class AcquisitionRecord:
-    """An acquisition as the ledger holds it."""
-
-    arm: Arm
-    round: int
-    row: AcquisitionRow
-    model_version: str
-    acquired_at: str
-
-
-@dataclass(frozen=True)
-class RoundRecord:
-    """One round's evaluation: ``labels`` the model was trained on, ``metrics`` (NaN kept as NaN)."""
-
-    round: int
-    labels: int
-    metrics: dict[str, float]
-    model_version: str
-    recorded_at: str
-
-
-# ---------------------------------------------------------------------------------------- helpers
-def _xal_version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("xal-ml")
-    except metadata.PackageNotFoundError:  # running from a source tree
-        return "unknown"
-
-
-def _real(value: Any, what: str) -> float | None:
-    """A finite or infinite float; NaN and None → None (SQL NULL)."""
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what}: expected a number or None, got {value!r}") from None
-    return None if math.isnan(number) else number
-
-
-def _json_numbers(values: Mapping[str, Any] | Sequence[Any], what: str) -> str:
-    """Canonical JSON of numbers (keys sorted; NaN and ±inf → null, so SQLite's JSON functions read it)."""
-    finite = lambda v, name: None if (n := _real(v, name)) is None or math.isinf(n) else n  # noqa: E731
-    if isinstance(values, Mapping):
-        for key in values:
-            if not isinstance(key, str):
-                raise ValueError(f"{what}: keys must be strings, got {key!r}")
-        clean: Any = {key: finite(value, f"{what}[{key!r}]") for key, value in values.items()}
-    else:
-        clean = [finite(value, f"{what}[{i}]") for i, value in enumerate(values)]
-    return json.dumps(clean, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
-def _nan(value: float | None) -> float:
-    return math.nan if value is None else float(value)
-
-
-def _canonical(config: Mapping[str, Any]) -> dict[str, Any]:
-    try:
-        return json.loads(json.dumps(config, sort_keys=True, allow_nan=False))
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"run_config must be JSON-serialisable (finite numbers, string keys): {error}") from None
-
-
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-_MISSING = object()
-
-
-def _config_differences(stored: Mapping[str, Any], given: Mapping[str, Any]) -> list[str]:
-    old, new = _flatten(stored), _flatten(given)
-    lines = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, _MISSING), new.get(key, _MISSING)
-        if a != b:
-            show = lambda v: "(absent)" if v is _MISSING else json.dumps(v)  # noqa: E731
-            lines.append(f"{key}: ledger {show(a)}, now {show(b)}")
-    return lines
-
-
-def _fsync_dir(path: Path) -> None:
-    with suppress(OSError):  # not every platform can open a directory
-        descriptor = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-
-
-def _corrupt_advice(path: Path) -> str:
-    return (f"To recover: restore {path.name} from a backup (Ledger.backup, or a copy of the run folder); or move "
-            f"it aside (`mv {path} {path}.bad`) to start the run afresh — its labels are then not reused; "
-            f"`sqlite3 {path}.bad .dump` prints the rows that are still readable")
-
-
-def _refuse(path: Path, problem: str, advice: str | None = None) -> LedgerError:
-    return LedgerError(f"ledger {path}: {problem}. The file was NOT modified. {advice or _corrupt_advice(path)}.")
-
-
-# ---------------------------------------------------------------------------------------- ledger
 class Ledger:
     """The run's ledger. Open with :meth:`open`; use as a context manager or call :meth:`close`.
 
@@ -364,14 +71,14 @@ class Ledger:
         if readonly:
             if not path.exists():
                 raise LedgerError(f"ledger {path}: does not exist")
-            cls._inspect(path, given)
+            inspect_file(path, given)
             connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
                                          timeout=30.0)
             connection.execute("PRAGMA query_only = ON")
             return cls(path, connection, readonly=True, lock_descriptor=None, session_id=None)
         if not path.parent.is_dir():
             raise LedgerError(f"ledger {path}: the folder {path.parent} does not exist")
-        lock = cls._take_lock(path)
+        lock = take_lock(path)
         try:
             if not path.exists():
                 for suffix in ("-wal", "-journal"):
@@ -381,8 +88,8 @@ class Ledger:
                             f"ledger {path}: does not exist but {leftover.name} does (a ledger was deleted without "
                             f"its journal). Nothing was modified. Restore {path.name} beside it, or move "
                             f"{leftover.name} aside to start afresh")
-                cls._create(path, given if given is not None else {})
-            cls._inspect(path, given)
+                create_file(path, given if given is not None else {})
+            inspect_file(path, given)
             connection = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
             try:
                 mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -398,115 +105,8 @@ class Ledger:
                 raise
             return ledger
         except BaseException:
-            cls._release_lock(lock)
+            release_lock(lock)
             raise
-
-    @staticmethod
-    def _take_lock(path: Path) -> int | None:
-        try:
-            import fcntl
-        except ImportError:  # Windows: no advisory lock; one writer is then the caller's promise
-            return None
-        lock_path = path.with_name(path.name + ".lock")
-        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(descriptor)
-            raise LedgerError(f"ledger {path}: another writer holds it ({lock_path.name}: another process, or an "
-                              f"open Ledger in this one); one run per RUN_DIR — wait for it to finish, or open the "
-                              f"ledger read-only") from None
-        return descriptor
-
-    @staticmethod
-    def _release_lock(descriptor: int | None) -> None:
-        if descriptor is not None:
-            os.close(descriptor)  # closing releases the flock
-
-    @staticmethod
-    def _create(path: Path, run_config: dict[str, Any]) -> None:
-        """Build a complete empty ledger under a temporary name, then link it into place (no clobber)."""
-        temporary = path.with_name(f".{path.name}.creating-{os.getpid()}")
-        for stale in (temporary, temporary.with_name(temporary.name + "-journal")):
-            stale.unlink(missing_ok=True)
-        connection = sqlite3.connect(str(temporary), isolation_level=None)
-        try:
-            connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            connection.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    connection.execute(statement)
-            meta = {"format": FORMAT, "schema_version": str(SCHEMA_VERSION), "xal_version": _xal_version(),
-                    "created_at": utc_now(), "run_config": json.dumps(run_config, sort_keys=True)}
-            connection.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", sorted(meta.items()))
-            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            connection.execute("COMMIT")
-            connection.execute("PRAGMA journal_mode = WAL")  # persistent: stored in the file header
-        finally:
-            connection.close()
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        try:
-            os.link(temporary, path)  # fails if a ledger appeared meanwhile: never overwrite one
-        except FileExistsError:
-            pass
-        except OSError:  # a file system without hard links
-            if not path.exists():
-                os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
-
-    @staticmethod
-    def _inspect(path: Path, run_config: dict[str, Any] | None) -> None:
-        """Check a ledger file through a read-only connection; raise LedgerError, never modify it."""
-        if not path.is_file():
-            raise _refuse(path, "is not a regular file", "Move it aside or choose another RUN_DIR")
-        with open(path, "rb") as handle:
-            head = handle.read(100)
-        if len(head) == 0:
-            raise _refuse(path, "is an empty file, not an xal ledger")
-        if not head.startswith(_SQLITE_MAGIC):
-            raise _refuse(path, "is not an SQLite database (wrong header), so not an xal ledger")
-        try:
-            connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
-                                         timeout=30.0)
-        except sqlite3.Error as error:
-            raise _refuse(path, f"cannot be opened ({error})") from None
-        try:
-            try:
-                application_id = connection.execute("PRAGMA application_id").fetchone()[0]
-                user_version = connection.execute("PRAGMA user_version").fetchone()[0]
-                problems = [row[0] for row in connection.execute("PRAGMA quick_check(10)")]
-            except sqlite3.DatabaseError as error:
-                raise _refuse(path, f"is corrupt (SQLite: {error})") from None
-            if problems != ["ok"]:
-                raise _refuse(path, "fails its integrity check (PRAGMA quick_check: " + "; ".join(problems) + ")")
-            if application_id != APPLICATION_ID:
-                raise _refuse(path, f"is an SQLite database but not an xal ledger (application_id {application_id:#x})",
-                              "Move it aside or choose another RUN_DIR")
-            if user_version > SCHEMA_VERSION:
-                raise _refuse(path, f"was written by a newer xal (ledger schema {user_version}; this xal "
-                              f"{_xal_version()} reads schema {SCHEMA_VERSION} and older)",
-                              "Upgrade xal to continue this run, or choose another RUN_DIR")
-            try:
-                tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
-                meta = dict(connection.execute("SELECT key, value FROM meta")) if "meta" in tables else {}
-            except sqlite3.DatabaseError as error:
-                raise _refuse(path, f"is corrupt (SQLite: {error})") from None
-            missing = [name for name in _TABLES if name not in tables]
-            if user_version < SCHEMA_VERSION or missing or meta.get("format") != FORMAT or \
-                    meta.get("schema_version") != str(user_version):
-                raise _refuse(path, f"is an incomplete or damaged xal ledger (schema {user_version}, missing tables: "
-                              f"{', '.join(missing) or 'none'}, format {meta.get('format')!r})")
-            if run_config is not None:
-                stored = json.loads(meta["run_config"])
-                differences = _config_differences(stored, run_config)
-                if differences:
-                    raise _refuse(path, "was started with another run configuration — " + "; ".join(differences),
-                                  "Rerun with the ledger's configuration to continue it, or choose a new RUN_DIR")
-        finally:
-            connection.close()
 
     def _open_session(self) -> int:
         with self._transaction() as db:
@@ -519,7 +119,7 @@ class Ledger:
         if self._db is not None:
             self._db.close()
             self._db = None  # type: ignore[assignment]
-        self._release_lock(self._lock)
+        release_lock(self._lock)
         self._lock = None
 
     def __enter__(self) -> Ledger:
@@ -585,7 +185,7 @@ class Ledger:
             raise ValueError(f"{arm} round {round}: no acquisitions to record")
         if not isinstance(model_version, str) or not model_version:
             raise ValueError("model_version must be a non-empty string")
-        values = [self._acquisition_values(row) for row in rows]
+        values = [acquisition_values(row) for row in rows]
         items = [v[0] for v in values]
         if len(set(items)) != len(items):
             twice = sorted({i for i in items if items.count(i) > 1})
@@ -634,22 +234,6 @@ class Ledger:
         return round
 
     @staticmethod
-    def _acquisition_values(row: AcquisitionRow) -> tuple[Any, ...]:
-        if not isinstance(row, AcquisitionRow):
-            raise TypeError(f"expected AcquisitionRow, got {type(row).__name__}")
-        item_id, rank = int(row.item_id), int(row.rank)
-        if item_id < 0 or rank < 0:
-            raise ValueError(f"item {row.item_id}: item_id and rank must be non-negative")
-        if not isinstance(row.source_id, str):
-            raise ValueError(f"item {item_id}: source_id must be a string")
-        scores = [_real(getattr(row, name), f"item {item_id}: {name}") for name in _SCORE_COLUMNS]
-        predicted = None if row.predicted_class is None else int(row.predicted_class)
-        probabilities = None if row.probabilities is None else \
-            _json_numbers(list(row.probabilities), f"item {item_id}: probabilities")
-        extra = _json_numbers(dict(row.extra), f"item {item_id}: extra")
-        return (item_id, row.source_id, rank, *scores, predicted, probabilities, extra)
-
-    @staticmethod
     def _lookup(db: sqlite3.Connection, sql: str, items: Sequence[int], leading: tuple[Any, ...] = (),
                 batch: int = 500) -> dict[int, Any]:
         found: dict[int, Any] = {}
@@ -675,7 +259,7 @@ class Ledger:
             before = answers.get(annotation.item_id)
             if before is not None and not before.same_answer(annotation):
                 raise LedgerConflict(f"ledger {self.path}: two different answers for item {annotation.item_id} in "
-                                     f"one call: {self._describe(before)} and {self._describe(annotation)}")
+                                     f"one call: {describe(before)} and {describe(annotation)}")
             answers.setdefault(annotation.item_id, annotation)
         if not answers:
             return
@@ -693,8 +277,8 @@ class Ledger:
             for item, annotation in answers.items():
                 if item in recorded and not recorded[item].same_answer(annotation):
                     raise LedgerConflict(
-                        f"ledger {self.path}: item {item} is already annotated as {self._describe(recorded[item])}; "
-                        f"the new answer {self._describe(annotation)} differs and an expert label is never "
+                        f"ledger {self.path}: item {item} is already annotated as {describe(recorded[item])}; "
+                        f"the new answer {describe(annotation)} differs and an expert label is never "
                         f"overwritten")
             new = [a for item, a in answers.items() if item not in recorded]
             stamp = utc_now()
@@ -702,38 +286,11 @@ class Ledger:
                 "INSERT INTO annotations (item_id, source_id, label, label_name, roi_kind, roi_boxes, roi_mask, "
                 "roi_height, roi_width, annotator, annotated_at, first_arm_id, recorded_at, session_id) "
                 "VALUES (" + ", ".join("?" * 14) + ")",
-                [(a.item_id, acquired[a.item_id], a.label, a.label_name, *self._roi_columns(a), a.annotator, a.time,
+                [(a.item_id, acquired[a.item_id], a.label, a.label_name, *roi_columns(a), a.annotator, a.time,
                   arm_id, stamp, self._session) for a in new])
-
-    @staticmethod
-    def _describe(annotation: Annotation) -> str:
-        roi = "no ROI" if annotation.roi is None else (
-            f"boxes {annotation.roi.to_json()}" if isinstance(annotation.roi, BoxRoi) else
-            f"a {annotation.roi.height}×{annotation.roi.width} mask")
-        return (f"label {annotation.label} ({annotation.label_name!r}), {roi}, by {annotation.annotator!r} "
-                f"at {annotation.time}")
-
-    @staticmethod
-    def _roi_columns(annotation: Annotation) -> tuple[Any, ...]:
-        roi = annotation.roi
-        if roi is None:
-            return (None, None, None, None, None)
-        if isinstance(roi, BoxRoi):
-            return ("boxes", roi.to_json(), None, None, None)
-        return ("mask", None, roi.packed, roi.height, roi.width)
 
     _ANNOTATION_COLUMNS = "item_id, label, label_name, roi_kind, roi_boxes, roi_mask, roi_height, roi_width, " \
                           "annotator, annotated_at"
-
-    @staticmethod
-    def _annotation_from_row(row: Sequence[Any]) -> Annotation:
-        item_id, label, label_name, kind, boxes, mask, height, width, annotator, time = row
-        roi: BoxRoi | MaskRoi | None = None
-        if kind == "boxes":
-            roi = BoxRoi.from_json(boxes)
-        elif kind == "mask":
-            roi = MaskRoi(bytes(mask), int(height), int(width))
-        return Annotation(int(item_id), int(label), label_name, roi, annotator, time)
 
     def _annotations_of(self, db: sqlite3.Connection, items: Sequence[int]) -> dict[int, Annotation]:
         found: dict[int, Annotation] = {}
@@ -741,7 +298,7 @@ class Ledger:
             part = list(items[start:start + 500])
             sql = f"SELECT {self._ANNOTATION_COLUMNS} FROM annotations WHERE item_id IN ({', '.join('?' * len(part))})"
             for row in db.execute(sql, part):
-                found[int(row[0])] = self._annotation_from_row(row)
+                found[int(row[0])] = annotation_from_row(row)
         return found
 
     def record_round(self, arm: Arm, round: int, labels: int, metrics: Mapping[str, float],
@@ -801,7 +358,7 @@ class Ledger:
         if arm_id is None:
             return []
         columns = ", ".join(f"n.{c.strip()}" for c in self._ANNOTATION_COLUMNS.split(","))
-        return [self._annotation_from_row(row) for row in self._query(
+        return [annotation_from_row(row) for row in self._query(
             f"SELECT {columns} FROM acquisitions a JOIN annotations n ON n.item_id = a.item_id "
             "WHERE a.arm_id = ? ORDER BY a.round, a.rank", (arm_id,))]
 
@@ -870,14 +427,14 @@ class Ledger:
             arms.append({
                 "strategy": arm.strategy,
                 "seed": arm.seed,
-                "acquisitions": [self._export_acquisition(record) for record in self.acquisitions(arm)],
+                "acquisitions": [export_acquisition(record) for record in self.acquisitions(arm)],
                 "rounds": [{"round": r.round, "labels": r.labels, "model_version": r.model_version,
                             "metrics": {k: None if math.isnan(v) else v for k, v in r.metrics.items()}}
                            for r in self.rounds(arm)],
                 "pending": self.pending(arm),
             })
         columns = self._ANNOTATION_COLUMNS
-        annotations = [self._annotation_from_row(row) for row in
+        annotations = [annotation_from_row(row) for row in
                        self._query(f"SELECT {columns} FROM annotations ORDER BY item_id")]
         return {
             "format": meta["format"],
@@ -886,19 +443,6 @@ class Ledger:
             "arms": arms,
             "annotations": [{"item_id": a.item_id, "label": a.label, "label_name": a.label_name,
                              "roi": roi_to_json(a.roi), "annotator": a.annotator} for a in annotations],
-        }
-
-    @staticmethod
-    def _export_acquisition(record: AcquisitionRecord) -> dict[str, Any]:
-        row = record.row
-        clean = lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else v  # noqa: E731
-        return {
-            "round": record.round, "item_id": row.item_id, "source_id": row.source_id, "rank": row.rank,
-            **{name: clean(getattr(row, name)) for name in _SCORE_COLUMNS},
-            "predicted_class": row.predicted_class,
-            "probabilities": None if row.probabilities is None else [clean(p) for p in row.probabilities],
-            "extra": {k: clean(v) for k, v in sorted(row.extra.items())},
-            "model_version": record.model_version,
         }
 
     def backup(self, destination: str | os.PathLike[str], *, replace: bool = False) -> None:
