@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# The device checks of a session with a lent GPU, as one prepared script (see bench/README-less
-# docs: docs/kernels.md "GPU runs"). Run from the repository root on the GPU host; outputs go to
-# $OUT (default ./gpu-out). Needs the host's python3 with CUDA torch and Triton; the project's pure
-# Python dependencies that the host lacks travel as wheels in .whl/ (see docs/kernels.md).
-#   1. the shortcut-benchmark calibration grid (issue 5), trained on the card in fp32;
+# xal's checks on a CUDA host, in one script (docs/kernels.md, "GPU runs"). Run from the repository
+# root; outputs go to $OUT (default ./gpu-out). Needs python3 with CUDA torch and Triton; pure-Python
+# dependencies the host lacks may be placed as wheels in .whl/ (installed without network access).
+#   1. the shortcut benchmark's calibration grid (docs/data.md), trained on the card in fp32;
 #   2. the kernel tests compiled for the card (TRITON_INTERPRET=0, inputs moved to CUDA);
 #   3. bench/kernels.py on the card (xal-triton vs torch eager, torch.compile, MONAI, Captum).
 set -uo pipefail
