@@ -76,3 +76,16 @@ def test_main_job_demo_runs_both_parts_through_the_service_and_merges_them(tmp_p
     assert (tmp_path / "demo" / "report.html").is_file()
     again = _xal(*args)  # finished: resumes from the ledgers, trains nothing, prints the same arms
     assert again.returncode == 0 and "| dual+swap+cosine+warm+aug-noflip |" in again.stdout.split("the demo's arms")[-1]
+
+
+def test_score_preset_flag_and_its_old_name_give_the_same_config() -> None:
+    """``xal score --preset`` (λ by name) was ``--strategy``, a word the loop uses for the acquisition
+    class (issue 16); the old flag still parses, to the same ``ScoringConfig``."""
+    from xal_cli.main import build_parser
+    from xal_cli.scoring_flags import scoring_config
+
+    parser = build_parser()
+    new = scoring_config(parser.parse_args(["score", "--out", "r.csv", "--preset", "uncertainty", "--threshold", "0.4"]))
+    old = scoring_config(parser.parse_args(["score", "--out", "r.csv", "--strategy", "uncertainty", "--threshold", "0.4"]))
+    assert new == old and new.weight == 1.0 and new.threshold == 0.4
+    assert scoring_config(parser.parse_args(["score", "--out", "r.csv", "--weight", "0.3"])).weight == 0.3

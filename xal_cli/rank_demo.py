@@ -23,19 +23,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from xal_core.acquisition import ScoringConfig, rank_pool, score_batch
+from xal_core.acquisition import rank_pool, score_batch
 from xal_core.data.synthetic_features import CASES, SyntheticFeaturePool
 from xal_core.scoring import NonFiniteInputWarning
-from xal_core.scoring.parameters import (
-    DEFAULT_FUSION,
-    DEFAULT_MISSING_ROI,
-    DEFAULT_THRESHOLD,
-    DEFAULT_UNCERTAINTY,
-    DEFAULT_WEIGHT,
-    FUSION_METHODS,
-    MISSING_ROI_POLICIES,
-    UNCERTAINTY_KINDS,
-)
+
+from .scoring_flags import add_scoring_flags, scoring_config
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -44,18 +36,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--k", type=int, default=570, help="how many items to acquire (default 570, the paper's budget)")
     parser.add_argument("--show", type=int, default=20, help="rows of the ranking to print (default 20)")
     parser.add_argument("--chunk", type=int, default=512, help="items scored per batch (default 512)")
-    parser.add_argument("--uncertainty", choices=UNCERTAINTY_KINDS, default=DEFAULT_UNCERTAINTY)
-    parser.add_argument("--weight", type=float, default=DEFAULT_WEIGHT, help="λ: weight of uncertainty vs misalignment")
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="τ: CAM binarisation threshold")
-    parser.add_argument("--fusion", choices=FUSION_METHODS, default=DEFAULT_FUSION)
-    parser.add_argument("--missing-roi", choices=MISSING_ROI_POLICIES, default=DEFAULT_MISSING_ROI)
+    add_scoring_flags(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     console = Console()
-    config = ScoringConfig(args.uncertainty, args.weight, args.threshold, args.fusion, args.missing_roi)
+    config = scoring_config(args)
     pool = SyntheticFeaturePool(size=args.items, seed=args.seed)
     if args.k < 1 or args.show < 0:
         raise ValueError(f"--k must be >= 1 and --show >= 0, got {args.k} and {args.show}")

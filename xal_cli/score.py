@@ -11,20 +11,8 @@ import argparse
 import csv
 from pathlib import Path
 
-from xal_core.scoring.parameters import (
-    DEFAULT_FUSION,
-    DEFAULT_MISSING_ROI,
-    DEFAULT_THRESHOLD,
-    DEFAULT_UNCERTAINTY,
-    DEFAULT_WEIGHT,
-    FUSION_METHODS,
-    MISSING_ROI_POLICIES,
-    UNCERTAINTY_KINDS,
-)
-
+from .scoring_flags import add_scoring_flags, scoring_config
 from .serve import add_ray_arguments, ray_engine_config
-
-STRATEGY_WEIGHTS = {"dual": None, "uncertainty": 1.0, "misalignment": 0.0}
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -37,14 +25,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--pool-path", help="server-side pool store to register under --pool first; with --engine ray "
                                             "the pool store the Ray workers read")
     parser.add_argument("--k", type=int, default=40, help="items to acquire (default 40)")
-    parser.add_argument("--strategy", choices=sorted(STRATEGY_WEIGHTS), default="dual",
-                        help="dual = λ·U + (1−λ)·M; uncertainty = U only; misalignment = M only")
-    parser.add_argument("--uncertainty", choices=UNCERTAINTY_KINDS, default=DEFAULT_UNCERTAINTY)
-    parser.add_argument("--weight", type=float, default=DEFAULT_WEIGHT,
-                        help=f"λ for --strategy dual (default {DEFAULT_WEIGHT})")
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help=f"τ (default {DEFAULT_THRESHOLD})")
-    parser.add_argument("--fusion", choices=FUSION_METHODS, default=DEFAULT_FUSION)
-    parser.add_argument("--missing-roi", choices=MISSING_ROI_POLICIES, default=DEFAULT_MISSING_ROI)
+    add_scoring_flags(parser, presets=True)
     parser.add_argument("--exclude", type=Path, help="file with one item id (pool row) per line to leave out, e.g. the labelled ones")
     parser.add_argument("--token-file", type=Path, help="bearer token for the server")
     parser.add_argument("--tls-ca", type=Path, help="CA certificate of a TLS server")
@@ -66,14 +47,6 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise ValueError(f"{', '.join(missing)} required with --engine service")
     return run_on_service(args)
-
-
-def _strategy(args: argparse.Namespace):
-    from xal_core.acquisition import ScoringConfig
-
-    weight = STRATEGY_WEIGHTS[args.strategy]
-    return ScoringConfig(uncertainty=args.uncertainty, weight=args.weight if weight is None else weight,
-                         threshold=args.threshold, fusion=args.fusion, missing_roi=args.missing_roi)
 
 
 def run_on_ray(args: argparse.Namespace) -> int:
@@ -100,7 +73,7 @@ def run_on_ray(args: argparse.Namespace) -> int:
         task = progress.add_task("scoring", total=total)
         try:
             result = score_pool_on_ray(
-                args.pool_path, args.model_path, k=args.k, config=_strategy(args), engine=ray_engine_config(args),
+                args.pool_path, args.model_path, k=args.k, config=scoring_config(args), engine=ray_engine_config(args),
                 scores_dir=args.scores_dir or args.out.with_name(args.out.name + ".scores"), exclude_ids=exclude,
                 on_block=lambda block: progress.advance(task, block.n_items),
             )
@@ -136,13 +109,9 @@ def run_on_service(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from xal_core.acquisition import ScoringConfig
     from xal_service.client import ScoringClient, ScoringJobFailed
 
-    weight = STRATEGY_WEIGHTS[args.strategy]
-    weight = args.weight if weight is None else weight
-    config = ScoringConfig(uncertainty=args.uncertainty, weight=weight, threshold=args.threshold, fusion=args.fusion,
-                           missing_roi=args.missing_roi)
+    config = scoring_config(args)
     exclude = [int(line) for line in args.exclude.read_text().split()] if args.exclude else []
     token = args.token_file.read_text().strip() if args.token_file else None
     console = Console(stderr=True)
