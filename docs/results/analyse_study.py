@@ -50,6 +50,14 @@ PAIRS = (  # (first arm, second arm): first − second
     (("entropy", "plain", "0.5"), ("random", "plain", "0.5")),
     (("dual", "plain", "0.5"), ("entropy", "plain", "0.5")),
     (("dual", "best", "0.5"), ("dual", "plain", "0.5")),
+    (("dual", "dice", "0.5"), ("random", "dice", "0.5")),
+    (("entropy", "dice", "0.5"), ("random", "dice", "0.5")),
+    (("dual", "dice", "0.5"), ("entropy", "dice", "0.5")),
+    # the λ sweep of dual with the best training (λ = 1 would be entropy alone)
+    (("dual", "best", "0.25"), ("random", "best", "0.5")),
+    (("dual", "best", "0.75"), ("random", "best", "0.5")),
+    (("dual", "best", "0.25"), ("dual", "best", "0.5")),
+    (("dual", "best", "0.75"), ("dual", "best", "0.5")),
 )
 
 
