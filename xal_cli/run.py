@@ -17,16 +17,9 @@ from pathlib import Path
 from xal_core.acquisition.strategies import DIVERSITY_MODES, STRATEGY_NAMES
 from xal_core.loop.protocol import MC_DROPOUT, MC_PASSES
 from xal_core.models.backbones import ARCHITECTURES
-from xal_core.scoring.parameters import (
-    DEFAULT_MISSING_ROI,
-    DEFAULT_THRESHOLD,
-    DEFAULT_UNCERTAINTY,
-    DEFAULT_WEIGHT,
-    MISSING_ROI_POLICIES,
-    UNCERTAINTY_KINDS,
-)
 
 from .adapter_options import parse_adapter_options
+from .scoring_flags import add_scoring_flags
 
 EXIT_NEEDS_LABELS = 3  # a person must label the items in to_label.csv, then rerun
 
@@ -61,12 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     protocol.add_argument("--initial", type=int, default=50, help="random initial labels (default 50)")
     protocol.add_argument("--rounds", type=int, default=13, help="acquisition rounds (default 13)")
     protocol.add_argument("--per-round", type=int, default=40, help="labels acquired per round (default 40)")
-    protocol.add_argument("--weight", type=float, default=DEFAULT_WEIGHT,
-                          help=f"λ of the dual score (default {DEFAULT_WEIGHT})")
-    protocol.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                          help=f"τ binarising the CAM (default {DEFAULT_THRESHOLD})")
-    protocol.add_argument("--uncertainty", choices=UNCERTAINTY_KINDS, default=DEFAULT_UNCERTAINTY)
-    protocol.add_argument("--missing-roi", choices=MISSING_ROI_POLICIES, default=DEFAULT_MISSING_ROI)
+    add_scoring_flags(protocol, fusion=False)
     protocol.add_argument("--diversity", choices=DIVERSITY_MODES, default=None, help="batch-diversity mode (default none)")
     protocol.add_argument("--mc-passes", type=int, default=MC_PASSES,
                           help=f"bald: stochastic passes T of last-layer MC dropout (default {MC_PASSES})")

@@ -25,8 +25,10 @@ __all__ = ["PRESET_WEIGHTS", "add_scoring_flags", "scoring_config"]
 PRESET_WEIGHTS = {"dual": None, "uncertainty": 1.0, "misalignment": 0.0}
 
 
-def add_scoring_flags(parser: argparse.ArgumentParser, *, presets: bool = False) -> None:
-    """``--uncertainty --weight --threshold --fusion --missing-roi`` (and ``--preset`` if asked)."""
+def add_scoring_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, presets: bool = False,
+                      fusion: bool = True) -> None:
+    """``--uncertainty --weight --threshold --fusion --missing-roi`` on a parser or an argument group
+    (``--preset`` if asked; ``fusion=False`` for ``xal run``, whose strategies rank by themselves)."""
     if presets:
         parser.add_argument("--preset", "--strategy", dest="preset", choices=sorted(PRESET_WEIGHTS), default="dual",
                             help="dual = λ·U + (1−λ)·M; uncertainty = U only; misalignment = M only "
@@ -36,7 +38,8 @@ def add_scoring_flags(parser: argparse.ArgumentParser, *, presets: bool = False)
                         help=f"λ: weight of uncertainty vs misalignment (default {DEFAULT_WEIGHT})")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                         help=f"τ: CAM binarisation threshold (default {DEFAULT_THRESHOLD})")
-    parser.add_argument("--fusion", choices=FUSION_METHODS, default=DEFAULT_FUSION)
+    if fusion:
+        parser.add_argument("--fusion", choices=FUSION_METHODS, default=DEFAULT_FUSION)
     parser.add_argument("--missing-roi", choices=MISSING_ROI_POLICIES, default=DEFAULT_MISSING_ROI)
 
 
