@@ -76,8 +76,8 @@ class ChunkFiles:
         """A finished job's per-item scores, chunk by chunk in pool order, with their source ids:
         requested exclusions and skipped chunks left out. The in-process worker's chunk files, or
         the Ray engine's per-item Parquet files (``scores/``) for a job that ran on Ray."""
-        ray_scores = self.directory / "scores"
-        if not self.chunks.is_dir() and ray_scores.is_dir():
+        ray_scores = self.directory / "scores"  # only the Ray engine writes it (jobs.py, _run_on_ray)
+        if ray_scores.is_dir():
             from .engines.ray.item_scores import read_item_scores  # pyarrow: only jobs that ran on Ray
 
             yield from read_item_scores(ray_scores)
