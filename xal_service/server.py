@@ -303,6 +303,10 @@ def serve_forever(config: ServerConfig, announce=print) -> None:
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
-    stopping.wait()
+    # Poll, never an untimed wait: a process-directed SIGTERM may be delivered to any thread (gRPC's,
+    # ONNX Runtime's), and Python runs the handler only when the main thread next executes bytecode,
+    # which a main thread blocked in an untimed wait never does (the server then ignored SIGTERM).
+    while not stopping.wait(timeout=0.2):
+        pass
     announce("xal serve: shutting down (health NOT_SERVING, finishing in-flight calls)")
     running.stop()
