@@ -4,7 +4,8 @@ What held the memory: every ONNX Runtime session kept its CPU arena at the peak 
 chunk (~1 GB for a ResNet-10 at 64² and 1 024 images), and the registry keeps up to four sessions;
 and glibc kept a malloc arena per job thread, none ever trimmed. The full measurement (2 arms × 14
 rounds over a 3 000-item pool) is ``bench/service_memory.py``; this test runs the mechanism small:
-six models, each loaded and run once over a 1 024-item pool, as six rounds would.
+six models, each loaded and run once over a 1 024-item pool, as six rounds would; after
+rounds 4–6 RSS stays within 25 % of rounds 2–3.
 """
 
 from __future__ import annotations
@@ -50,7 +51,13 @@ def test_rss_levels_off_across_rounds(model_path, tmp_path):
     finally:
         assert server.stop() == 0
     print("RSS after each round (MB):", [round(v) for v in rss])
-    assert rss[-1] <= 1.25 * rss[1], rss
+    # One round's RSS moves by ±10 % with what the allocator happens to keep (825–985 MB over six
+    # idle runs of this test, no trend), so a single sample is no baseline: a fresh-clone run once
+    # drew 827 MB at round 2 and failed at 1 048 MB with nothing growing. The baseline is the higher
+    # of rounds 2 and 3; a leak of the kind this guards against (an arena per session, ~1 GB) still
+    # fails it at once.
+    baseline = max(rss[1], rss[2])
+    assert max(rss[3:]) <= 1.25 * baseline, rss
 
 
 def test_cpu_runs_are_split_and_put_back_together(model_path):
