@@ -20,13 +20,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("xal_core", "xal_kernels", "xal_service", "xal_cli")
+SOURCES = ("xal_core", "xal_kernels", "xal_service", "xal_web", "xal_cli")
 
 #: package → layer; the longest matching prefix places a module. Lower layers never import higher
 #: ones, and two packages on the same layer do not import each other (data and models are siblings).
 LAYERS: dict[str, int] = {
     "xal_core": 0,  # the package itself (empty): nothing but its subpackages
     "xal_core.scoring": 0,  # the contract in plain torch, its parameters
+    "xal_core.access": 0,  # token files and listen addresses, for every server
     "xal_core.data": 1,  # datasets, pool store
     "xal_core.models": 1,  # backbones, export, runtimes of exported models
     "xal_kernels": 2,  # Triton and Numba kernels of the contract; fall back to xal_core.scoring
@@ -35,6 +36,7 @@ LAYERS: dict[str, int] = {
     "xal_core.loop": 4,  # the active-learning loop
     "xal_core.integrations": 4,  # adapters for baal and modAL
     "xal_service": 5,  # the gRPC service, its client, engines
+    "xal_web": 5,  # the browser annotator (an ASGI app on the run's ledger); never the service
     "xal_cli": 6,  # the `xal` command: wires the rest
 }
 

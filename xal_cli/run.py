@@ -19,6 +19,7 @@ from xal_core.loop.protocol import MC_DROPOUT, MC_PASSES
 from xal_core.models.backbones import ARCHITECTURES
 
 from .adapter_options import parse_adapter_options
+from .annotate import add_annotator_flags, default_annotator
 from .scoring_flags import add_scoring_flags
 
 EXIT_NEEDS_LABELS = 3  # a person must label the items in to_label.csv, then rerun
@@ -78,10 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="auto: start a local `xal serve` for the run (default); or HOST:PORT of a running one")
     scoring.add_argument("--token-file", type=Path, default=None, help="bearer token for --server HOST:PORT")
     scoring.add_argument("--export-format", choices=("onnx", "torchscript"), default="onnx")
-    scoring.add_argument("--oracle", choices=("simulated", "file"), default="simulated",
-                         help="simulated: labels from the dataset; file: a CSV a person fills in (--labels)")
+    scoring.add_argument("--oracle", choices=("simulated", "file", "web"), default="simulated",
+                         help="simulated: labels from the dataset; file: a CSV a person fills in (--labels); "
+                              "web: a person answers in the browser (--annotate-listen) while the run waits")
     scoring.add_argument("--labels", type=Path, default=None,
                          help="the file oracle's CSV (default RUN_DIR/to_label.csv, written when labels are needed)")
+    add_annotator_flags(scoring, prefix="annotate-")
     parser.add_argument("--overlay-images", type=int, default=8, help="test images in the report's CAM grid")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
 
@@ -157,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
         pool_size=args.pool_size, val_size=args.val_size, test_size=args.test_size,
         test_fraction=args.test_fraction, options=parse_adapter_options(args.option), scorer=args.scorer, server=args.server,
         token_file=args.token_file, oracle=args.oracle, labels=args.labels, device=args.device,
+        annotate_listen=args.annotate_listen, annotate_token_file=args.annotate_token_file,
+        annotator=default_annotator(args.annotator),
         overlay_images=args.overlay_images, console=console, progress=not args.no_progress,
     )
     started = time.perf_counter()

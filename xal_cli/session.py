@@ -10,6 +10,7 @@ then the ledger (a corrupt ledger stops the run before anything else happens), t
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,9 @@ from xal_core.loop.report.final_table import final_table_markdown
 from xal_core.loop.report.html import write_report
 from xal_core.loop.scorers import InProcessScorer
 
-__all__ = ["RunSession", "RunOutcome"]
+__all__ = ["RunSession", "RunOutcome", "ORACLES"]
+
+ORACLES = ("simulated", "file", "web")
 
 
 @dataclass(frozen=True)
@@ -48,17 +51,19 @@ class RunSession:
                  options: dict[str, Any] | None = None, scorer: str = "service", server: str = "auto",
                  token_file: Path | None = None, oracle: str = "simulated", labels: Path | None = None,
                  device: str | None = None, overlay_images: int = 8, console: Console | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, annotate_listen: str = "127.0.0.1:8080",
+                 annotate_token_file: Path | None = None, annotator: str = "web") -> None:
         if scorer not in ("service", "inprocess"):
             raise ValueError(f"scorer: expected 'service' or 'inprocess', got {scorer!r}")
-        if oracle not in ("simulated", "file"):
-            raise ValueError(f"oracle: expected 'simulated' or 'file', got {oracle!r}")
+        if oracle not in ORACLES:
+            raise ValueError(f"oracle: expected one of {', '.join(ORACLES)}, got {oracle!r}")
         self.run_dir = Path(run_dir)
         self.protocol = protocol
         self.data_args = dict(dataset=dataset, data_dir=data_dir, size=size, pool_size=pool_size, val_size=val_size,
                               test_size=test_size, test_fraction=test_fraction, options=options or {})
         self.scorer_kind, self.server, self.token_file = scorer, server, token_file
         self.oracle_kind, self.labels = oracle, labels
+        self.annotate_listen, self.annotate_token_file, self.annotator = annotate_listen, annotate_token_file, annotator
         self.device, self.overlay_images = device, overlay_images
         self.console = console or Console()
         self.progress = progress
@@ -80,11 +85,22 @@ class RunSession:
                          ("dataset", "data_dir", "size", "options", "pool_size", "val_size", "test_size",
                           "test_fraction", "pool_items", "test_items")}}
 
-    def _oracle(self, data: ExperimentData) -> Oracle:
+    @contextlib.contextmanager
+    def _oracle(self, data: ExperimentData, ledger: Ledger) -> Iterator[Oracle]:
         if self.oracle_kind == "simulated":
-            return SimulatedOracle.from_pool(data.pool_path)
-        sheet = self.labels or self.run_dir / "to_label.csv"
-        return FileOracle.for_pool(sheet, data.pool_path)
+            yield SimulatedOracle.from_pool(data.pool_path)
+        elif self.oracle_kind == "file":
+            yield FileOracle.for_pool(self.labels or self.run_dir / "to_label.csv", data.pool_path)
+        else:  # the browser page, served while the run lasts, answering into this very ledger
+            from xal_core.access import read_token
+            from xal_core.loop.oracle import AnnotationDesk
+            from xal_web import WebOracle
+
+            token = read_token(self.annotate_token_file) if self.annotate_token_file else None
+            with WebOracle(AnnotationDesk(ledger, data.pool), self.run_dir, listen=self.annotate_listen,
+                           token=token, annotator=self.annotator, say=self.console.print) as oracle:
+                self.console.print(f"the annotator page is at {oracle.url}")
+                yield oracle
 
     @contextlib.contextmanager
     def _scorer(self, data: ExperimentData):
@@ -124,8 +140,9 @@ class RunSession:
     def run(self) -> RunOutcome:
         data = self.prepare()
         ledger_path = self.run_dir / "ledger.sqlite"
-        with Ledger.open(ledger_path, run_config=self.run_config(data)) as ledger, self._scorer(data) as scorer:
-            learner = ActiveLearner(self.run_dir, self.protocol, data, scorer, self._oracle(data), ledger,
+        with Ledger.open(ledger_path, run_config=self.run_config(data)) as ledger, self._scorer(data) as scorer, \
+                self._oracle(data, ledger) as oracle:
+            learner = ActiveLearner(self.run_dir, self.protocol, data, scorer, oracle, ledger,
                                     device=self.device, overlay_images=self.overlay_images)
             needs = self._learn(learner)
             rows = learner.write_metrics()

@@ -14,22 +14,16 @@ byte of the body, and the call costs the server nothing more.
 from __future__ import annotations
 
 import hmac
-from pathlib import Path
 
 import grpc
 import grpc.aio
+
+from xal_core.access import read_token  # re-exported: the service's callers import it from here
 
 __all__ = ["TokenInterceptor", "read_token", "OPEN_METHODS"]
 
 OPEN_METHODS = ("/grpc.health.v1.Health/",)
 _DENIED = "missing or wrong 'authorization: Bearer <token>' metadata"
-
-
-def read_token(path: str | Path) -> str:
-    token = Path(path).read_text().strip()
-    if len(token) < 16:
-        raise ValueError(f"{path}: the token must be at least 16 characters, got {len(token)}")
-    return token
 
 
 async def _deny(request_iterator, context: grpc.aio.ServicerContext) -> None:

@@ -16,7 +16,6 @@ authenticated client from being answered.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import os
@@ -33,8 +32,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import xal_kernels
+from xal_core.access import is_loopback, read_token, split_listen
 
-from .auth import TokenInterceptor, read_token
+from .auth import TokenInterceptor
 from .engines.ray.config import RayEngineConfig
 from .handlers import SERVICE_NAME, method_handlers
 from .health_gate import HealthGate
@@ -119,22 +119,10 @@ class RunningServer:
             self.scoring_pool.shutdown(wait=True)
 
 
-def _is_loopback(host: str) -> bool:
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _check(config: ServerConfig) -> tuple[str, str | None]:
-    host, _, port_text = config.listen.rpartition(":")
-    if not host or not port_text.isdigit():
-        raise ValueError(f"--listen: expected HOST:PORT, got {config.listen!r}")
+    host, _ = split_listen(config.listen)
     token = read_token(config.token_file) if config.token_file else None
-    if token is None and not _is_loopback(host) and not config.allow_remote_without_token:
+    if token is None and not is_loopback(host) and not config.allow_remote_without_token:
         raise ValueError(
             f"--listen {config.listen}: refusing to serve a non-loopback address without --token-file "
             "(pass --allow-remote-without-token to do it anyway)"
@@ -299,7 +287,7 @@ def serve_forever(config: ServerConfig, announce=print) -> None:
              f"and --pool-root {', '.join(map(str, roots.pool_roots.roots))}; uploaded models: "
              + ("ONNX or TorchScript (--trust-torchscript-uploads)" if config.trust_torchscript_uploads else "ONNX only"))
     if not config.token_file:
-        announce("xal serve: no --token-file: " + ("loopback only" if _is_loopback(host) else "REMOTE CLIENTS CAN CONNECT WITHOUT A TOKEN"))
+        announce("xal serve: no --token-file: " + ("loopback only" if is_loopback(host) else "REMOTE CLIENTS CAN CONNECT WITHOUT A TOKEN"))
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())

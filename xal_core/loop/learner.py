@@ -42,7 +42,13 @@ from .report.stats import series_name
 from .scorers import PoolScorer, ScoredPool
 from .training import round_training_set, train_config
 
-__all__ = ["ActiveLearner", "NeedsAnnotations", "RoundEvent", "ROI_STRATEGIES"]
+__all__ = ["ActiveLearner", "NeedsAnnotations", "RoundEvent", "ROI_STRATEGIES", "checkpoint_path"]
+
+
+def checkpoint_path(run_dir: str | Path, arm: Arm, round: int) -> Path:
+    """Where the loop keeps ``arm``'s model of ``round`` (only the newest round's stays on disk):
+    the model that acquired round ``round + 1``'s items, whose Grad-CAM the annotator shows."""
+    return Path(run_dir) / "models" / arm.strategy / f"seed-{arm.seed}" / f"round-{round:02d}.pt"
 
 ROI_STRATEGIES = ("misalignment", "dual", "dual_rank")  # strategies that read the CAM–ROI Dice
 
@@ -103,8 +109,8 @@ class ActiveLearner:
 
     def _check_roi_training(self) -> None:
         """ROI training on a pool without a single ROI would quietly train as without: refuse it at
-        the start. (A person answering through the file oracle may draw ROIs the pool lacks.)"""
-        if not self.protocol.train.uses_rois or isinstance(self.oracle, FileOracle) or self.pool.roi_known().any():
+        the start. (A person answering through a sheet or the browser may draw ROIs the pool lacks.)"""
+        if not self.protocol.train.uses_rois or self.oracle.draws_rois or self.pool.roi_known().any():
             return
         raise ValueError(f"{self.data.pool_path}: training with ROIs ({self.protocol.train.label}) asked for, but no "
                          "item of the pool has an ROI; drop --roi-loss/--roi-augment or give ROIs")
@@ -212,7 +218,7 @@ class ActiveLearner:
 
     def _model(self, arm: Arm, round: int) -> tuple[Path, str]:
         """The round's checkpoint (trained now unless already on disk) and its version string."""
-        path = self._arm_dir(arm) / f"round-{round:02d}.pt"
+        path = self._arm_dir(arm) / checkpoint_path(self.run_dir, arm, round).name
         if not path.is_file():
             self._train(arm, round, path)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
@@ -220,7 +226,7 @@ class ActiveLearner:
 
     def _train(self, arm: Arm, round: int, path: Path) -> None:
         recipe = self.protocol.train
-        previous = self._arm_dir(arm) / f"round-{round - 1:02d}.pt"
+        previous = self._arm_dir(arm) / checkpoint_path(self.run_dir, arm, round - 1).name
         if recipe.warm_start and round > 0 and not previous.is_file():
             self._model(arm, round - 1)  # lost: retrained from its own predecessor, with its own labels
         labeled = round_training_set(self.ledger, arm, round, self.data.size, with_rois=recipe.uses_rois)
@@ -335,7 +341,7 @@ class ActiveLearner:
         return self._strategies[arm]
 
     def _arm_dir(self, arm: Arm) -> Path:
-        path = self.run_dir / "models" / arm.strategy / f"seed-{arm.seed}"
+        path = checkpoint_path(self.run_dir, arm, 0).parent
         path.mkdir(parents=True, exist_ok=True)
         return path
 

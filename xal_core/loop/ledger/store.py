@@ -9,6 +9,7 @@ import math
 import os
 import socket
 import sqlite3
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +38,10 @@ class Ledger:
     idempotent where the loop may repeat them after a restart: recording exactly what is already
     there returns quietly; recording something that contradicts it raises :class:`LedgerConflict`
     and writes nothing.
+
+    One ledger object may be shared by threads (the loop and the browser annotator's request
+    handlers in ``xal run --oracle web``): every query and transaction holds the object's lock, so
+    a transaction is never interleaved with another thread's statements on the one connection.
     """
 
     def __init__(self, path: Path, connection: sqlite3.Connection, *, readonly: bool,
@@ -47,6 +52,7 @@ class Ledger:
         self._lock = lock_descriptor
         self._session = session_id
         self._arm_ids: dict[Arm, int] = {}
+        self._guard = threading.RLock()  # one statement or transaction at a time on the connection
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -73,7 +79,7 @@ class Ledger:
                 raise LedgerError(f"ledger {path}: does not exist")
             inspect_file(path, given)
             connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
-                                         timeout=30.0)
+                                         timeout=30.0, check_same_thread=False)
             connection.execute("PRAGMA query_only = ON")
             return cls(path, connection, readonly=True, lock_descriptor=None, session_id=None)
         if not path.parent.is_dir():
@@ -90,7 +96,7 @@ class Ledger:
                             f"{leftover.name} aside to start afresh")
                 create_file(path, given if given is not None else {})
             inspect_file(path, given)
-            connection = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
+            connection = sqlite3.connect(str(path), isolation_level=None, timeout=30.0, check_same_thread=False)
             try:
                 mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if mode.lower() != "wal":
@@ -116,11 +122,12 @@ class Ledger:
 
     def close(self) -> None:
         """Close the connection (the WAL is checkpointed when the last connection closes) and the lock."""
-        if self._db is not None:
-            self._db.close()
-            self._db = None  # type: ignore[assignment]
-        release_lock(self._lock)
-        self._lock = None
+        with self._guard:
+            if self._db is not None:
+                self._db.close()
+                self._db = None  # type: ignore[assignment]
+            release_lock(self._lock)
+            self._lock = None
 
     def __enter__(self) -> Ledger:
         return self
@@ -134,40 +141,43 @@ class Ledger:
     # ------------------------------------------------------------------ plumbing
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        if self._db is None:
-            raise LedgerError(f"ledger {self.path}: closed")
-        if self.readonly:
-            raise LedgerError(f"ledger {self.path}: opened read-only")
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+        with self._guard:
+            if self._db is None:
+                raise LedgerError(f"ledger {self.path}: closed")
+            if self.readonly:
+                raise LedgerError(f"ledger {self.path}: opened read-only")
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
 
     def _query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        if self._db is None:
-            raise LedgerError(f"ledger {self.path}: closed")
-        return self._db.execute(sql, parameters).fetchall()
+        with self._guard:
+            if self._db is None:
+                raise LedgerError(f"ledger {self.path}: closed")
+            return self._db.execute(sql, parameters).fetchall()
 
     def _arm_id(self, arm: Arm, *, create: bool = False) -> int | None:
         if not isinstance(arm, Arm):
             raise TypeError(f"arm: expected an Arm(strategy, seed), got {type(arm).__name__}")
-        if arm in self._arm_ids:
-            return self._arm_ids[arm]
-        rows = self._query("SELECT arm_id FROM arms WHERE strategy = ? AND seed = ?", (arm.strategy, arm.seed))
-        if not rows and create:
-            cursor = self._db.execute("INSERT INTO arms (strategy, seed, created_at) VALUES (?, ?, ?)",
-                                      (arm.strategy, arm.seed, utc_now()))
-            rows = [(cursor.lastrowid,)]
-        if not rows:
-            return None
-        if not self._db.in_transaction:  # an id made inside a transaction is cached only once committed
-            self._arm_ids[arm] = int(rows[0][0])
-        return int(rows[0][0])
+        with self._guard:
+            if arm in self._arm_ids:
+                return self._arm_ids[arm]
+            rows = self._query("SELECT arm_id FROM arms WHERE strategy = ? AND seed = ?", (arm.strategy, arm.seed))
+            if not rows and create:
+                cursor = self._db.execute("INSERT INTO arms (strategy, seed, created_at) VALUES (?, ?, ?)",
+                                          (arm.strategy, arm.seed, utc_now()))
+                rows = [(cursor.lastrowid,)]
+            if not rows:
+                return None
+            if not self._db.in_transaction:  # an id made inside a transaction is cached only once committed
+                self._arm_ids[arm] = int(rows[0][0])
+            return int(rows[0][0])
 
     # ------------------------------------------------------------------ recording
     def record_acquisitions(self, arm: Arm, round: int, rows: Sequence[AcquisitionRow], model_version: str) -> None:
@@ -364,7 +374,8 @@ class Ledger:
 
     def annotation(self, item_id: int) -> Annotation | None:
         """The item's annotation, whichever arm asked for it, or None."""
-        found = self._annotations_of(self._db, [int(item_id)])
+        with self._guard:
+            found = self._annotations_of(self._db, [int(item_id)])
         return found.get(int(item_id))
 
     def acquisitions(self, arm: Arm, round: int | None = None) -> list[AcquisitionRecord]:
@@ -462,7 +473,8 @@ class Ledger:
         temporary.unlink(missing_ok=True)
         target = sqlite3.connect(str(temporary))
         try:
-            self._db.backup(target)
+            with self._guard:
+                self._db.backup(target)
             target.execute("PRAGMA journal_mode = DELETE")  # a standalone file: no -wal beside it
         finally:
             target.close()

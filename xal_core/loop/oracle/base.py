@@ -25,6 +25,9 @@ class Oracle(ABC):
 
     annotator: str
     class_names: tuple[str, ...]
+    #: True when a person answers and may draw ROIs the pool lacks (file sheet, browser page), so a
+    #: run that trains with ROIs on a pool without any is still meaningful.
+    draws_rois: bool = False
 
     @abstractmethod
     def annotate(self, item_ids: Sequence[int]) -> OracleAnswer:

@@ -7,14 +7,15 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..annotations import Annotation, BoxRoi, utc_now
+from .answer_checks import AnswerChecks
 from .base import Oracle, OracleAnswer
-from .sheet import _INTEGER, SHEET_COLUMNS, _lines, _pool_source_ids
+from .sheet import SHEET_COLUMNS, _lines, _pool_source_ids
 
 if TYPE_CHECKING:
     from xal_core.data import PoolStore
@@ -47,7 +48,7 @@ class FileOracle(Oracle):
       rows and mistyped ids).
 
     The file is read anew at each :meth:`annotate`, so a person can fill it in between calls. Lines
-    rejected (unknown ids: not asked for, or not in the pool; unknown labels; malformed rows or ROI
+    rejected by :class:`AnswerChecks` (the browser annotator's rules too) (unknown ids: not asked for, or not in the pool; unknown labels; malformed rows or ROI
     JSON; one item answered differently on several lines — all those lines) are listed in
     :attr:`rejections` and written to :attr:`report_path` (TSV: ``line``, ``reason``, ``text``),
     which is removed when a later read has none; valid lines are kept. Asking with the union of
@@ -63,22 +64,20 @@ class FileOracle(Oracle):
         report_path: where the rejections go (``<csv>.rejected.tsv``).
     """
 
+    draws_rois = True
+
     def __init__(self, path: str | os.PathLike[str], class_names: Sequence[str], *, pool_size: int | None = None,
                  source_ids: Mapping[int, str] | None = None, roi_size: tuple[int, int] | None = None,
                  annotator: str | None = None, report_path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path)
-        self.class_names = tuple(class_names)
-        if not self.class_names:
-            raise ValueError("class_names: at least one class is needed")
-        self.pool_size = pool_size
-        self.roi_size = roi_size
+        table = dict(source_ids) if source_ids is not None else None
+        self.checks = AnswerChecks(tuple(class_names), pool_size, roi_size,
+                                   None if table is None else (lambda ids: table))
+        self.class_names = self.checks.class_names
         self.annotator = annotator or f"file:{self.path.name}"
         self.report_path = Path(report_path) if report_path is not None else \
             self.path.with_name(self.path.name + ".rejected.tsv")
         self.rejections: list[Rejection] = []
-        table = dict(source_ids) if source_ids is not None else None
-        self._source_ids: Callable[[list[int]], Mapping[int, str]] | None = \
-            None if table is None else (lambda ids: table)
 
     @classmethod
     def for_pool(cls, path: str | os.PathLike[str], pool: PoolStore | str | os.PathLike[str], *,
@@ -89,8 +88,16 @@ class FileOracle(Oracle):
         store = pool if isinstance(pool, PoolStore) else PoolStore.open(pool)
         oracle = cls(path, store.classes, pool_size=len(store), roi_size=store.size, annotator=annotator,
                      report_path=report_path)
-        oracle._source_ids = lambda ids: _pool_source_ids(store, ids)
+        oracle.checks.source_ids = lambda ids: _pool_source_ids(store, ids)
         return oracle
+
+    @property
+    def pool_size(self) -> int | None:
+        return self.checks.pool_size
+
+    @property
+    def roi_size(self) -> tuple[int, int] | None:
+        return self.checks.roi_size
 
     # ------------------------------------------------------------------ reading
     def annotate(self, item_ids: Sequence[int]) -> OracleAnswer:
@@ -108,12 +115,13 @@ class FileOracle(Oracle):
             if not raw.strip() or raw.lstrip().startswith("#"):
                 continue
             fields = self._fields(raw, header)
-            problem = fields if isinstance(fields, str) else self._id_problem(fields["item_id"].strip(), wanted)
+            problem = fields if isinstance(fields, str) else self.checks.item_problem(fields["item_id"].strip(), wanted)
             if problem:
                 rejections.append(Rejection(number + 1, raw, problem))
                 continue
             parsed.append((number + 1, raw, int(fields["item_id"].strip()), fields))
-        sources = self._source_ids(sorted({p[2] for p in parsed})) if self._source_ids is not None else None
+        lookup = self.checks.source_ids
+        sources = lookup(sorted({p[2] for p in parsed})) if lookup is not None else None
         time = utc_now()
         candidates: dict[int, list[tuple[int, str, Annotation]]] = {}
         for number, raw, item, fields in parsed:
@@ -140,18 +148,6 @@ class FileOracle(Oracle):
         self._write_report()
         return OracleAnswer([answers[item] for item in asked if item in answers],
                             [item for item in asked if item not in answers])
-
-    def _id_problem(self, text: str, wanted: set[int]) -> str | None:
-        """Why the line's ``item_id`` is rejected, or None."""
-        if not _INTEGER.fullmatch(text):
-            return f"item_id {text!r} is not a non-negative integer"
-        item = int(text)
-        if self.pool_size is not None and item >= self.pool_size:
-            return f"unknown item id {item}: not in the pool (ids 0..{self.pool_size - 1})"
-        if item not in wanted:
-            return (f"unknown item id {item}: not among the {len(wanted)} items asked for (already labelled, or "
-                    f"never acquired)")
-        return None
 
     def _header(self, lines: list[str]) -> tuple[list[str], int]:
         for number, raw in enumerate(lines):
@@ -185,14 +181,12 @@ class FileOracle(Oracle):
     def _answer(self, item: int, fields: dict[str, str], sources: Mapping[int, str] | None,
                 time: str) -> Annotation | str:
         """The line's annotation, or why it is rejected."""
-        label = self._label(fields["label"].strip())
+        label = self.checks.label(fields["label"])
         if label is None:
-            names = ", ".join(self.class_names)
-            return (f"unknown label {fields['label'].strip()!r}: expected one of {names} "
-                    f"(or 0..{len(self.class_names) - 1})")
-        source = fields.get("source_id", "").strip()
-        if source and sources is not None and item in sources and sources[item] != source:
-            return f"source_id {source!r} does not match item {item} ({sources[item]!r}): shifted or mistyped row?"
+            return self.checks.label_problem(fields["label"])
+        mismatch = self.checks.source_problem(item, fields.get("source_id", "").strip(), sources)
+        if mismatch:
+            return mismatch
         roi_text = fields.get("roi", "").strip()
         roi: BoxRoi | None = None
         if roi_text:
@@ -200,30 +194,11 @@ class FileOracle(Oracle):
                 roi = BoxRoi.from_json(roi_text)
             except ValueError as error:
                 return f"bad roi {roi_text!r}: {error} (expected [[x_min, y_min, x_max, y_max], ...], [] or blank)"
-            outside = self._outside(roi)
-            if outside is not None:
-                return f"bad roi {roi_text!r}: box {outside} lies entirely outside the {self.roi_size} frame (H, W)"
+            problem = self.checks.roi_problem(roi)
+            if problem:
+                return f"bad roi {roi_text!r}: {problem}"
         annotator = fields.get("annotator", "").strip() or self.annotator
         return Annotation(item, label, self.class_names[label], roi, annotator, time)
-
-    def _label(self, text: str) -> int | None:
-        if text in self.class_names:
-            return self.class_names.index(text)
-        folded = [i for i, name in enumerate(self.class_names) if name.casefold() == text.casefold()]
-        if len(folded) == 1:
-            return folded[0]
-        if _INTEGER.fullmatch(text) and int(text) < len(self.class_names):
-            return int(text)
-        return None
-
-    def _outside(self, roi: BoxRoi) -> int | None:
-        if self.roi_size is None:
-            return None
-        height, width = self.roi_size
-        for number, (x_min, y_min, x_max, y_max) in enumerate(roi.boxes):
-            if x_max <= 0 or y_max <= 0 or x_min >= width or y_min >= height:
-                return number
-        return None
 
     def _write_report(self) -> None:
         if not self.rejections:

@@ -37,6 +37,7 @@ from xal_core.scoring import Roi, gradcam_maps
 __all__ = [
     "OverlayArrays",
     "cam_maps",
+    "cam_rgba",
     "load_overlay_arrays",
     "load_overlay_dir",
     "overlay_grid_figure",
@@ -252,6 +253,21 @@ def _display_images(images: np.ndarray) -> np.ndarray:
         span = images.max(axis=(1, 2), keepdims=True) - low
         images = np.where(span > 0, (images - low) / np.where(span > 0, span, 1), 0).astype(np.float32)
     return images
+
+
+def cam_rgba(cam: np.ndarray, *, cmap: str = "jet") -> np.ndarray:
+    """A normalised map ``[H, W]`` in ``[0, 1]`` as opaque ``uint8 [H, W, 4]`` colours of ``cmap``
+    (the grid's colour map; the browser annotator's overlay tile, its opacity set by the page).
+    NaN (a map whose inputs were not finite) becomes transparent."""
+    from matplotlib import colormaps
+
+    cam = np.asarray(cam, dtype=np.float32)
+    if cam.ndim != 2:
+        raise ValueError(f"cam: expected [H, W], got {cam.shape}")
+    finite = np.isfinite(cam)
+    colours = colormaps[cmap](np.clip(np.where(finite, cam, 0.0), 0.0, 1.0), bytes=True)
+    colours[..., 3] = np.where(finite, 255, 0)
+    return colours
 
 
 # ---------------------------------------------------------------------------------- the grid

@@ -1,0 +1,151 @@
+"""End to end in a real headless Chromium: an expert answers ``xal run --oracle web``'s batches.
+
+The run is a real ``xal run`` process (tiny synthetic benchmark, models trained for real); the
+page is driven with the keyboard and the mouse as a person would; the answers are read back from
+the run's SQLite ledger. Set ``XAL_SCREENSHOT=path.png`` to keep a screenshot of the page showing a
+Grad-CAM overlay and a drawn box (the one in ``docs/`` was made this way).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.web.browser import needs_chromium, start_chromium
+from tests.web.runs import TINY_CLI
+from xal_core.data import PoolStore
+from xal_core.loop.annotations import BoxRoi
+from xal_core.loop.ledger import Arm, Ledger
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = needs_chromium
+
+
+def _cli(initial: int, per_round: int) -> list[str]:
+    args = list(TINY_CLI)
+    args[args.index("--initial") + 1] = str(initial)
+    args[args.index("--per-round") + 1] = str(per_round)
+    return args
+
+
+@pytest.fixture
+def browser():
+    driver = start_chromium()
+    yield driver
+    driver.quit()
+
+
+def _wait(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_an_expert_answers_in_the_browser_and_the_run_goes_on(tmp_path, browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    run_dir, log = tmp_path / "run", tmp_path / "run.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "xal_cli.main", "run", "--out", str(run_dir), "--oracle", "web",
+             "--annotate-listen", "127.0.0.1:0", "--annotator", "dr-e2e", *_cli(initial=4, per_round=3)],
+            cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        url = _wait(lambda: next((line.split()[-1] for line in log.read_text().splitlines()
+                                  if line.startswith("the annotator page is at")), None), 180, "the page's address")
+        pool = PoolStore.open(run_dir / "data" / "pool")
+        browser.get(url)
+        progress = lambda: browser.find_element(By.ID, "progress").text  # noqa: E731
+        _wait(lambda: progress() == "0 of 4 done", 30, "the first batch")
+
+        def current() -> int:
+            return int(browser.find_element(By.CSS_SELECTOR, "#item-list li.current").get_attribute("data-item"))
+
+        def press(key: str) -> None:
+            ActionChains(browser).send_keys(key).perform()
+
+        def key_of_truth(item: int) -> str:
+            return str(int(pool.oracle_labels([item])[0]) + 1)
+
+        def wait_image(item: int) -> None:
+            _wait(lambda: browser.execute_script("return state.loadedItem") == item and
+                  browser.execute_script("return state.pixels !== null"), 30, f"item {item}'s image")
+
+        answered: dict[int, str] = {}
+        # 1: a box drawn with the mouse (32×32 image shown at 512×512: 16 CSS pixels per image pixel), then its class
+        boxed = current()
+        wait_image(boxed)
+        draw = browser.find_element(By.ID, "draw")
+        ActionChains(browser).move_to_element_with_offset(draw, -200, -200).click_and_hold() \
+            .move_by_offset(120, 80).release().perform()
+        press(key_of_truth(boxed))
+        answered[boxed] = "box"
+        _wait(lambda: progress() == "1 of 4 done", 30, "the first answer")
+        # 2: "no finding" then its class
+        empty = _wait(lambda: current() if current() not in answered else None, 10, "the next item")
+        wait_image(empty)
+        press("n")
+        press(key_of_truth(empty))
+        answered[empty] = "no finding"
+        _wait(lambda: progress() == "2 of 4 done", 30, "the second answer")
+        # 3: the class alone (no ROI drawn)
+        plain = _wait(lambda: current() if current() not in answered else None, 10, "the next item")
+        press(key_of_truth(plain))
+        answered[plain] = "none"
+        _wait(lambda: progress() == "3 of 4 done", 30, "the third answer")
+
+        browser.refresh()  # a reload shows what is recorded, and asks only for the rest
+        _wait(lambda: progress() == "3 of 4 done", 30, "the page after a reload")
+        done = {int(li.get_attribute("data-item")) for li in browser.find_elements(By.CSS_SELECTOR, "#item-list li.done")}
+        assert done == set(answered)
+        last = current()
+        assert last not in answered
+        with Ledger.open(run_dir / "ledger.sqlite", readonly=True) as ledger:
+            recorded = {item: ledger.annotation(item) for item in [*answered, last]}
+        assert recorded[last] is None
+        assert recorded[boxed].roi == BoxRoi(((3.0, 3.0, 12.0, 9.0),))
+        assert recorded[empty].roi == BoxRoi(())
+        assert recorded[plain].roi is None
+        for item in answered:
+            assert recorded[item].label == int(pool.oracle_labels([item])[0]) and recorded[item].annotator == "dr-e2e"
+
+        # the batch's last answer: the run trains round 0, acquires round 1, and the page picks it up
+        wait_image(last)
+        press(key_of_truth(last))
+        _wait(lambda: progress() == "0 of 3 done", 240, "the run's next batch on the page")
+        second = current()
+        wait_image(second)
+        cam = browser.find_element(By.ID, "cam")
+        _wait(lambda: cam.is_displayed() and browser.execute_script("return arguments[0].naturalWidth", cam) == 32,
+              30, "the Grad-CAM overlay of a round-1 item")
+        draw = browser.find_element(By.ID, "draw")
+        ActionChains(browser).move_to_element_with_offset(draw, -120, -150).click_and_hold() \
+            .move_by_offset(150, 110).release().perform()
+        if os.environ.get("XAL_SCREENSHOT"):
+            browser.save_screenshot(os.environ["XAL_SCREENSHOT"])
+        for _ in range(3):
+            item = _wait(lambda: current() if browser.execute_script(
+                "return !currentItem().answer && !state.busy") else None, 30, "a pending item")
+            before = progress()
+            press(key_of_truth(item))
+            _wait(lambda before=before: progress() != before, 30, f"item {item}'s answer")
+        assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    with Ledger.open(run_dir / "ledger.sqlite", readonly=True) as ledger:
+        arm = Arm("entropy", 0)
+        assert len(ledger.annotations(arm)) == 7 and not ledger.pending(arm)
+        assert [r.round for r in ledger.rounds(arm)] == [0, 1]
+        assert ledger.annotation(second).roi is not None and len(ledger.annotation(second).roi.boxes) == 1
