@@ -54,7 +54,7 @@ def main() -> int:
             desk = AnnotationDesk(ledger, PoolStore.open(run_dir / "data" / "pool"))
             app = build_app(desk, run_dir, annotator="dr-example")
             with AnnotationServer(app, "127.0.0.1:0") as server:
-                browser = start_chromium(1400, 840)
+                browser = start_chromium(Path(scratch) / "chromium", 1400, 840)
                 try:
                     browser.get(server.url)
                     time.sleep(3)

@@ -6,6 +6,7 @@
 ``GET  /static/…``                the page's CSS and JS, from the package
 ``GET  /api/batch``               the open batch as JSON: classes, frame, progress, items and answers
 ``GET  /api/items/{id}/pixels``   float32 pixels (``X-Height``, ``X-Width``), for window/level
+``GET  /api/items/{id}/source``   the same at the source file's resolution (404 with a reason if none)
 ``GET  /api/items/{id}/cam.png``  the acquiring model's Grad-CAM tile (404 with a reason if none)
 ``POST /api/items/{id}/answer``   ``{"label", "boxes", "mask", "no_finding", "annotator"}``
 ================================  ====================================================================
@@ -40,7 +41,7 @@ from xal_core.loop.ledger import LedgerConflict
 from xal_core.loop.oracle import AnnotationDesk, InvalidAnswer, NotPending
 
 from .auth import COOKIE, Gate
-from .views import CamTiles, batch_json, display_pixels
+from .views import CamTiles, SourceImages, batch_json, display_pixels
 
 __all__ = ["build_app", "body_cap"]
 
@@ -84,6 +85,7 @@ def build_app(desk: AnnotationDesk, run_dir: str | Path, *, token: str | None = 
     """
     gate = Gate(token)
     cams = CamTiles(run_dir, desk)
+    sources = SourceImages(run_dir)
     cap = body_cap(tuple(desk.pool.size))
 
     def signed_in(request: Request) -> Response | None:
@@ -126,10 +128,17 @@ def build_app(desk: AnnotationDesk, run_dir: str | Path, *, token: str | None = 
         item_id = request.path_params["item_id"]
         if await run_in_threadpool(desk.batch_item, item_id) is None:
             return _refuse(404, f"item {item_id} is not in the open batch")
-        values = await run_in_threadpool(display_pixels, desk, item_id)
-        return Response(values.tobytes(), media_type="application/octet-stream",
-                        headers={"X-Height": str(values.shape[0]), "X-Width": str(values.shape[1]),
-                                 "Cache-Control": "private, max-age=3600"})
+        return _pixels_response(await run_in_threadpool(display_pixels, desk, item_id))
+
+    async def source(request: Request) -> Response:
+        if (refusal := signed_in(request)) is not None:
+            return refusal
+        item_id = request.path_params["item_id"]
+        item = await run_in_threadpool(desk.batch_item, item_id)
+        if item is None:
+            return _refuse(404, f"item {item_id} is not in the open batch")
+        values = await run_in_threadpool(sources.pixels, item.record.row.source_id)
+        return _refuse(404, values) if isinstance(values, str) else _pixels_response(values)
 
     async def cam(request: Request) -> Response:
         if (refusal := signed_in(request)) is not None:
@@ -169,11 +178,18 @@ def build_app(desk: AnnotationDesk, run_dir: str | Path, *, token: str | None = 
         Route("/login", login, methods=["POST"]),
         Route("/api/batch", batch),
         Route("/api/items/{item_id:int}/pixels", pixels),
+        Route("/api/items/{item_id:int}/source", source),
         Route("/api/items/{item_id:int}/cam.png", cam),
         Route("/api/items/{item_id:int}/answer", answer, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     return Starlette(routes=routes, middleware=[Middleware(_SecurityHeaders)])
+
+
+def _pixels_response(values) -> Response:
+    return Response(values.tobytes(), media_type="application/octet-stream",
+                    headers={"X-Height": str(values.shape[0]), "X-Width": str(values.shape[1]),
+                             "Cache-Control": "private, max-age=3600"})
 
 
 async def _read_body(request: Request, cap: int) -> bytes | Response:

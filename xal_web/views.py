@@ -7,6 +7,8 @@ path a request names.
 * **pixels** are float32, little-endian, ``H × W`` (channels averaged), with the frame in the
   ``X-Height`` / ``X-Width`` headers: the page does window/level itself, so a 16-bit
   DICOM-derived image keeps its full range instead of a server-chosen 8-bit rendering;
+* **source pixels** are the same at the source file's own resolution (``SourceImages``), where
+  the dataset can be read back (not for generated data);
 * **the CAM** is that of the model that acquired the item (its arm's checkpoint of the round
   before), of the predicted class, normalised and upsampled as in the contract, coloured by the
   run report's colour map (``cam_rgba``), as a PNG. Items of round 0 were picked at random, before
@@ -16,6 +18,7 @@ path a request names.
 from __future__ import annotations
 
 import io
+import json
 import math
 import threading
 from collections import OrderedDict
@@ -28,7 +31,7 @@ from xal_core.loop.annotations import Annotation, BoxRoi
 from xal_core.loop.learner import checkpoint_path
 from xal_core.loop.oracle import AnnotationDesk, BatchItem
 
-__all__ = ["CamTiles", "batch_json", "display_pixels"]
+__all__ = ["CamTiles", "SourceImages", "batch_json", "display_pixels"]
 
 
 def _number(value: float | None) -> float | None:
@@ -73,6 +76,55 @@ def display_pixels(desk: AnnotationDesk, item_id: int) -> np.ndarray:
     """float32 ``[H, W]``: the pool image, channels averaged (as the report's overlays show it)."""
     image = desk.pool.images([item_id])[0].numpy()
     return np.ascontiguousarray(image.mean(axis=0), dtype="<f4")
+
+
+MAX_SOURCE_SIDE = 2048  # a 3 000 px X-ray is shown at most this big (antialiased): 16 MB of float32, not 36
+
+
+class SourceImages:
+    """Batch items' images at their source's own resolution, read back from the dataset's files.
+
+    The run's ``data/data.json`` names the dataset and its folder; the adapter is reopened once
+    (its listing, no pixels) and finds an item's file from its source id (``source_image``: the
+    same path checks and pixel cap as ingest). Generated data (the synthetic benchmark) and moved
+    folders have none: the page then shows the pool image, and says why.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.record = json.loads((Path(run_dir) / "data" / "data.json").read_text())
+        self._dataset: Any = None
+        self._failure: str | None = None
+        self._lock = threading.Lock()
+
+    def pixels(self, source_id: str) -> np.ndarray | str:
+        """float32 ``[H, W]`` (channels averaged, at most ``MAX_SOURCE_SIDE`` a side), or why there is none."""
+        import torch
+
+        from xal_core.data import ItemError
+        from xal_core.data.item import resize_image
+        from xal_core.loop.experiment import pool_source
+
+        with self._lock:
+            if self._dataset is None and self._failure is None:
+                try:
+                    self._dataset = pool_source(self.record)
+                except (OSError, ValueError) as error:
+                    self._failure = f"the {self.record['dataset']} folder the run was made from cannot be opened ({error})"
+            if self._failure is not None:
+                return self._failure
+            try:
+                image = self._dataset.source_image(source_id)
+            except (OSError, ValueError, ItemError) as error:
+                return f"the source file of {source_id!r} cannot be read ({error})"
+        if image is None:
+            return f"no source file for {source_id!r} ({self.record['dataset']} data): the pool image is the original"
+        image = image.mean(axis=0) if image.ndim == 3 else image
+        height, width = image.shape
+        if max(height, width) > MAX_SOURCE_SIDE:
+            scale = MAX_SOURCE_SIDE / max(height, width)
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            image = resize_image(torch.from_numpy(np.ascontiguousarray(image)), size)[0].numpy()
+        return np.ascontiguousarray(image, dtype="<f4")
 
 
 class CamTiles:

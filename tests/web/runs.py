@@ -41,6 +41,19 @@ def answer_all_truthfully(run_dir: Path) -> None:
                 desk.answer(item.item_id, int(pool.oracle_labels([item.item_id])[0]), None, "test")
 
 
+def build_dicom_run(root: Path) -> Path:
+    """A run on a VinDr-CXR replica (16-bit DICOMs, 96×80) waiting on its four initial items."""
+    from xal_core.data.replicas.vindr import write_vindr
+
+    write_vindr(root / "vindr", 24, seed=3)
+    protocol = Protocol(strategies=("random",), seeds=(0,), initial=4, rounds=1, per_round=2,
+                        train=TrainRecipe(architecture="resnet10", epochs=1, batch_size=4))
+    session = RunSession(root / "run", protocol, dataset="vindr", data_dir=root / "vindr", size=(32, 32),
+                         test_fraction=0.3, scorer="inprocess", oracle="file", overlay_images=0, progress=False)
+    assert session.run().needs_labels is not None
+    return root / "run"
+
+
 def build_runs(root: Path) -> dict[int, Path]:
     """``{0: run waiting on round 0, 1: run waiting on round 1}`` under ``root``."""
     first = root / "round0"

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.web.runs import build_runs, fresh_copy
+from tests.web.runs import build_dicom_run, build_runs, fresh_copy
 from xal_core.data import PoolStore
 from xal_core.loop.annotations import BoxRoi, MaskRoi
 from xal_core.loop.learner import checkpoint_path
@@ -117,6 +117,30 @@ def test_items_outside_the_open_batch_are_not_shown(served, runs):
         assert response.status_code == 404 and "not in the open batch" in response.json()["error"]
     assert served.client.get("/api/items/..%2F..%2Fledger.sqlite/pixels").status_code == 404
     assert served.client.get("/static/../app.py").status_code == 404
+
+
+def test_the_original_resolution_is_read_from_the_source_dicom(tmp_path):
+    from xal_core.data.dicom import read_dicom
+
+    served = Served(build_dicom_run(tmp_path))
+    try:
+        item = served.pending_ids()[0]
+        source_id = served.pool.source_ids([item])[0]
+        response = served.client.get(f"/api/items/{item}/source")
+        assert response.status_code == 200 and (response.headers["x-height"], response.headers["x-width"]) == ("96", "80")
+        got = np.frombuffer(response.content, dtype="<f4").reshape(96, 80)
+        decoded = read_dicom(tmp_path / "vindr" / "train" / f"{source_id}.dicom")
+        assert decoded.bits_stored > 8  # a 16-bit image: the page windows the float values itself
+        np.testing.assert_array_equal(got, decoded.pixels)
+        pool = np.frombuffer(served.client.get(f"/api/items/{item}/pixels").content, dtype="<f4")
+        assert pool.size == 32 * 32  # the pool image stays available at the model's frame
+    finally:
+        served.close()
+
+
+def test_generated_data_has_no_original_and_the_page_is_told_why(served):
+    response = served.client.get(f"/api/items/{served.pending_ids()[0]}/source")
+    assert response.status_code == 404 and "no source file" in response.json()["error"]
 
 
 def test_round_zero_items_have_no_cam_and_say_why(runs, tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.web.browser import needs_chromium, start_chromium
-from tests.web.runs import TINY_CLI
+from tests.web.runs import TINY_CLI, build_dicom_run
 from xal_core.data import PoolStore
 from xal_core.loop.annotations import BoxRoi
 from xal_core.loop.ledger import Arm, Ledger
@@ -34,8 +34,8 @@ def _cli(initial: int, per_round: int) -> list[str]:
 
 
 @pytest.fixture
-def browser():
-    driver = start_chromium()
+def browser(tmp_path_factory):
+    driver = start_chromium(tmp_path_factory.mktemp("chromium-profile"))
     yield driver
     driver.quit()
 
@@ -149,3 +149,30 @@ def test_an_expert_answers_in_the_browser_and_the_run_goes_on(tmp_path, browser)
         assert len(ledger.annotations(arm)) == 7 and not ledger.pending(arm)
         assert [r.round for r in ledger.rounds(arm)] == [0, 1]
         assert ledger.annotation(second).roi is not None and len(ledger.annotation(second).roi.boxes) == 1
+
+
+def test_a_dicom_item_is_shown_at_its_own_resolution_with_window_and_level(tmp_path, browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    from xal_core.loop.oracle import AnnotationDesk
+    from xal_web import AnnotationServer, build_app
+
+    run_dir = build_dicom_run(tmp_path)
+    with Ledger.open(run_dir / "ledger.sqlite") as ledger:
+        desk = AnnotationDesk(ledger, PoolStore.open(run_dir / "data" / "pool"))
+        with AnnotationServer(build_app(desk, run_dir), "127.0.0.1:0") as server:
+            browser.get(server.url)
+            shown = lambda: browser.find_element(By.ID, "shown").text  # noqa: E731
+            _wait(lambda: shown() == "original 80×96", 30, "the DICOM at its own resolution")
+            pixel = "return Array.from(document.getElementById('image').getContext('2d')" \
+                    ".getImageData(40, 48, 1, 1).data.slice(0, 3))"
+            assert browser.execute_script("return [document.getElementById('image').width, " \
+                                          "document.getElementById('image').height]") == [80, 96]
+            before = browser.execute_script(pixel)
+            browser.execute_script("const w = document.getElementById('window'); w.value = '60'; "
+                                   "w.dispatchEvent(new Event('input'))")  # a narrower window: more contrast
+            after = browser.execute_script(pixel)
+            assert before != after
+            ActionChains(browser).send_keys("o").perform()
+            _wait(lambda: shown() == "pool image 32×32", 10, "the pool image after O")

@@ -172,12 +172,22 @@ class BraTS(IndexedDataset):
         scaled = np.clip((volume - low) / max(high - low, 1e-6), 0, 1)
         return np.where(brain, scaled, 0).astype(np.float32)
 
+    def record_id(self, record: _Record) -> str:
+        return f"{record.case.name}/z{record.z:03d}"
+
+    def native_pixels(self, record: _Record) -> np.ndarray:
+        return self._axial(self._volumes(record.case)[0], record.z)
+
+    @staticmethod
+    def _axial(images: np.ndarray, z: int) -> np.ndarray:
+        """``[C, H, W]`` of axial slice ``z`` of the ``[C, X, Y, Z]`` volumes, transposed as the pool stores it."""
+        return np.ascontiguousarray(images[:, :, :, z].transpose(0, 2, 1))
+
     def load(self, record: _Record) -> Item:
         images, tumour = self._volumes(record.case)
-        image = resize_image(torch.from_numpy(np.ascontiguousarray(images[:, :, :, record.z].transpose(0, 2, 1))),
-                             self.size)
+        image = resize_image(torch.from_numpy(self._axial(images, record.z)), self.size)
         mask = resize_mask(np.ascontiguousarray(tumour[:, :, record.z].T), self.size)
         label = int(mask.any() or tumour[:, :, record.z].any()) if self.task == "tumour" else record.case.grade
         meta = {"case": record.case.name, "slice": record.z, "modality": list(self.modalities),
                 "path": str(record.case.images[0].parent)}
-        return Item(f"{record.case.name}/z{record.z:03d}", image, mask, label, meta)
+        return Item(self.record_id(record), image, mask, label, meta)

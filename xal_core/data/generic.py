@@ -187,8 +187,14 @@ class GenericFolder(IndexedDataset):
                 raise ValueError(f"ROI mask file {roi} is missing")
         return _Record(line, str(image.relative_to(self.root)), image, slice_index, classes.index(label), roi)
 
+    def record_id(self, record: _Record) -> str:
+        return record.name + ("" if record.slice is None else f"#{record.slice}")
+
+    def native_pixels(self, record: _Record) -> np.ndarray:
+        return read_plain_image(record.image, record.slice, max_pixels=self.max_pixels)
+
     def load(self, record: _Record) -> Item:
-        pixels = read_plain_image(record.image, record.slice, max_pixels=self.max_pixels)
+        pixels = self.native_pixels(record)
         shape = (int(pixels.shape[0]), int(pixels.shape[1]))
         roi: torch.Tensor | None = None
         if isinstance(record.roi, Path):
@@ -200,7 +206,7 @@ class GenericFolder(IndexedDataset):
             roi = scale_boxes(check_boxes(record.roi, shape, str(record.image)), shape, self.size)
             if self.roi_format == "mask":
                 roi = Roi.from_boxes([roi], size=self.size).to_masks()[0]
-        identifier = record.name + ("" if record.slice is None else f"#{record.slice}")
+        identifier = self.record_id(record)
         meta = {"path": str(record.image), "line": record.line, "source_shape": list(shape),
                 "split": self.options["split"]}
         return Item(identifier, resize_image(pixels, self.size), roi, record.label, meta)

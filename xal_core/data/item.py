@@ -151,6 +151,7 @@ class IndexedDataset:
         self.options = dict(options)
         self.records: list[Any] = []
         self.skipped: list[Skip] = []
+        self._by_id: dict[str, Any] | None = None  # source id → record, built on the first source_image
 
     def __len__(self) -> int:
         return len(self.records)
@@ -166,6 +167,26 @@ class IndexedDataset:
 
     def load(self, record: Any) -> Item:
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ back to the source
+    def record_id(self, record: Any) -> str:
+        """The item id ``load(record)`` gives (what the pool store keeps as the source id)."""
+        raise NotImplementedError
+
+    def native_pixels(self, record: Any) -> np.ndarray:
+        """The record's image as its file holds it, before resizing: ``[H0, W0]`` or ``[C, H0, W0]``."""
+        raise NotImplementedError
+
+    def source_image(self, source_id: str) -> np.ndarray | None:
+        """The item's image at its source's own resolution, for a person to look at (the browser
+        annotator); ``None`` when this adapter cannot go back to a file (generated data) or the id
+        is not one of its records. Reading is guarded like ingest (paths, pixel counts)."""
+        if type(self).native_pixels is IndexedDataset.native_pixels:
+            return None
+        if self._by_id is None:
+            self._by_id = {self.record_id(record): record for record in self.records}
+        record = self._by_id.get(source_id)
+        return None if record is None else np.asarray(self.native_pixels(record), dtype=np.float32)
 
     def describe(self) -> dict[str, Any]:
         """Everything needed to reproduce the preprocessing (written into the pool manifest)."""

@@ -124,6 +124,12 @@ class SiimCovid(IndexedDataset):
                     studies[study] = flags.index("1")
         return studies, broken
 
+    def record_id(self, record: _Record) -> str:
+        return record.image_id
+
+    def native_pixels(self, record: _Record) -> np.ndarray:
+        return read_dicom(record.path, max_pixels=self.max_pixels).pixels
+
     def load(self, record: _Record) -> Item:
         decoded = read_dicom(record.path, max_pixels=self.max_pixels)
         raw = np.array(record.boxes, dtype=np.float64).reshape(-1, 4)

@@ -166,6 +166,12 @@ class VinDrCXR(IndexedDataset):
             return f"class_id {class_id.strip()!r} does not match class name {name!r} (its id is {expected})"
         return None
 
+    def record_id(self, record: _Record) -> str:
+        return record.image_id
+
+    def native_pixels(self, record: _Record) -> np.ndarray:
+        return read_dicom(record.path, max_pixels=self.max_pixels).pixels
+
     def load(self, record: _Record) -> Item:
         decoded = read_dicom(record.path, max_pixels=self.max_pixels)
         image = resize_image(decoded.pixels, self.size)

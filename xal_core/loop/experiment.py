@@ -28,7 +28,7 @@ from xal_core.data import ItemError, PoolStore, PoolWriter, open_dataset
 from xal_core.data.item import Item
 from xal_core.scoring import Roi
 
-__all__ = ["ExperimentData", "prepare_data", "DATASETS"]
+__all__ = ["ExperimentData", "prepare_data", "pool_source", "DATASETS"]
 
 DATASETS = ("synthetic", "brats", "vindr", "siim", "generic")
 _NATIVE_SPLITS = ("synthetic", "generic")
@@ -153,8 +153,7 @@ def prepare_data(
 
     if dataset in _NATIVE_SPLITS:
         def split(name: str, n: int):
-            extra = {"n": n} if dataset == "synthetic" else {}
-            return open_dataset(dataset, data_dir, size=size, split=name, **extra, **options)
+            return _open_split(dataset, data_dir, size, name, n, options)
 
         pool_source = split("pool", pool_size)
         channels = int(getattr(pool_source, "channels", 1))
@@ -194,6 +193,22 @@ def prepare_data(
     scratch.write_text(json.dumps(record, indent=2, default=str) + "\n")
     scratch.replace(root / "data.json")  # the commit point: data.json present = data complete
     return ExperimentData.load(root)
+
+
+def _open_split(dataset: str, data_dir: str | Path | None, size: tuple[int, int], name: str, n: int,
+                options: dict[str, Any]) -> Any:
+    """One of a dataset's own splits (synthetic, generic), as the run's data is written from it."""
+    extra = {"n": n} if dataset == "synthetic" else {}
+    return open_dataset(dataset, data_dir, size=size, split=name, **extra, **options)
+
+
+def pool_source(record: dict[str, Any]) -> Any:
+    """Reopen the dataset the run's pool was written from, from its ``data.json`` record: what
+    goes back to an item's file (``source_image``) for the browser annotator."""
+    dataset, size, options = record["dataset"], tuple(record["size"]), dict(record.get("options") or {})
+    if dataset in _NATIVE_SPLITS:
+        return _open_split(dataset, record.get("data_dir"), size, "pool", int(record.get("pool_size") or 0), options)
+    return open_dataset(dataset, record["data_dir"], size=size, **options)
 
 
 def _write_pool(path: Path, source: Any, indices: range, progress: Callable[[str, int, int], None], *,

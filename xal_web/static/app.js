@@ -8,9 +8,11 @@ const DISPLAY = 512; // the larger side of the image on screen, CSS pixels
 const state = {
   batch: null,          // GET /api/batch
   index: -1,            // position of the current item in batch.items
-  pixels: null,         // Float32Array of the current image, row major
-  frame: [0, 0],        // [H, W]
-  range: [0, 1],        // min, max of the current image
+  views: { pool: null, source: null }, // {pixels: Float32Array row major, height, width, range: [min, max]}
+  view: "pool",         // which of the two is shown: the pool's image, or the source file's own resolution
+  pixels: null,         // the shown view's pixels
+  frame: [0, 0],        // [H, W] of the ROI frame (the pool's): drawing happens in these pixels
+  range: [0, 1],        // min, max of the shown view
   window: 1, level: 0.5,
   drawing: null,        // {boxes: [[x0,y0,x1,y1]], mask: Uint8Array|null, noFinding: bool, undo: []}
   drag: null,           // {x0, y0, x1, y1} in image pixels while dragging
@@ -57,6 +59,7 @@ async function loadBatch() {
   const currentId = currentItem() ? currentItem().item_id : null;
   state.batch = batch;
   if (!$("annotator").value) $("annotator").value = localStorage.getItem("xal-annotator") || batch.annotator;
+  state.frame = batch.frame;
   buildClassButtons(batch);
   $("tool").hidden = batch.roi_format !== "mask";
   renderList();
@@ -137,22 +140,57 @@ async function show(index) {
   if (state.loadedItem !== item.item_id) await loadImage(item);
 }
 
-async function loadImage(item) {
-  state.loadedItem = item.item_id;
-  const response = await api(`/api/items/${item.item_id}/pixels`);
-  if (!response.ok) {
-    say(await errorText(response));
-    return;
-  }
+async function fetchView(path) {
+  const response = await api(path);
+  if (!response.ok) return await errorText(response);
   const height = Number(response.headers.get("X-Height"));
   const width = Number(response.headers.get("X-Width"));
-  state.pixels = new Float32Array(await response.arrayBuffer());
-  state.frame = [height, width];
+  const pixels = new Float32Array(await response.arrayBuffer());
   let low = Infinity, high = -Infinity;
-  for (const v of state.pixels) { if (v < low) low = v; if (v > high) high = v; }
-  state.range = [low, high > low ? high : low + 1];
+  for (const v of pixels) { if (v < low) low = v; if (v > high) high = v; }
+  return { pixels, height, width, range: [low, high > low ? high : low + 1] };
+}
+
+function setView(name) {
+  const view = state.views[name];
+  if (!view) return;
+  state.view = name;
+  state.pixels = view.pixels;
+  state.range = view.range;
+  const image = $("image");
+  image.width = view.width;
+  image.height = view.height;
+  const other = name === "pool" ? state.views.source : state.views.pool;
+  const button = $("resolution");
+  button.hidden = !state.views.source;
+  if (other) button.textContent = `show ${name === "pool" ? "original" : "pool"} ${other.width}×${other.height} (O)`;
+  $("shown").textContent = `${name === "pool" ? "pool image" : "original"} ${view.width}×${view.height}`;
   autoWindow();
+}
+
+async function loadImage(item) {
+  state.loadedItem = item.item_id;
+  state.views = { pool: null, source: null };
+  state.pixels = null;
+  const pool = await fetchView(`/api/items/${item.item_id}/pixels`);
+  if (typeof pool === "string") {
+    say(pool);
+    return;
+  }
+  if (state.loadedItem !== item.item_id) return;
+  state.views.pool = pool;
   layout();
+  setView("pool");
+  $("source-note").textContent = "";
+  fetchView(`/api/items/${item.item_id}/source`).then((source) => {
+    if (state.loadedItem !== item.item_id) return;
+    if (typeof source === "string") {
+      $("source-note").textContent = source;
+      return;
+    }
+    state.views.source = source;
+    setView("source"); // the original resolution where the dataset can be read back
+  });
   const cam = $("cam");
   cam.hidden = true;
   $("cam-note").textContent = "";
@@ -174,10 +212,7 @@ function layout() {
   const stage = $("stage");
   stage.style.width = `${css[0]}px`;
   stage.style.height = `${css[1]}px`;
-  const image = $("image");
-  image.width = width;
-  image.height = height;
-  for (const layer of [image, $("cam"), $("draw")]) {
+  for (const layer of [$("image"), $("cam"), $("draw")]) {
     layer.style.width = `${css[0]}px`;
     layer.style.height = `${css[1]}px`;
   }
@@ -190,7 +225,8 @@ function layout() {
 
 function paintImage() {
   if (!state.pixels) return;
-  const [height, width] = state.frame;
+  const view = state.views[state.view];
+  const [height, width] = [view.height, view.width];
   const context = $("image").getContext("2d");
   const picture = context.createImageData(width, height);
   const low = state.level - state.window / 2;
@@ -496,6 +532,7 @@ function onKey(event) {
   else if (key === "ArrowLeft") show(state.index - 1);
   else if (key === "c" || key === "C") { $("cam-toggle").checked = !$("cam-toggle").checked; applyCam(); }
   else if (key === "a" || key === "A") autoWindow();
+  else if ((key === "o" || key === "O") && state.views.source) setView(state.view === "pool" ? "source" : "pool");
   else if ((key === "b" || key === "B") && state.batch.roi_format === "mask") toggleTool();
   else return;
   event.preventDefault();
@@ -521,6 +558,7 @@ function wire() {
   $("previous").addEventListener("click", () => show(state.index - 1));
   $("tool").addEventListener("click", toggleTool);
   $("auto-window").addEventListener("click", autoWindow);
+  $("resolution").addEventListener("click", () => setView(state.view === "pool" ? "source" : "pool"));
   $("window").addEventListener("input", windowFromSliders);
   $("level").addEventListener("input", windowFromSliders);
   $("cam-toggle").addEventListener("change", applyCam);
