@@ -14,12 +14,13 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.web.browser import needs_chromium, start_chromium
 from tests.web.runs import TINY_CLI, build_dicom_run
 from xal_core.data import PoolStore
-from xal_core.loop.annotations import BoxRoi
+from xal_core.loop.annotations import BoxRoi, MaskRoi
 from xal_core.loop.ledger import Arm, Ledger
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,6 +89,10 @@ def test_an_expert_answers_in_the_browser_and_the_run_goes_on(tmp_path, browser)
         draw = browser.find_element(By.ID, "draw")
         ActionChains(browser).move_to_element_with_offset(draw, -200, -200).click_and_hold() \
             .move_by_offset(120, 80).release().perform()
+        ActionChains(browser).move_to_element_with_offset(draw, 100, 100).click_and_hold() \
+            .move_by_offset(50, 50).release().perform()  # a second box, taken back with U
+        assert browser.execute_script("return state.drawing.boxes.length") == 2
+        press("u")
         press(key_of_truth(boxed))
         answered[boxed] = "box"
         _wait(lambda: progress() == "1 of 4 done", 30, "the first answer")
@@ -119,9 +124,14 @@ def test_an_expert_answers_in_the_browser_and_the_run_goes_on(tmp_path, browser)
         for item in answered:
             assert recorded[item].label == int(pool.oracle_labels([item])[0]) and recorded[item].annotator == "dr-e2e"
 
-        # the batch's last answer: the run trains round 0, acquires round 1, and the page picks it up
+        # the batch's last item is answered in another tab first: this page says so and records nothing;
+        # that answer completes the batch, so the run trains round 0, acquires round 1, and the page picks it up
         wait_image(last)
-        press(key_of_truth(last))
+        other_tab = httpx.post(f"{url}api/items/{last}/answer", json={"label": int(pool.oracle_labels([last])[0])})
+        assert other_tab.status_code == 200
+        press("1" if key_of_truth(last) == "2" else "2")  # a different answer, too late
+        message = browser.find_element(By.ID, "message")
+        _wait(lambda: message.is_displayed() and "answered already" in message.text, 30, "the other tab's message")
         _wait(lambda: progress() == "0 of 3 done", 240, "the run's next batch on the page")
         second = current()
         wait_image(second)
@@ -133,12 +143,19 @@ def test_an_expert_answers_in_the_browser_and_the_run_goes_on(tmp_path, browser)
             .move_by_offset(150, 110).release().perform()
         if os.environ.get("XAL_SCREENSHOT"):
             browser.save_screenshot(os.environ["XAL_SCREENSHOT"])
-        for _ in range(3):
-            item = _wait(lambda: current() if browser.execute_script(
-                "return !currentItem().answer && !state.busy") else None, 30, "a pending item")
-            before = progress()
-            press(key_of_truth(item))
-            _wait(lambda before=before: progress() != before, 30, f"item {item}'s answer")
+        press(key_of_truth(second))
+        _wait(lambda: progress() == "1 of 3 done", 30, "the boxed round-1 answer")
+        skipped = _wait(lambda: current() if current() != second else None, 10, "the next item")
+        press("s")  # skip: the item stays pending, the page moves on
+        brushed = _wait(lambda: current() if current() not in (second, skipped) else None, 10, "the item after a skip")
+        wait_image(brushed)
+        press("b")  # the pool's ROIs are masks: a brush
+        ActionChains(browser).move_to_element_with_offset(browser.find_element(By.ID, "draw"), 0, 0) \
+            .click_and_hold().move_by_offset(60, 0).move_by_offset(0, 40).release().perform()
+        press(key_of_truth(brushed))
+        _wait(lambda: progress() == "2 of 3 done", 30, "the brushed answer")
+        assert current() == skipped  # the skipped item is still asked for
+        press(key_of_truth(skipped))
         assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
     finally:
         if process.poll() is None:
@@ -148,7 +165,10 @@ def test_an_expert_answers_in_the_browser_and_the_run_goes_on(tmp_path, browser)
         arm = Arm("entropy", 0)
         assert len(ledger.annotations(arm)) == 7 and not ledger.pending(arm)
         assert [r.round for r in ledger.rounds(arm)] == [0, 1]
-        assert ledger.annotation(second).roi is not None and len(ledger.annotation(second).roi.boxes) == 1
+        assert isinstance(ledger.annotation(second).roi, BoxRoi) and len(ledger.annotation(second).roi.boxes) == 1
+        brush = ledger.annotation(brushed).roi
+        assert isinstance(brush, MaskRoi) and 10 < int(brush.to_mask().sum()) < 200
+        assert ledger.annotation(skipped).roi is None and ledger.annotation(last).annotator == "dr-e2e"
 
 
 def test_a_dicom_item_is_shown_at_its_own_resolution_with_window_and_level(tmp_path, browser):

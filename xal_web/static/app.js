@@ -294,7 +294,7 @@ function renderItem() {
                     ["rank", String(item.rank + 1)], ["model", item.model_version]]);
   fill($("reason"), item.initial
     ? [["picked", "at random (the initial labels, before any model)"]]
-    : [["rank", `${item.rank + 1} of its round`], ["score", number(item.score)],
+    : [["rank", `${item.rank + 1} of its round`], [`${item.strategy} score`, number(item.score)],
        ["uncertainty", number(item.uncertainty)], ["Dice", number(item.dice)],
        ["soft Dice", number(item.soft_dice)]]);
   const body = $("probabilities").tBodies[0];
