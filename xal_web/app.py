@@ -109,7 +109,10 @@ def build_app(desk: AnnotationDesk, run_dir: str | Path, *, token: str | None = 
         body = await _read_body(request, 4096)
         if isinstance(body, Response):
             return body
-        fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
+        try:
+            fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
+        except ValueError:
+            return _refuse(400, "the login form has one field, token")
         if not gate.token_matches((fields.get("token") or [""])[0].strip()):
             return RedirectResponse("/login?failed=1", status_code=303)
         response = RedirectResponse("/", status_code=303)

@@ -280,6 +280,10 @@ def test_with_a_token_everything_but_the_login_form_needs_the_cookie(runs, tmp_p
             assert client.get(path).status_code == 401
         refused = client.post(f"/api/items/{item}/answer", json={"label": 0})
         assert refused.status_code == 401 and "sign in" in refused.json()["error"]
+        stuffed = client.post("/login", content="&".join(f"f{n}=x" for n in range(10)),
+                              headers={"content-type": "application/x-www-form-urlencoded"})
+        assert stuffed.status_code == 400 and "one field" in stuffed.json()["error"]
+        assert client.post("/login", content=b"t" * 5000).status_code == 413
         wrong = client.post("/login", data={"token": "not-the-token-at-all"})
         assert wrong.status_code == 303 and wrong.headers["location"] == "/login?failed=1" and not client.cookies
         right = client.post("/login", data={"token": TOKEN})
