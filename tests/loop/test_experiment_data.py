@@ -46,3 +46,24 @@ def test_a_tiny_run_on_brats_nifti(brats, tmp_path):
     outcome = RunSession(tmp_path, protocol, dataset="brats", data_dir=brats, size=(32, 32), test_fraction=0.3,
                          scorer="inprocess", progress=False, overlay_images=2).run()
     assert outcome.needs_labels is None and [row["labels"] for row in outcome.rows] == [6, 10]
+
+
+def test_an_interrupted_preparation_leaves_nothing_half_written_and_the_rerun_succeeds(tmp_path):
+    """A run stopped while writing its data (Ctrl-C here; kill -9 alike) used to leave RUN_DIR/data
+    half written, and every later run refused it ("delete it and rerun"). Now the data is written
+    aside and renamed into place at the end."""
+    args = dict(size=(32, 32), pool_size=80, val_size=8, test_size=12)
+
+    def interrupt(phase: str, done: int, total: int) -> None:
+        if phase == "pool" and done == 40:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        prepare_data(tmp_path / "data", "synthetic", **args, on_progress=interrupt)
+    assert not (tmp_path / "data").exists()
+    data = prepare_data(tmp_path / "data", "synthetic", **args)
+    reference = prepare_data(tmp_path / "reference" / "data", "synthetic", **args)
+    assert len(data.pool) == len(reference.pool) == 80 and len(data.test) == 12
+    assert data.pool.source_ids(range(80)) == reference.pool.source_ids(range(80))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "reference"]  # no staging folder left
+    assert prepare_data(tmp_path / "data", "synthetic", **args).pool_path == data.pool_path  # reopened as is

@@ -1,7 +1,9 @@
 """The data of one run: a pool store to acquire from, a held-out test split, a validation split.
 
 Built once per run folder (``RUN_DIR/data/``) and reused when the run resumes, so the pool a
-resumed run scores is byte for byte the one it started with. Splits:
+resumed run scores is byte for byte the one it started with. It is written in
+``RUN_DIR/.data.partial`` and renamed into place when complete: an interrupted preparation leaves
+nothing half written, and the next run starts it afresh. Splits:
 
 * ``synthetic`` and ``generic``: the dataset's own ``pool`` / ``val`` / ``test`` splits;
 * ``brats``, ``vindr``, ``siim``: a deterministic ``test_fraction`` of *groups* goes to the test
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,8 +151,14 @@ def prepare_data(
     if dataset != "synthetic" and data_dir is None:
         raise ValueError(f"dataset {dataset!r} needs --data-dir (the folder of the dataset's files)")
     if root.exists() and any(root.iterdir()):
-        raise ValueError(f"{root}: an unfinished data folder (no data.json) is in the way; delete it and rerun")
-    root.mkdir(parents=True, exist_ok=True)
+        raise ValueError(f"{root}: an unfinished data folder (no data.json, left by an xal older than the staged "
+                         "writes) is in the way; delete it and rerun")
+    # Written aside and renamed into place at the end: an interrupted run (Ctrl-C, kill -9, a full
+    # disk) leaves no half-written RUN_DIR/data, and the next one starts the folder afresh.
+    staging = root.with_name(f".{root.name}.partial")
+    if staging.exists():
+        shutil.rmtree(staging)  # an earlier attempt's, never anything else: the name is ours
+    staging.mkdir(parents=True)
     progress = on_progress or (lambda phase, done, total: None)
 
     if dataset in _NATIVE_SPLITS:
@@ -157,7 +167,7 @@ def prepare_data(
 
         pool_source = split("pool", pool_size)
         channels = int(getattr(pool_source, "channels", 1))
-        _write_pool(root / "pool", pool_source, range(len(pool_source)), progress)
+        _write_pool(staging / "pool", pool_source, range(len(pool_source)), progress)
         test = _held_out(split("test", test_size), "test", progress)
         val_source = split("val", val_size)
         val = _held_out(val_source, "val", progress) if len(val_source) else None
@@ -175,7 +185,7 @@ def prepare_data(
             digest = hashlib.sha256(group.encode()).digest()
             return int.from_bytes(digest[:8], "little") / 2**64 < test_fraction
 
-        _write_pool(root / "pool", source, range(len(source)), progress, divert=is_test, diverted=test_items)
+        _write_pool(staging / "pool", source, range(len(source)), progress, divert=is_test, diverted=test_items)
         test = HeldOut.from_items(test_items, size, channels)
         if not len(test):
             raise ValueError(f"{data_dir}: no item fell in the test split (test_fraction {test_fraction}); "
@@ -183,15 +193,16 @@ def prepare_data(
         val = None
         class_names, description = source.classes, source.describe()
 
-    test.save(root / "test.npz")
+    test.save(staging / "test.npz")
     if val is not None:
-        val.save(root / "val.npz")
+        val.save(staging / "val.npz")
     record = {**wanted, "class_names": list(class_names), "channels": channels, "source": description,
-              "pool_items": len(PoolStore.open(root / "pool")), "test_items": len(test),
+              "pool_items": len(PoolStore.open(staging / "pool")), "test_items": len(test),
               "val_items": 0 if val is None else len(val)}
-    scratch = root / "data.json.tmp"
-    scratch.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    scratch.replace(root / "data.json")  # the commit point: data.json present = data complete
+    (staging / "data.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    if root.exists():
+        root.rmdir()  # empty (checked above)
+    os.replace(staging, root)  # the commit point: RUN_DIR/data present = data complete
     return ExperimentData.load(root)
 
 
