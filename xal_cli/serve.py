@@ -33,6 +33,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-streams-per-client", type=int, default=16,
                         help="open WatchJob/GetRanking/LoadModel streams per client address (default 16)")
     parser.add_argument("--max-streams", type=int, default=64, help="open streams in total (default 64)")
+    parser.add_argument("--max-inflight-batches", type=int, default=32,
+                        help="ScoreBatch calls scored or waiting at once; more are refused with RESOURCE_EXHAUSTED "
+                             "(default 32)")
     add_ray_arguments(parser, engine_default="in-process")
     parser.set_defaults(run=run)
 
@@ -79,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         pool_roots=tuple(args.pool_root),
         trust_torchscript_uploads=args.trust_torchscript_uploads,
         limits=ServiceLimits(max_roi_side=args.max_roi_side, max_model_bytes=args.max_model_bytes,
-                             max_streams_per_client=args.max_streams_per_client, max_streams=args.max_streams),
+                             max_streams_per_client=args.max_streams_per_client, max_streams=args.max_streams,
+                             max_inflight_batches=args.max_inflight_batches),
     )
     serve_forever(config, announce=lambda line: print(line, flush=True))
     return 0

@@ -37,6 +37,10 @@ class ServiceLimits:
         max_streams_per_client: concurrent streaming calls (``WatchJob``, ``GetRanking``, ``GetItemScores``,
             ``LoadModel``) from one client address (``--max-streams-per-client``).
         max_streams: concurrent streaming calls in total (``--max-streams``).
+        max_inflight_batches: ``ScoreBatch`` calls being scored or waiting for a scoring thread
+            (``--max-inflight-batches``). Each holds its request (up to the 64 MiB message cap)
+            until it is scored, so without a cap a flood of calls queues unbounded memory behind
+            the workers; one over it is refused with ``RESOURCE_EXHAUSTED`` at once.
         max_path_chars: longest server-side path or name a request may give.
     """
 
@@ -47,10 +51,12 @@ class ServiceLimits:
     max_model_bytes: int = 1 << 30
     max_streams_per_client: int = 16
     max_streams: int = 64
+    max_inflight_batches: int = 32
     max_path_chars: int = 4096
 
     def __post_init__(self) -> None:
-        for name in ("max_roi_side", "max_model_bytes", "max_streams_per_client", "max_streams"):
+        for name in ("max_roi_side", "max_model_bytes", "max_streams_per_client", "max_streams",
+                     "max_inflight_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}")
 

@@ -89,6 +89,7 @@ class ScoringServicer:
         self.limits = limits
         self.redact = redact
         self.streams = StreamLimiter(limits.max_streams_per_client, limits.max_streams)
+        self._batches_in_flight = 0  # touched on the event loop only
 
     # ------------------------------------------------------------------ plumbing
     async def _run(self, function: Callable[..., Response], *args: Any) -> Response:
@@ -133,8 +134,20 @@ class ScoringServicer:
     # ------------------------------------------------------------------ inline scoring
     async def ScoreBatch(self, request, context: grpc.aio.ServicerContext) -> pb.ScoreBatchResponse:
         """``request`` is what ``codec.parse_score_batch_request`` (the deserializer ``handlers``
-        registers) returns, a plain message, or a ``MalformedRequest``."""
-        return await self._sync("ScoreBatch", context, lambda: self._score_batch(request), items=lambda r: len(r.ids))
+        registers) returns, a plain message, or a ``MalformedRequest``. At most
+        ``limits.max_inflight_batches`` are scored or wait for a thread; one more is refused at once."""
+        cap = self.limits.max_inflight_batches
+        if self._batches_in_flight >= cap:
+            self.statistics.record_rpc("ScoreBatch", 0.0, failed=True)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{cap} ScoreBatch calls are already being scored or waiting "
+                                "(--max-inflight-batches); retry shortly")
+        self._batches_in_flight += 1
+        try:
+            return await self._sync("ScoreBatch", context, lambda: self._score_batch(request),
+                                    items=lambda r: len(r.ids))
+        finally:
+            self._batches_in_flight -= 1
 
     def _score_batch(self, request: pb.ScoreBatchRequest | codec.ScoreBatchWire) -> pb.ScoreBatchResponse:
         started = time.perf_counter()

@@ -126,3 +126,49 @@ def test_cached_plans_are_bounded_by_bytes():
         assert hasattr(cached, "cache_bytes"), cached
     cpu_alignment.resampling_plan(7, 7, 4096, 4096)
     assert 0 < cpu_alignment.resampling_plan.cache_bytes() <= 64 << 20
+
+
+def test_score_batch_calls_beyond_the_in_flight_cap_are_refused_not_queued(tmp_path):
+    """Every ScoreBatch call holds its request (up to 64 MiB) until a worker scores it; with no cap a
+    flood of calls queued behind the workers without bound. Beyond ``--max-inflight-batches`` a
+    call is refused at once with RESOURCE_EXHAUSTED; the ones let in are scored exactly."""
+    import threading
+
+    from xal_core.acquisition import score_batch
+    from xal_core.scoring import Roi
+
+    server = server_process.start(tmp_path / "state", "--max-inflight-batches", "1", "--workers", "1")
+    try:
+        generator = torch.Generator().manual_seed(5)
+        n = 256
+        logits, features = torch.randn(n, 3, generator=generator), torch.rand(n, 256, 7, 7, generator=generator)
+        cam_weights = torch.randn(n, 256, generator=generator)
+        roi = Roi.from_masks(torch.rand(n, 56, 56, generator=generator) > 0.7)
+        want = score_batch(torch.arange(n), logits, features, cam_weights, roi)
+        start, outcomes = threading.Barrier(12), []
+
+        def client() -> None:
+            with ScoringClient(server.target, timeout=120) as scoring:
+                start.wait()
+                try:
+                    outcomes.append(scoring.score_batch(logits, features, cam_weights, roi))
+                except grpc.RpcError as error:
+                    outcomes.append((error.code(), error.details()))
+
+        threads = [threading.Thread(target=client) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        refused = [o for o in outcomes if isinstance(o, tuple)]
+        scored = [o for o in outcomes if not isinstance(o, tuple)]
+        assert refused and scored, outcomes
+        for code, details in refused:
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-inflight-batches" in details
+        for got in scored:
+            np.testing.assert_allclose(got["score"], want.score.numpy(), rtol=1e-6, atol=1e-7)
+        with ScoringClient(server.target, timeout=60) as scoring:  # a refused flood leaves the server serving
+            assert scoring.health() == "SERVING"
+            assert scoring.score_batch(logits, features, cam_weights, roi)["score"].shape == (n,)
+    finally:
+        assert server.stop() == 0
