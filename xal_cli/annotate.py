@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import sys
 from pathlib import Path
 
@@ -67,11 +66,10 @@ def run(args: argparse.Namespace) -> int:
         if not batch:
             print(f"nothing to label in {run_dir}: every acquired item has an answer")
             return 0
-        classes = json.loads((run_dir / "data" / "data.json").read_text())["class_names"]
         app = build_app(desk, run_dir, token=token, annotator=default_annotator(args.annotator))
         server = AnnotationServer(app, args.listen, has_token=token is not None)
         done = sum(item.answer is not None for item in batch)
-        print(f"{len(batch) - done} item(s) to label ({done} of {len(batch)} done; classes: {', '.join(classes)})\n"
+        print(f"{len(batch) - done} item(s) to label ({done} of {len(batch)} done; classes: {', '.join(desk.class_names)})\n"
               f"open {server.url}{'  (sign in with the token)' if token else ''} — Ctrl-C stops the page; every "
               "answer is already in the ledger", flush=True)
         server.serve()

@@ -38,7 +38,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from xal_core.loop.ledger import LedgerConflict
-from xal_core.loop.oracle import AnnotationDesk, InvalidAnswer, NotPending
+from xal_core.loop.oracle import AnnotationDesk, BatchItem, InvalidAnswer, NotPending
 
 from .auth import COOKIE, Gate
 from .views import CamTiles, SourceImages, batch_json, display_pixels
@@ -125,31 +125,31 @@ def build_app(desk: AnnotationDesk, run_dir: str | Path, *, token: str | None = 
         content = await run_in_threadpool(batch_json, desk, annotator=annotator)
         return JSONResponse(content, headers={"Cache-Control": "no-store"})
 
-    async def pixels(request: Request) -> Response:
-        if (refusal := signed_in(request)) is not None:
-            return refusal
-        item_id = request.path_params["item_id"]
-        if await run_in_threadpool(desk.batch_item, item_id) is None:
-            return _refuse(404, f"item {item_id} is not in the open batch")
-        return _pixels_response(await run_in_threadpool(display_pixels, desk, item_id))
-
-    async def source(request: Request) -> Response:
+    async def open_item(request: Request) -> BatchItem | Response:
+        """The path's item if the caller is signed in and it belongs to the open batch, else the refusal."""
         if (refusal := signed_in(request)) is not None:
             return refusal
         item_id = request.path_params["item_id"]
         item = await run_in_threadpool(desk.batch_item, item_id)
-        if item is None:
-            return _refuse(404, f"item {item_id} is not in the open batch")
+        return _refuse(404, f"item {item_id} is not in the open batch") if item is None else item
+
+    async def pixels(request: Request) -> Response:
+        item = await open_item(request)
+        if isinstance(item, Response):
+            return item
+        return _pixels_response(await run_in_threadpool(display_pixels, desk, item.item_id))
+
+    async def source(request: Request) -> Response:
+        item = await open_item(request)
+        if isinstance(item, Response):
+            return item
         values = await run_in_threadpool(sources.pixels, item.record.row.source_id)
         return _refuse(404, values) if isinstance(values, str) else _pixels_response(values)
 
     async def cam(request: Request) -> Response:
-        if (refusal := signed_in(request)) is not None:
-            return refusal
-        item_id = request.path_params["item_id"]
-        item = await run_in_threadpool(desk.batch_item, item_id)
-        if item is None:
-            return _refuse(404, f"item {item_id} is not in the open batch")
+        item = await open_item(request)
+        if isinstance(item, Response):
+            return item
         tile = await run_in_threadpool(cams.png, item)
         if isinstance(tile, str):
             return _refuse(404, tile)

@@ -75,7 +75,18 @@ class AnnotationDesk:
     # ------------------------------------------------------------------ the batch
     def batch(self) -> list[BatchItem]:
         """The open rounds' items, in acquisition order; empty when nothing is pending."""
-        items: dict[int, BatchItem] = {}
+        return [BatchItem(record, None if pending else self.ledger.annotation(record.row.item_id))
+                for record, pending in self._open_records()]
+
+    def batch_item(self, item_id: int) -> BatchItem | None:
+        """The item if it belongs to the open batch (what may be shown), else None; its answer is
+        not looked up (the page's images and tiles need only the acquisition)."""
+        return next((BatchItem(record, None) for record, _ in self._open_records()
+                     if record.row.item_id == item_id), None)
+
+    def _open_records(self) -> list[tuple[AcquisitionRecord, bool]]:
+        """``(acquisition, still pending)`` of every item of the open rounds, each item once (first arm)."""
+        seen: dict[int, tuple[AcquisitionRecord, bool]] = {}
         for arm in self.ledger.arms():
             pending = set(self.ledger.pending(arm))
             if not pending:
@@ -84,13 +95,9 @@ class AnnotationDesk:
             open_rounds = {record.round for record in records if record.row.item_id in pending}
             for record in records:
                 item = record.row.item_id
-                if record.round in open_rounds and item not in items:
-                    items[item] = BatchItem(record, None if item in pending else self.ledger.annotation(item))
-        return list(items.values())
-
-    def batch_item(self, item_id: int) -> BatchItem | None:
-        """The item if it belongs to the open batch (what may be shown), else None."""
-        return next((item for item in self.batch() if item.item_id == item_id), None)
+                if record.round in open_rounds and item not in seen:
+                    seen[item] = (record, item in pending)
+        return list(seen.values())
 
     # ------------------------------------------------------------------ answering
     def answer(self, item_id: int, label: str | int, roi: AnnotatedRoi, annotator: str) -> Annotation:
