@@ -183,8 +183,11 @@ def adversarial_features(
     * ``"cancelling"``: channel pairs of nearly equal large features with weights +1 and −1, so the
       grid is a small difference of sums of terms some 10⁴ times larger;
     * ``"small_range"``: a grid ``1 + δ·U(0, 1)`` with ``δ`` from 1e-4 down to 1e-13 per item: maps
-      just on the normalised side of the "no range" rule (and, where ``dtype`` rounds ``δ`` away, on
-      the flat side).
+      on the normalised side of the flat rule, in its band, or (where ``dtype`` rounds ``δ`` away, or
+      the path sums in float32) on its flat side;
+    * ``"offset_bump"``: a grid of 500 with a bump of 1e-9…1e-5 at one to three cells (``C`` a power
+      of two, weights ``1/C``): a range tiny next to the values, far above the flat bound for float64
+      sums, where normalising from differences of upsampled values would lose most digits.
     """
     f64 = torch.float64
     scales = torch.logspace(-3, 1, batch, dtype=f64)[torch.randperm(batch, generator=gen)]
@@ -203,6 +206,16 @@ def adversarial_features(
     elif kind == "small_range":
         deltas = torch.logspace(-4, -13, batch, dtype=f64)[torch.randperm(batch, generator=gen)]
         features = 1.0 + torch.rand(batch, channels, h, w, generator=gen, dtype=f64) * deltas[:, None, None, None]
+        weights = torch.full((batch, channels), 1.0 / channels, dtype=f64)
+    elif kind == "offset_bump":
+        if channels & (channels - 1):
+            raise ValueError("offset_bump: channels must be a power of two (exact weights 1/C)")
+        features = torch.full((batch, channels, h, w), 500.0, dtype=f64)
+        bumps = torch.logspace(-9, -5, batch, dtype=f64)[torch.randperm(batch, generator=gen)]
+        for b in range(batch):
+            for _ in range(int(torch.randint(1, 4, (1,), generator=gen))):
+                i, j = int(torch.randint(h, (1,), generator=gen)), int(torch.randint(w, (1,), generator=gen))
+                features[b, 0, i, j] += float(bumps[b]) * channels
         weights = torch.full((batch, channels), 1.0 / channels, dtype=f64)
     else:
         raise ValueError(kind)
@@ -242,14 +255,17 @@ def reference_alignment(
 
 
 def is_degenerate(features: torch.Tensor, weights: torch.Tensor, frame: tuple[int, int]) -> bool:
-    """True when the grid is not constant but its resampling to ``frame`` is (exactly): the 0/0 case
-    of the normalisation, tested on its own (see test_alignment_contract)."""
-    grid = ref.cam_grid(as_f64(features), as_f64(weights))
+    """True when the map lies in the flat rule's ambiguous band for some path's precision (float64,
+    or fp32 accumulation), or is flat without being constant on the grid (the resampling reads only
+    equal values): items where paths may, or must, answer "flat" for a reason random tests do not
+    aim at. They are tested on their own (see test_alignment_contract)."""
+    grid, magnitude = ref.cam_grid_and_magnitude(as_f64(features), as_f64(weights))
     values = [v for row in grid for v in row]
     if max(values) == min(values):
         return False
-    norm = ref.normalise(grid, *frame)
-    return max(max(row) for row in norm) == 0.0
+    map_range = ref.exact_map_range(grid, *frame)[0]
+    channels = features.shape[0]
+    return any(ref.flat_state(map_range, magnitude, channels, unit) != "normalised" for unit in (2.0**-53, 2.0**-24))
 
 
 def nondegenerate_features(
@@ -312,6 +328,16 @@ def alignment_mismatches(
                 if not math.isnan(got):
                     item.append(f"{name}: got {_fmt(got)}, expected NaN (unknown ROI)")
         else:
+            state = r.flat_state(precision.unit if precision is not None else ref.UNIT)
+            if state == "ambiguous":  # either answer is right: flat, or some normalised map
+                item.extend(_ambiguous_mismatches(r, dice[b], soft[b], energy[b], hit[b]))
+                if invalid[b]:
+                    item.append("invalid: set for a finite item")
+                if item:
+                    problems.append(f"item {b}: " + "; ".join(item))
+                continue
+            if state == "flat":
+                r = r.as_flat()
             tolerance = soft_tol
             if precision is not None:
                 band = precision.band(r)
@@ -336,6 +362,19 @@ def alignment_mismatches(
             item.append("invalid: set for a finite item")
         if item:
             problems.append(f"item {b}: " + "; ".join(item))
+    return problems
+
+
+def _ambiguous_mismatches(r: ref.RefAlignment, dice: float, soft: float, energy: float, hit: float) -> list[str]:
+    """An item in the flat rule's ambiguous band: the flat answer, or any answer a normalised map
+    can give (every metric within its range; rounding noise normalised is still a map in [0, 1])."""
+    flat = r.as_flat()
+    if (dice, soft, energy, hit) == (flat.dice, flat.soft_dice, flat.roi_energy, flat.pointing_hit):
+        return []
+    problems = [f"{name}: got {_fmt(got)}, outside [0, 1] (ambiguous item)"
+                for name, got in (("dice", dice), ("soft_dice", soft), ("roi_energy", energy)) if not 0.0 <= got <= 1.0]
+    if hit not in (0.0, 1.0):
+        problems.append(f"pointing_hit: got {_fmt(hit)}, expected 0 or 1")
     return problems
 
 

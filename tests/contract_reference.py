@@ -1,4 +1,4 @@
-"""An independent float64 reference of the scoring contract (DESIGN.md §2), for the tests.
+"""An independent float64 reference of the scoring contract (docs/contract.md), for the tests.
 
 Written straight from the contract with plain Python loops over pixels and classes, on NumPy
 arrays and Python floats. It deliberately imports nothing from ``xal_core`` and nothing from
@@ -21,6 +21,8 @@ import numpy as np
 
 __all__ = [
     "BAND",
+    "FLAT_FACTOR",
+    "flat_state",
     "PEAK_MARGIN",
     "RefAlignment",
     "cam_grid",
@@ -48,10 +50,24 @@ PEAK_MARGIN = 1e-9
 #: Above this conditioning (grid maximum / map range) the map is normalised in exact rational
 #: arithmetic, so that the reference's own rounding never decides a test.
 EXACT_ABOVE_CONDITIONING = 1e4
-#: A computed map range at most this many units of roundoff of the grid maximum may be rounding
-#: noise: the reference then decides "constant" exactly (every pixel, rational arithmetic).
-SUSPECT_ULPS = 64
+#: The flat rule (docs/contract.md, "Flat maps"): a map is flat when its range is at most
+#: ``ε = FLAT_FACTOR · C · u · max_cells Σ_k |α_k A_k|``; implementations may disagree only where the
+#: exact range lies in the ambiguous band ``(ε / FLAT_FACTOR, FLAT_FACTOR · ε]``. Written here again,
+#: not imported, so that the reference stays independent of the library.
+FLAT_FACTOR = 8.0
 UNIT = 2.0**-53
+
+
+def flat_state(exact_range: float, magnitude: float, channels: int, unit: float = UNIT) -> str:
+    """``"flat"``, ``"normalised"`` or ``"ambiguous"``: how every path that sums the channels with unit
+    roundoff ``unit`` must classify a map whose exact range (after resampling: never more than the
+    grid's) is ``exact_range``."""
+    epsilon = FLAT_FACTOR * max(1, channels) * unit * magnitude
+    if exact_range <= epsilon / FLAT_FACTOR:
+        return "flat"
+    if exact_range > FLAT_FACTOR * epsilon:
+        return "normalised"
+    return "ambiguous"
 
 
 # --------------------------------------------------------------------------- the map
@@ -150,39 +166,44 @@ def upsample_exact(grid: list[list[float]], height: int, width: int) -> list[lis
     return out
 
 
-def normalise(grid: list[list[float]], height: int, width: int) -> list[list[float]]:
-    """Upsample then min-max normalise (DESIGN.md §2; the rule of docs/scoring.md, "No range").
-
-    A grid constant on the ``h×w`` grid gives all zeros; so does a non-constant grid whose
-    resampling is constant in exact arithmetic (a 1×1 frame reads a single grid point; a coarse
-    frame can read only equal values), where the literal formula is 0/0. Any positive range is
-    normalised. Where rounding could matter (a computed range within ``SUSPECT_ULPS`` units of
-    roundoff of the grid maximum, or a map whose range is small next to its grid's values) the map
-    is computed in exact rational arithmetic, and only the final values are rounded.
+def normalise(grid: list[list[float]], height: int, width: int, magnitude: float = 0.0, channels: int = 1) -> list[list[float]]:
+    """Upsample then min-max normalise (docs/contract.md), at float64's unit roundoff. A map whose
+    exact range is not certainly above the flat bound (``flat_state``: flat *or* ambiguous) comes
+    back as all zeros; callers that must tell the two apart use :func:`normalise_with_conditioning`.
     """
-    return normalise_with_conditioning(grid, height, width)[0]
+    return normalise_with_conditioning(grid, height, width, magnitude, channels)[0]
 
 
-def normalise_with_conditioning(grid: list[list[float]], height: int, width: int) -> tuple[list[list[float]], float]:
-    """``normalise`` and the map's conditioning ``grid maximum / map range`` (0 for a flat map): how
-    much the rounding of a grid value is magnified in the normalised map."""
-    flat_values = [v for row in grid for v in row]
-    grid_max = max(flat_values)
-    if grid_max == min(flat_values):
-        return [[0.0] * width for _ in range(height)], 0.0
+def exact_map_range(grid: list[list[float]], height: int, width: int) -> tuple[float, list[list[float]], float, float]:
+    """The resampled map's range in exact arithmetic where rounding could matter, with the map and
+    its computed extremes: ``(range, map, low, high)``. Exact rational arithmetic is used when the
+    float range is small next to the grid's values (every pixel is then evaluated exactly)."""
+    values = [v for row in grid for v in row]
+    if max(values) == min(values):  # exactly constant: every resampled pixel is that value
+        return 0.0, [[values[0]] * width for _ in range(height)], values[0], values[0]
     up = upsample_bilinear(grid, height, width)
     low = min(min(row) for row in up)
     high = max(max(row) for row in up)
-    if high - low <= SUSPECT_ULPS * UNIT * grid_max or grid_max > EXACT_ABOVE_CONDITIONING * (high - low):
+    grid_max = max(values)
+    if high - low <= 1e-6 * grid_max or grid_max > EXACT_ABOVE_CONDITIONING * (high - low):
         exact = upsample_exact(grid, height, width)
         low_q = min(min(row) for row in exact)
         high_q = max(max(row) for row in exact)
-        if low_q == high_q:
-            return [[0.0] * width for _ in range(height)], 0.0
-        span_q = high_q - low_q
-        return [[float((v - low_q) / span_q) for v in row] for row in exact], grid_max / float(span_q)
+        return float(high_q - low_q), exact, low_q, high_q
+    return high - low, up, low, high
+
+
+def normalise_with_conditioning(
+    grid: list[list[float]], height: int, width: int, magnitude: float = 0.0, channels: int = 1
+) -> tuple[list[list[float]], float, float]:
+    """``normalise``, the map's conditioning ``grid maximum / map range`` (0 for a flat map: how much
+    the rounding of a grid value is magnified in the normalised map), and the exact map range."""
+    map_range, up, low, high = exact_map_range(grid, height, width)
+    if map_range == 0.0 or flat_state(map_range, magnitude, channels) != "normalised":
+        return [[0.0] * width for _ in range(height)], 0.0, map_range
     span = high - low
-    return [[(v - low) / span for v in row] for row in up], grid_max / span
+    grid_max = max(max(row) for row in grid)
+    return [[float((v - low) / span) for v in row] for row in up], grid_max / float(span), map_range
 
 
 # --------------------------------------------------------------------------- the ROI
@@ -248,6 +269,28 @@ class RefAlignment:
     threshold: float = 0.5
     roi: np.ndarray | None = None
     copies: list | None = None  # per pixel (row-major): the key of what it reads (exact copies share one)
+    map_range: float = 0.0  # the resampled map's exact range (never more than the grid's)
+    magnitude: float = 0.0  # max over cells of Σ_k |α_k A_k|
+    ambiguous: bool = False  # in the flat rule's ambiguous band at float64: either answer is right
+
+    def flat_state(self, unit: float = UNIT) -> str:
+        """How a path summing with unit roundoff ``unit`` must classify this map (``flat_state``)."""
+        if math.isnan(self.dice):
+            return "unknown"
+        return flat_state(self.map_range, self.magnitude, self.channels, unit)
+
+    def as_flat(self) -> RefAlignment:
+        """The same item scored as a flat map: nothing attended, no mass, no peak."""
+        if math.isnan(self.dice):
+            return self
+        empty = self.n_truth == 0
+        zeros = [[0.0] * len(self.map[0]) for _ in self.map] if self.map else None
+        return dataclasses.replace(
+            self, dice=1.0 if empty else 0.0, soft_dice=1.0 if empty else 0.0, roi_energy=0.0, pointing_hit=0.0,
+            n_pred=0, overlap=0, near_in=0, near_out=0, near_pred_in=0, near_pred_out=0, peak_unique=True,
+            peak_unique_by_margin=True, peak_hits={0.0}, constant=True, map=zeros, conditioning=0.0,
+            sum_conditioning=0.0, ambiguous=False,
+        )
 
     def dice_choices(self) -> list[float]:
         return reachable_dice(self)
@@ -348,9 +391,12 @@ def alignment(
     roi = np.asarray(roi, dtype=bool)
     height, width = roi.shape
     grid, magnitude = cam_grid_and_magnitude(features, weights)
-    norm, conditioning = normalise_with_conditioning(grid, height, width)
-    # A normalised map either spans [0, 1] or is all zeros (constant: no peak, nothing attended).
+    channels = int(np.asarray(features).shape[0])
+    norm, conditioning, map_range = normalise_with_conditioning(grid, height, width, magnitude, channels)
+    # A normalised map spans [0, 1]; a flat one is all zeros (no peak, nothing attended). A map in the
+    # ambiguous band is scored as flat here and marked, so that either answer is accepted.
     constant = max(max(row) for row in norm) == 0.0
+    ambiguous = flat_state(map_range, magnitude, channels) == "ambiguous"
 
     n_pred = n_truth = overlap = 0
     terms_l, terms_lg = [], []
@@ -387,10 +433,13 @@ def alignment(
         map=norm,
         conditioning=conditioning,
         sum_conditioning=magnitude * span_ratio,
-        channels=int(np.asarray(features).shape[0]),
+        channels=channels,
         threshold=threshold,
         roi=roi,
         copies=copies,
+        map_range=map_range,
+        magnitude=magnitude,
+        ambiguous=ambiguous,
         **_near_counts(norm, roi, threshold, BAND),
         **_peak_ties(norm, roi, copies, constant, PEAK_MARGIN),
     )

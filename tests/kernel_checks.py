@@ -144,8 +144,8 @@ def expected(features: torch.Tensor, weights: torch.Tensor, roi: Roi, threshold:
     blank = invalid | ~roi.known
     for field in (scores.dice, scores.soft_dice, scores.roi_energy, scores.pointing_hit):
         field.masked_fill_(blank, float("nan"))
-    grids = cam_grids(clean_f, clean_w, torch.float64)
-    maps = normalised_maps(grids, roi.size)
+    grids, tolerance = cam_grids(clean_f, clean_w, torch.float64)
+    maps = normalised_maps(grids, roi.size, tolerance)
     raw = torch.nn.functional.interpolate(grids[:, None], size=roi.size, mode="bilinear", align_corners=False)[:, 0]
     span = (raw.amax(dim=(1, 2)) - raw.amin(dim=(1, 2))).clamp_min(1e-300)
     magnitude = torch.einsum("bc,bchw->bhw", clean_w.double().abs(), clean_f.double().abs()).amax(dim=(1, 2))

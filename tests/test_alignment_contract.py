@@ -1,4 +1,4 @@
-"""CAM/ROI alignment (DESIGN.md §2) against the independent NumPy reference.
+"""CAM/ROI alignment (docs/contract.md) against the independent NumPy reference.
 
 Every implementation runs the same cases: the separable torch path (``xal_core.scoring.cam_alignment``),
 the compiled CPU kernel (``xal_kernels.cpu_alignment``, where Numba is installed), the dense torch
@@ -454,9 +454,9 @@ def test_memory_layout_does_not_matter(fast_alignment, gen):
 
 # --------------------------------------------------------------------------- no range: the rule
 # A grid that is NOT constant can resample to a map that IS constant: a 1×1 frame, or a frame that
-# only reads grid points of equal value. The contract's (L − min) / (max − min) is then 0/0, which
-# every path treats as a flat map (all zeros, no peak), decided exactly (docs/scoring.md, "No range";
-# xal_core.scoring.flatness). Any positive range, however small, is normalised.
+# only reads grid points of equal value. The contract's (L − min) / (max − min) is then 0/0, and
+# every path treats the map as flat (all zeros, no peak) by the same bound as a flat grid
+# (docs/contract.md, "Flat maps"; xal_core.scoring.flatness).
 DEGENERATE = [
     # (grid, frame, threshold, mask)
     pytest.param([[0.0, 1.0, 0.0]], (1, 1), 0.5, [[1]], id="1x1-frame"),
@@ -466,7 +466,7 @@ DEGENERATE = [
         [[0.0, 2.0, 1.0, 0.0], [0.0, 0.0, 1.0, 1.0], [1.0, 3.0, 0.0, 0.0]], (2, 1), 0.3, [[0], [1]], id="3x4-grid-to-2x1"
     ),
     # Non-dyadic weights (1/6, 1/2, 5/6): exactly 0.625 everywhere, but float64 blends of 0.75 and 1.25
-    # with 5/6 round: the computed range is a few ulps, and only the exact check sees "constant".
+    # with 5/6 round: the computed range is a few ulps, within the flat bound.
     pytest.param([[0.75, 0.0, 1.25, 0.5]], (1, 3), 0.5, [[0, 1, 0]], id="non-dyadic-1x4-to-1x3"),
     pytest.param([[0.75, 0.0, 1.25, 0.5]] * 2, (3, 3), 0.7, [[0, 1, 0]] * 3, id="non-dyadic-2x4-to-3x3"),
 ]
@@ -506,26 +506,28 @@ def test_degenerate_resampled_map_gradcam_maps_are_zero(grid, frame, threshold, 
     assert torch.equal(maps, torch.zeros(1, *frame)), f"gradcam_maps of an exactly constant map: {maps.flatten().tolist()}"
 
 
-# (grid, frame, mask, expected (dice, soft_dice, roi_energy, pointing_hit)): the positive side of the
-# rule. Each map's range is tiny next to its grid maximum but not zero, so it is normalised.
-TINY_RANGES = [
-    # The issue's case: columns 1 and 4 of a 1×6 grid, 0 and 1e-10, next to a maximum of 1000.
-    pytest.param([[1000.0, 0.0, 0.0, 0.0, 1e-10, 0.0]], (1, 2), [[0, 1]], (1.0, 1.0, 1.0, 1.0), id="1e-13-of-max"),
-    # One ulp above a constant grid (identity resampling): the map is [0, 0, 0, 1].
-    pytest.param([[5.0, 5.0], [5.0, float(np.nextafter(5.0, 6.0))]], (2, 2), [[0, 0], [0, 1]], (1.0, 1.0, 1.0, 1.0), id="one-ulp-bump"),
-    # ... and the same bump read at the frame's other corner only through a blend.
-    pytest.param([[5.0, 5.0], [5.0, float(np.nextafter(5.0, 6.0))]], (1, 1), [[1]], (0.0, 0.0, 0.0, 0.0), id="one-ulp-bump-1x1-frame"),
+# (grid, frame, mask, expected (dice, soft_dice, roi_energy, pointing_hit)): both sides of the flat
+# rule (docs/contract.md, "Flat maps"), with C = 1 so ε = 8·2⁻⁵³·(grid maximum) ≈ 8.9e-16 of it.
+RANGES_EITHER_SIDE = [
+    # Columns 1 and 4 of a 1×6 grid, 0 and 1e-10, next to a maximum of 1000: range ≈ 1e-13 of the
+    # maximum, far above 8ε (7e-15 of it), so the map is normalised.
+    pytest.param([[1000.0, 0.0, 0.0, 0.0, 1e-10, 0.0]], (1, 2), [[0, 1]], (1.0, 1.0, 1.0, 1.0), id="1e-13-of-max-normalised"),
+    # A grid whose range (2⁻⁵¹) lies in the band, read through a 1×1 frame: a single pixel has no
+    # range at all, so the map is flat on every path (tests/test_flat_rule.py draws the band itself).
+    pytest.param([[0.25, 0.25], [0.25, 0.25 + 16 * 2.0**-55]], (1, 1), [[1]], (0.0, 0.0, 0.0, 0.0), id="bump-1x1-frame-flat"),
+    # 2⁻⁴⁰ of the maximum: 2¹⁰ times ε, normalised.
+    pytest.param([[1.0, 1.0], [1.0, 1.0 + 2.0**-40]], (2, 2), [[0, 0], [0, 1]], (1.0, 1.0, 1.0, 1.0), id="2^-40-bump-normalised"),
 ]
 
 
 @pytest.mark.parametrize("path", list(PATHS))
-@pytest.mark.parametrize("grid,frame,mask,expected", TINY_RANGES)
-def test_tiny_positive_range_is_normalised_on_every_path(path, grid, frame, mask, expected):
+@pytest.mark.parametrize("grid,frame,mask,expected", RANGES_EITHER_SIDE)
+def test_ranges_on_either_side_of_the_flat_band(path, grid, frame, mask, expected):
     features = torch.tensor(grid, dtype=torch.float64)[None, None]
     weights = torch.ones(1, 1, dtype=torch.float64)
     masks = torch.tensor(mask, dtype=torch.bool)[None]
     r = ref.alignment(as_f64(features[0]), as_f64(weights[0]), masks[0].numpy())
-    assert (r.dice, r.soft_dice, r.roi_energy, r.pointing_hit) == expected
+    assert not r.ambiguous and (r.dice, r.soft_dice, r.roi_energy, r.pointing_hit) == expected
     scores = PATHS[path](features, weights, Roi.from_masks(masks), 0.5)
     got = tuple(float(getattr(scores, f)[0]) for f in ("dice", "soft_dice", "roi_energy", "pointing_hit"))
     assert got == pytest.approx(expected, abs=1e-7), f"{path}: {got}, expected {expected}"
@@ -594,7 +596,7 @@ def test_row_precision_when_map_range_is_small(path):
 @pytest.mark.parametrize("path", list(PATHS))
 def test_overflowing_channel_sum_is_invalid_not_nan(path):
     """Finite inputs whose channel sum overflows the path's accumulation are flagged invalid, like a
-    NaN input (DESIGN.md §2): never a NaN soft Dice beside ``invalid = False``. float64 products
+    NaN input (docs/contract.md): never a NaN soft Dice beside ``invalid = False``. float64 products
     near the float64 limit overflow every path; float32 ones only fp32 accumulation (Triton)."""
     features = torch.ones(3, 4, 3, 3, dtype=torch.float64)
     features[0, :, 1, 1] = 1e308  # 4 · 1e308 overflows float64

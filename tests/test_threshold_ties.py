@@ -41,7 +41,8 @@ def test_exact_ties_at_grid_nodes_match_the_dense_reference(fast_alignment, thre
     cases = [g.T.contiguous() for g in grids()] if transpose else grids()
     features = torch.stack(cases)[:, None]  # [B, 1, h, w]
     weights = torch.ones(len(cases), 1, dtype=torch.float64)
-    maps = normalised_maps(cam_grids(features, weights, torch.float64), frame)
+    grids_64, tolerance = cam_grids(features, weights, torch.float64)
+    maps = normalised_maps(grids_64, frame, tolerance)
     off = maps - threshold
     decided = ~((off.abs() < 1e-9) & (off != 0)).flatten(1).any(dim=1)  # no pixel rounding-close to τ
     assert decided.sum() > len(cases) // 2

@@ -7,7 +7,7 @@ project's 2-core CPUs. This kernel does the same maths in one compiled pass per 
 ROI frame at a time, and holds no GIL, so the threads of one process score parts of a batch, or
 different requests, truly in parallel.
 
-What it computes, per image (DESIGN.md §2; docs/kernels.md, "The compiled CPU kernel"):
+What it computes, per image (docs/contract.md; docs/kernels.md, "The compiled CPU kernel"):
 
 * the grid ``L = ReLU(Σ_k α_k A_k)`` in float64 (a non-finite sum marks the item invalid), scaled by
   a power of two that brings its maximum into ``[0.5, 1)`` (exact, and no later sum can overflow);
@@ -22,8 +22,8 @@ What it computes, per image (DESIGN.md §2; docs/kernels.md, "The compiled CPU k
   division, exact ties at ``τ`` included, for one comparison per pixel;
 * per row the counts (attended, ROI, both) as integers and the masses ``Σ (v − min)`` and
   ``Σ G·(v − min)``, divided by the range once per image;
-* whether the map is flat, by the rule of ``xal_core.scoring.flatness``: items whose computed range
-  is small enough for rounding to matter are reported as suspects and settled exactly afterwards.
+* whether the map is flat, by the rule of ``xal_core.scoring.flatness``, with ``Σ_k |α_k A_k|``
+  summed in the same loop as the grid.
 
 Only the two mass sums may be reassociated by the compiler (``fastmath={"reassoc"}`` on
 ``_row_masses`` alone, so that they vectorise): sums of non-negative terms, any order keeps them to
@@ -186,30 +186,38 @@ def _extremes(columns, row_lo, row_hi, row_mu, group_first, group_last, row_low,
 
 
 @numba.njit(**JIT)
-def _cam_grid(features, weights, out):
+def _cam_grid(features, weights, out, magnitude_of):
     """``ReLU(Σ_k α_k A_k)`` into ``out`` (float64 whatever the feature dtype: see
     ``separable.cam_grids``), scaled by the power of two that brings its maximum into ``[0.5, 1)``
-    (exact: the normalised map does not change, and no sum of grid values can overflow); False
-    when the sum is not finite (then ``out`` is all zeros)."""
+    (exact: the normalised map does not change, and no sum of grid values can overflow). Returns
+    whether the sum is finite (else ``out`` is all zeros) and ``max over cells of Σ_k |α_k A_k|``
+    in the same scale, summed in the same loop (``flatness``; ``magnitude_of`` is scratch)."""
     out[:] = 0.0
+    magnitude_of[:] = 0.0
+    size = out.shape[0]
     for k in range(features.shape[0]):
         alpha = weights[k]
         channel = features[k]
-        for i in range(out.shape[0]):
-            out[i] += alpha * np.float64(channel[i])
+        for i in range(size):
+            term = alpha * np.float64(channel[i])
+            out[i] += term
+            magnitude_of[i] += abs(term)
     finite = True
-    for i in range(out.shape[0]):
-        if not np.isfinite(out[i]):
+    magnitude = 0.0
+    for i in range(size):
+        if not np.isfinite(out[i]) or not np.isfinite(magnitude_of[i]):
             finite = False
+        magnitude = max(magnitude, magnitude_of[i])
     high = 0.0
-    for i in range(out.shape[0]):
+    for i in range(size):
         out[i] = max(out[i], 0.0) if finite else 0.0
         high = max(high, out[i])
     if high > 0.0:
         scale = math.ldexp(1.0, -math.frexp(high)[1])
-        for i in range(out.shape[0]):
+        for i in range(size):
             out[i] *= scale
-    return finite
+        magnitude *= scale
+    return finite, magnitude
 
 
 @numba.njit(**JIT)
@@ -229,23 +237,23 @@ def _roi_row(b, y, masks, ranges, use_boxes, scratch):
 @numba.njit(**JIT)
 def _alignment(features, weights, h, masks, ranges, use_boxes, known, height, width,
               row_lo, row_hi, row_mu, col_lo, col_hi, col_lam, group_first, group_last,
-              tau, near_flat, scores, invalid, suspect):
-    """``scores[b] = (Dice, soft Dice, ROI energy, pointing hit)``, ``invalid[b]`` and
-    ``suspect[b]`` for every image: ``features`` ``[B, C, h·w]`` (float32 or float64), ``weights``
-    float64 ``[B, C]``, the ROI as bool ``masks [B, H, W]`` or, with ``use_boxes``, as integer pixel
-    ranges ``[B, M, 4]``. Unknown ROIs and non-finite inputs give NaN scores. A suspect (computed
-    range at most ``near_flat`` of the grid maximum, see ``flatness``) is scored as not flat; the
-    caller settles it exactly."""
+              tau, flat_factor, scores, invalid):
+    """``scores[b] = (Dice, soft Dice, ROI energy, pointing hit)`` and ``invalid[b]`` for every
+    image: ``features`` ``[B, C, h·w]`` (float32 or float64), ``weights`` float64 ``[B, C]``, the ROI
+    as bool ``masks [B, H, W]`` or, with ``use_boxes``, as integer pixel ranges ``[B, M, 4]``.
+    Unknown ROIs and non-finite inputs give NaN scores. A map is flat when its grid's or its
+    resampled range is at most ``flat_factor · C · Σ|α_k A_k|`` (``flatness``)."""
     batch = features.shape[0]
     w = features.shape[2] // h
     flat_grid = np.empty(h * w)
+    magnitude_of = np.empty(h * w)
     columns = np.empty((h, width))
     scratch = np.empty(width, dtype=np.bool_)
     row_low = np.empty(height)
     row_high = np.empty(height)
     for b in range(batch):
-        suspect[b] = False
-        invalid[b] = not _cam_grid(features[b], weights[b], flat_grid)
+        finite, magnitude = _cam_grid(features[b], weights[b], flat_grid, magnitude_of)
+        invalid[b] = not finite
         if invalid[b] or not known[b]:
             scores[b, :] = np.nan
             continue
@@ -268,15 +276,15 @@ def _alignment(features, weights, h, masks, ranges, use_boxes, known, height, wi
         mass = 0.0
         mass_in = 0.0
         hit = 0.0
-        if grid_low == grid_high or high <= low:
-            # Constant on the grid, or no range left after resampling: the map is all zeros.
+        tolerance = flat_factor * features.shape[1] * magnitude
+        if grid_high - grid_low <= tolerance or high - low <= tolerance:
+            # No range beyond rounding on the grid or after resampling: the map is all zeros.
             for y in range(height):
                 row = _roi_row(b, y, masks, ranges, use_boxes, scratch)
                 for x in range(width):
                     truth += row[x]
         else:
             span = high - low
-            suspect[b] = span <= near_flat * grid_high
             cut = _raw_cut(low, high, span, tau)
             for y in range(height):
                 row = _roi_row(b, y, masks, ranges, use_boxes, scratch)
@@ -354,14 +362,13 @@ def cam_alignment(
     known_np = roi.known.numpy()
     scores = np.empty((batch, 4), dtype=np.float32)
     invalid = np.empty(batch, dtype=np.bool_)
-    suspect = np.empty(batch, dtype=np.bool_)
-    near_flat = flatness.NEAR_FLAT_ULPS * flatness.roundoff_unit(torch.float64)
+    flat_factor = flatness.FLAT_FACTOR * flatness.roundoff_unit(torch.float64)
 
     def run(part: slice) -> None:
         _alignment(features_np[part], weights_np[part], h, masks_np[part], ranges_np[part], use_boxes,
                known_np[part], height, width, plan.row_lo, plan.row_hi, plan.row_mu, plan.col_lo,
                plan.col_hi, plan.col_lam, plan.group_first, plan.group_last, float(threshold),
-               near_flat, scores[part], invalid[part], suspect[part])
+               flat_factor, scores[part], invalid[part])
 
     threads = torch.get_num_threads() if threads is None else threads
     parts = max(1, min(threads, batch // MIN_ITEMS_PER_THREAD))
@@ -373,13 +380,6 @@ def cam_alignment(
         for future in futures:
             future.result()
     result = AlignmentScores(*torch.from_numpy(scores).T, invalid=torch.from_numpy(invalid))
-    if suspect.any():
-        def grid_of(b: int) -> np.ndarray:  # the kernel's own grid (same function, same sums)
-            grid = np.empty(h * w)
-            _cam_grid(features_np[b], weights_np[b], grid)
-            return grid.reshape(h, w)
-
-        flatness.settle_suspects(result, torch.from_numpy(suspect), roi.known, grid_of, roi.size, roi.is_empty)
     warn_nonfinite(result.n_invalid, "features, CAM weights or channel sum")
     return result
 

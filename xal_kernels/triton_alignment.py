@@ -1,4 +1,4 @@
-"""Fused Triton kernel for ``cam_alignment`` (DESIGN.md §2): Dice, soft Dice, ROI energy, pointing hit.
+"""Fused Triton kernel for ``cam_alignment`` (docs/contract.md): Dice, soft Dice, ROI energy, pointing hit.
 
 One program per image (``_cam_alignment_kernel``) or, when a batch is too small to fill the card,
 one image split over row bands (``_cam_stats_kernel`` → ``_cam_band_kernel`` → ``_cam_finish_kernel``).
@@ -6,9 +6,9 @@ Both share the same ``@triton.jit`` helpers, in the order of the contract:
 
 1. ``_cam_grid``: ``L = ReLU(Σ_c α_c A_c)`` on the ``h×w`` grid, accumulated over channel tiles in
    ``ACC``: fp32 for float16/bfloat16/float32 inputs, fp64 when the features or weights are float64
-   (the float64 contract holds for float64 inputs on every path, DESIGN.md §2). Also the per-item
+   (the float64 contract holds for float64 inputs on every path, docs/contract.md). Also the per-item
    "invalid" flag: any non-finite feature or weight (exactly ``xal_core.scoring.inputs.nonfinite_items``)
-   or a channel sum that overflows ``ACC``; and the grid's min/max (a constant grid is "flat").
+   or a channel sum that overflows ``ACC``; the grid's min/max and ``max Σ_c |α_c A_c|`` (the flat rule).
    The grid (``h·w`` floats per image, L1/L2 resident) is the only intermediate written: Triton has
    no register-indexed gather, so the bilinear taps read it back through the cache.
 2. ``_upsampled_extremes``: min, max and first arg-max (row-major) of the *upsampled* map. Bilinear
@@ -17,9 +17,8 @@ Both share the same ``@triton.jit`` helpers, in the order of the contract:
    first pixel, in row-major order, that attains the maximum — lies on a row and a column that open
    or close a group. At most ``min(H, 2h) × min(W, 2w)`` candidate pixels are evaluated, with the
    same arithmetic as every other pixel. A map is "flat" (normalised to zeros, no peak) by the rule
-   of ``xal_core.scoring.flatness``: the grid is constant or the computed range is 0; items whose
-   range is within rounding of the grid maximum are flagged as suspects and settled exactly on the
-   host from the grid the kernel wrote.
+   of ``xal_core.scoring.flatness``: the grid's or the resampled map's range is within
+   ``8·C·u·max Σ|α_c A_c|``, the magnitude summed in ``_cam_grid``'s channel loop.
 3. ``_band_terms``: one pass over the output pixels of a row band, each upsampled on the fly from
    four grid taps (never stored) and normalised as the contract writes it, ``(v − min) / (max − min)``,
    compared with τ (read from memory in the accumulation dtype, rounded up for fp32, so the
@@ -38,7 +37,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -58,19 +56,22 @@ __all__ = ["cam_alignment", "cam_alignment_packed", "cam_alignment_boxes", "laun
 @triton.jit
 def _cam_grid(features_ptr, weights_ptr, grid_ptr, item, C, HW, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr):
     """Write ``ReLU(Σ_c α_c A_c)`` of one image to ``grid_ptr[item]`` (in ``ACC``); return (grid
-    min, grid max, whether the item is invalid: a NaN/Inf feature or weight, or a sum that overflows)."""
+    min, grid max, ``max over cells of Σ_c |α_c A_c|`` for the flat rule (``flatness``), whether the
+    item is invalid: a NaN/Inf feature or weight, or a sum that overflows)."""
     item64 = item.to(tl.int64)
     f_item = features_ptr + item64 * C * HW
     w_item = weights_ptr + item64 * C
     g_item = grid_ptr + item64 * HW
     grid_min = tl.cast(float("inf"), ACC)
     grid_max = tl.cast(-float("inf"), ACC)
+    magnitude = tl.cast(0.0, ACC)
     poison = 0.0
     overflow = 0
     for p0 in range(0, HW, BLOCK_HW):
         offs_p = p0 + tl.arange(0, BLOCK_HW)
         in_p = offs_p < HW
         acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=ACC)
+        acc_abs = tl.zeros([BLOCK_C, BLOCK_HW], dtype=ACC)
         # x * 0 is 0 for finite x and NaN for NaN/Inf: these sums stay 0 exactly when all are finite.
         probe = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
         probe_alpha = tl.zeros([BLOCK_C], dtype=tl.float32)
@@ -83,7 +84,9 @@ def _cam_grid(features_ptr, weights_ptr, grid_ptr, item, C, HW, BLOCK_C: tl.cons
                 mask=in_c[:, None] & in_p[None, :],
                 other=0.0,
             ).to(ACC)
-            acc += alpha[:, None] * tile
+            term = alpha[:, None] * tile
+            acc += term
+            acc_abs += tl.abs(term)
             probe += (tile * 0.0).to(tl.float32)
             probe_alpha += (alpha * 0.0).to(tl.float32)
         sums = tl.sum(acc, axis=0)
@@ -93,8 +96,9 @@ def _cam_grid(features_ptr, weights_ptr, grid_ptr, item, C, HW, BLOCK_C: tl.cons
         tl.store(g_item + offs_p, values, mask=in_p)
         grid_min = tl.minimum(grid_min, tl.min(tl.where(in_p, values, float("inf")), axis=0))
         grid_max = tl.maximum(grid_max, tl.max(tl.where(in_p, values, -float("inf")), axis=0))
+        magnitude = tl.maximum(magnitude, tl.max(tl.where(in_p, tl.sum(acc_abs, axis=0), 0.0), axis=0))
         poison += tl.sum(tl.sum(probe, axis=1), axis=0) + tl.sum(probe_alpha, axis=0)
-    return grid_min, grid_max, (poison != 0.0) | (overflow > 0)
+    return grid_min, grid_max, magnitude, (poison != 0.0) | (overflow > 0)
 
 
 @triton.jit
@@ -234,7 +238,7 @@ def _ratios(n_pred, n_overlap, n_truth, n_hit, mass, mass_in, is_flat, blank):
 @triton.jit
 def _cam_alignment_kernel(
     features_ptr, weights_ptr, grid_ptr, mask_ptr, ranges_ptr, counts_ptr, known_ptr,
-    dice_ptr, soft_dice_ptr, energy_ptr, hit_ptr, invalid_ptr, suspect_ptr,
+    dice_ptr, soft_dice_ptr, energy_ptr, hit_ptr, invalid_ptr,
     C, HW, w, H, W, WB, M, params_ptr,
     cand_rows_ptr, n_cand_rows, cand_cols_ptr, n_cand_cols,
     row_lo_ptr, row_hi_ptr, row_mu_ptr, col_lo_ptr, col_hi_ptr, col_lam_ptr,
@@ -246,16 +250,16 @@ def _cam_alignment_kernel(
     item = tl.program_id(0)
     item64 = item.to(tl.int64)
     threshold = tl.load(params_ptr)
-    near_flat = tl.load(params_ptr + 1)
-    grid_min, grid_max, bad = _cam_grid(features_ptr, weights_ptr, grid_ptr, item, C, HW, BLOCK_C, BLOCK_HW, ACC)
+    flat_factor = tl.load(params_ptr + 1)
+    grid_min, grid_max, magnitude, bad = _cam_grid(features_ptr, weights_ptr, grid_ptr, item, C, HW, BLOCK_C, BLOCK_HW, ACC)
     tl.debug_barrier()  # the grid written above is read back by other threads of this program
     g_item = grid_ptr + item64 * HW
     low, high, peak = _upsampled_extremes(
         g_item, w, W, cand_rows_ptr, n_cand_rows, cand_cols_ptr, n_cand_cols,
         row_lo_ptr, row_hi_ptr, row_mu_ptr, col_lo_ptr, col_hi_ptr, col_lam_ptr, BLOCK_CY, BLOCK_CX, ACC,
     )
-    is_flat = ((grid_max == grid_min) | (high <= low)).to(tl.int32)
-    suspect = (is_flat == 0) & (high - low <= near_flat * grid_max)
+    tolerance = flat_factor * C * magnitude
+    is_flat = ((grid_max - grid_min <= tolerance) | (high - low <= tolerance)).to(tl.int32)
     span = tl.where(is_flat != 0, 1.0, high - low)
     n_boxes = tl.maximum(tl.load(counts_ptr + item), 0)
     n_pred, n_overlap, n_truth, n_hit, mass, mass_in = _band_terms(
@@ -271,12 +275,11 @@ def _cam_alignment_kernel(
     tl.store(energy_ptr + item, energy)
     tl.store(hit_ptr + item, hit)
     tl.store(invalid_ptr + item, bad.to(tl.int8))
-    tl.store(suspect_ptr + item, suspect.to(tl.int8))
 
 
 @triton.jit
 def _cam_stats_kernel(
-    features_ptr, weights_ptr, grid_ptr, stats_ptr, peak_ptr, suspect_ptr,
+    features_ptr, weights_ptr, grid_ptr, stats_ptr, peak_ptr,
     C, HW, w, W, params_ptr,
     cand_rows_ptr, n_cand_rows, cand_cols_ptr, n_cand_cols,
     row_lo_ptr, row_hi_ptr, row_mu_ptr, col_lo_ptr, col_hi_ptr, col_lam_ptr,
@@ -284,22 +287,22 @@ def _cam_stats_kernel(
     ACC: tl.constexpr,
 ):
     """Split path, pass 1: grid and ``stats[item] = (low, span, flat, invalid)`` (in ``ACC``),
-    ``peak[item]``, ``suspect[item]``."""
+    ``peak[item]``."""
     item = tl.program_id(0)
-    near_flat = tl.load(params_ptr + 1)
-    grid_min, grid_max, bad = _cam_grid(features_ptr, weights_ptr, grid_ptr, item, C, HW, BLOCK_C, BLOCK_HW, ACC)
+    flat_factor = tl.load(params_ptr + 1)
+    grid_min, grid_max, magnitude, bad = _cam_grid(features_ptr, weights_ptr, grid_ptr, item, C, HW, BLOCK_C, BLOCK_HW, ACC)
     tl.debug_barrier()
     low, high, peak = _upsampled_extremes(
         grid_ptr + item.to(tl.int64) * HW, w, W, cand_rows_ptr, n_cand_rows, cand_cols_ptr, n_cand_cols,
         row_lo_ptr, row_hi_ptr, row_mu_ptr, col_lo_ptr, col_hi_ptr, col_lam_ptr, BLOCK_CY, BLOCK_CX, ACC,
     )
-    flat = (grid_max == grid_min) | (high <= low)
+    tolerance = flat_factor * C * magnitude
+    flat = (grid_max - grid_min <= tolerance) | (high - low <= tolerance)
     tl.store(stats_ptr + item * 4, low)
     tl.store(stats_ptr + item * 4 + 1, tl.where(flat, 1.0, high - low))
     tl.store(stats_ptr + item * 4 + 2, flat.to(ACC))
     tl.store(stats_ptr + item * 4 + 3, bad.to(ACC))
     tl.store(peak_ptr + item, peak)
-    tl.store(suspect_ptr + item, ((~flat) & (high - low <= near_flat * grid_max)).to(tl.int8))
 
 
 @triton.jit
@@ -396,8 +399,8 @@ def _axis(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype = torc
     )
 
 
-def _scalar_params(threshold: float, near_flat: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``[τ, near_flat]`` in the accumulation dtype, read by the kernels from memory (a Python float
+def _scalar_params(threshold: float, flat_factor: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``[τ, FLAT_FACTOR · u]`` (``flatness``) in the accumulation dtype, read by the kernels from memory (a Python float
     argument would reach them as fp32). In fp32, τ is rounded *up*: for an fp32 value ``v``,
     ``v >= τ`` exactly when ``v >= fp32_ceil(τ)``, so the comparison stays the contract's."""
     tau = torch.tensor(float(threshold), dtype=torch.float64)
@@ -406,7 +409,7 @@ def _scalar_params(threshold: float, near_flat: float, dtype: torch.dtype, devic
         if rounded.double() < tau:
             rounded = torch.nextafter(rounded, torch.tensor(float("inf"), dtype=dtype))
         tau = rounded
-    return torch.tensor([float(tau), near_flat], dtype=dtype, device=device)
+    return torch.tensor([float(tau), flat_factor], dtype=dtype, device=device)
 
 
 def _buffer(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -469,7 +472,7 @@ def launch_cam_alignment(
 
     Returns:
         ``AlignmentScores`` with ``invalid`` from the kernel's own probe (NaN/Inf inputs, or a channel
-        sum that overflows the accumulation precision); suspects of ``flatness`` already settled.
+        sum that overflows the accumulation precision).
     """
     batch, channels, h, w = features.shape
     height, width = size
@@ -479,7 +482,7 @@ def launch_cam_alignment(
     # The float64 contract holds for float64 inputs: then the kernels accumulate in fp64 throughout.
     acc_dtype = torch.float64 if torch.float64 in (features.dtype, weights.dtype) else torch.float32
     acc = tl.float64 if acc_dtype == torch.float64 else tl.float32
-    params = _scalar_params(threshold, flatness.NEAR_FLAT_ULPS * flatness.roundoff_unit(acc_dtype), acc_dtype, device)
+    params = _scalar_params(threshold, flatness.FLAT_FACTOR * flatness.roundoff_unit(acc_dtype), acc_dtype, device)
     row_lo, row_hi, row_mu, cand_rows = _axis(h, height, device, acc_dtype)
     col_lo, col_hi, col_lam, cand_cols = _axis(w, width, device, acc_dtype)
     roi_boxes = packed is None
@@ -499,7 +502,6 @@ def launch_cam_alignment(
     grid_scratch = _buffer((batch, h * w), acc_dtype, device)
     outputs = [_buffer((batch,), torch.float32, device) for _ in range(4)]
     invalid = _buffer((batch,), torch.int8, device)
-    suspect = _buffer((batch,), torch.int8, device)
     if batch == 0:
         return AlignmentScores(*outputs, invalid.bool())
 
@@ -524,7 +526,7 @@ def launch_cam_alignment(
     if n_bands == 1:
         _cam_alignment_kernel[(batch,)](
             features, weights, grid_scratch, packed, ranges, counts, known_i8,
-            *outputs, invalid, suspect,
+            *outputs, invalid,
             channels, h * w, w, height, width, bytes_per_row, n_slots, params,
             *candidates, *common_axes,
             ROI_BOXES=roi_boxes, BLOCK_C=block_c, BLOCK_HW=block_hw,
@@ -537,7 +539,7 @@ def launch_cam_alignment(
         band_counts = _buffer((batch, n_bands, 4), torch.int32, device)
         band_sums = _buffer((batch, n_bands, 2), acc_dtype, device)
         _cam_stats_kernel[(batch,)](
-            features, weights, grid_scratch, stats, peak, suspect,
+            features, weights, grid_scratch, stats, peak,
             channels, h * w, w, width, params, *candidates, *common_axes,
             BLOCK_C=block_c, BLOCK_HW=block_hw, BLOCK_CY=block_cy, BLOCK_CX=block_cx, ACC=acc,
             num_warps=8,
@@ -554,20 +556,7 @@ def launch_cam_alignment(
             stats, band_counts, band_sums, known_i8, *outputs, invalid,
             batch, n_bands, BLOCK_B=block_b, num_warps=4,
         )
-    scores = AlignmentScores(*outputs, invalid.bool())
-    if bool(suspect.any()):
-        def grid_of(item: int):  # the grid the kernel wrote, exactly
-            return grid_scratch[item].view(h, w).double().cpu().numpy()
-
-        def roi_is_empty(item: int) -> bool:
-            if roi_boxes:
-                x_lo, y_lo, x_hi, y_hi = ranges[item, : max(int(counts[item]), 0)].cpu().unbind(-1)
-                return not bool(((x_hi > x_lo) & (y_hi > y_lo)).any())
-            bits = np.unpackbits(packed[item].cpu().numpy(), axis=-1)[:, :width]  # padding bits are not pixels
-            return not bits.any()
-
-        flatness.settle_suspects(scores, suspect.bool(), known, grid_of, size, roi_is_empty)
-    return scores
+    return AlignmentScores(*outputs, invalid.bool())
 
 
 def cam_alignment(

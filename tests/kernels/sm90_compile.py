@@ -35,7 +35,7 @@ def fused_signature(feature_type: str, acc: str) -> dict:
     return {
         "features_ptr": feature_type, "weights_ptr": feature_type, "grid_ptr": acc, "mask_ptr": PU8,
         "ranges_ptr": PI32, "counts_ptr": PI32, "known_ptr": PI8, "dice_ptr": P32, "soft_dice_ptr": P32,
-        "energy_ptr": P32, "hit_ptr": P32, "invalid_ptr": PI8, "suspect_ptr": PI8, "C": "i32", "HW": "i32", "w": "i32",
+        "energy_ptr": P32, "hit_ptr": P32, "invalid_ptr": PI8, "C": "i32", "HW": "i32", "w": "i32",
         "H": "i32", "W": "i32", "WB": "i32", "M": "i32", "params_ptr": acc, **CANDIDATES, **axes(acc),
     }
 
@@ -53,7 +53,7 @@ def cases():
     for acc, dtype in ((P32, tl.float32), (P64, tl.float64)):
         yield f"stats acc={acc}", cam._cam_stats_kernel, {
             "features_ptr": "*fp16" if acc == P32 else P64, "weights_ptr": "*fp32" if acc == P32 else P64, "grid_ptr": acc,
-            "stats_ptr": acc, "peak_ptr": PI32, "suspect_ptr": PI8, "C": "i32", "HW": "i32", "w": "i32", "W": "i32",
+            "stats_ptr": acc, "peak_ptr": PI32, "C": "i32", "HW": "i32", "w": "i32", "W": "i32",
             "params_ptr": acc, **CANDIDATES, **axes(acc),
         }, dict(BLOCK_C=8, BLOCK_HW=256, BLOCK_CY=32, BLOCK_CX=32, ACC=dtype), 8
     for boxes in (False, True):

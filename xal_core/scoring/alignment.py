@@ -20,7 +20,7 @@ def cam_alignment(
     *,
     threshold: float = DEFAULT_THRESHOLD,
 ) -> AlignmentScores:
-    """Score how well each image's Grad-CAM agrees with its ROI (DESIGN.md §2).
+    """Score how well each image's Grad-CAM agrees with its ROI (docs/contract.md).
 
     The map is never materialised at full resolution: see ``separable`` for why that is exact.
 
@@ -72,7 +72,7 @@ def cam_alignment_reference(
     check_cam_inputs(features, weights, roi)
     check_threshold(threshold)
     roi = roi.to(features.device)
-    # Invalid: a NaN/Inf input, or a float64 channel sum that overflows (DESIGN.md §2).
+    # Invalid: a NaN/Inf input, or a float64 channel sum that overflows (docs/contract.md).
     invalid = nonfinite_items(features, weights)
     invalid |= ~torch.isfinite(torch.einsum("bc,bchw->bhw", weights.double(), features.double())).flatten(1).all(dim=1)
     if invalid.any():
@@ -105,8 +105,8 @@ def gradcam_maps(
     out = torch.empty(features.shape[0], height, width, dtype=torch.float32, device=features.device)
     for start in range(0, features.shape[0], chunk_size):
         part = slice(start, start + chunk_size)
-        grids = reference.cam_grids(features[part], weights[part], torch.float64)
-        out[part] = reference.normalised_maps(grids, (height, width)).float()
+        grids, tolerance = reference.cam_grids(features[part], weights[part], torch.float64)
+        out[part] = reference.normalised_maps(grids, (height, width), tolerance).float()
     out[invalid] = float("nan")
     warn_nonfinite(int(invalid.sum()), "features, CAM weights or channel sum")
     return out

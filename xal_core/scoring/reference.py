@@ -1,4 +1,4 @@
-"""The scoring contract (DESIGN.md §2) written the obvious way: dense maps, one torch op per step.
+"""The scoring contract (docs/contract.md) written the obvious way: dense maps, one torch op per step.
 
 This is the readable reference that the fast paths are checked against, what
 ``XAL_KERNELS=reference`` runs, and (in float32, with ``upsample="interpolate"``, unchunked) the
@@ -24,9 +24,13 @@ __all__ = ["cam_grids", "upsample", "normalised_maps", "cam_alignment_dense"]
 Upsampling = Literal["matrix", "interpolate"]
 
 
-def cam_grids(features: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``ReLU(Σ_k α_k A_k)`` on the ``h×w`` grid, ``[B, h, w]`` in ``dtype``."""
-    return torch.relu(torch.einsum("bc,bchw->bhw", weights.to(dtype), features.to(dtype)))
+def cam_grids(features: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ReLU(Σ_k α_k A_k)`` on the ``h×w`` grid, ``[B, h, w]`` in ``dtype``, and each item's flat
+    tolerance ``ε`` (``flatness``: from ``max over cells of Σ_k |α_k A_k|``, summed in ``dtype``)."""
+    alpha, maps = weights.to(dtype), features.to(dtype)
+    grids = torch.relu(torch.einsum("bc,bchw->bhw", alpha, maps))
+    magnitude = torch.einsum("bc,bchw->bhw", alpha.abs(), maps.abs()).amax(dim=(1, 2)) if grids.numel() else grids.new_zeros(len(grids))
+    return grids, flatness.flat_tolerance(magnitude, features.shape[1], flatness.roundoff_unit(dtype))
 
 
 def upsample(grids: torch.Tensor, size: tuple[int, int], method: Upsampling = "matrix") -> torch.Tensor:
@@ -47,22 +51,23 @@ def upsample(grids: torch.Tensor, size: tuple[int, int], method: Upsampling = "m
     return rows @ grids @ cols.T
 
 
-def normalised_maps(grids: torch.Tensor, size: tuple[int, int], method: Upsampling = "matrix") -> torch.Tensor:
+def normalised_maps(
+    grids: torch.Tensor, size: tuple[int, int], tolerance: torch.Tensor, method: Upsampling = "matrix"
+) -> torch.Tensor:
     """Upsampling to ``size`` then per-image min-max normalisation, ``[B, H, W]``.
 
-    A grid that is constant (on the grid, not after upsampling) normalises to all zeros, and so
-    does a map left with no range after resampling (a 1×1 frame, say), where the contract's
-    ``(L − min) / (max − min)`` would be 0/0: decided as on every path (``flatness``).
+    A flat map (``flatness``: the grid's range, or the resampled map's, within the item's
+    ``tolerance`` ε from :func:`cam_grids`) normalises to all zeros: rounding noise is never
+    stretched into a map.
     """
+    # Shifting by the grid's minimum leaves the normalised map unchanged and is exact on a near-flat
+    # grid (close floats subtract exactly): the map is then normalised from exact differences.
+    grids = grids - grids.amin(dim=(1, 2), keepdim=True) if grids.numel() else grids
     maps = upsample(grids, size, method)
     low = maps.amin(dim=(1, 2), keepdim=True)
     high = maps.amax(dim=(1, 2), keepdim=True)
-    grid_high = grids.amax(dim=(1, 2))
-    span = (high - low)[:, 0, 0]
-    flat = (grid_high == grids.amin(dim=(1, 2))) | (span <= 0)
-    suspect = flatness.suspects(span, grid_high, flat, flatness.roundoff_unit(grids.dtype))
-    for b in torch.nonzero(suspect).flatten().tolist():
-        flat[b] = flatness.resampled_map_is_constant(grids[b].double().cpu().numpy(), *size)
+    grid_range = grids.amax(dim=(1, 2)) - grids.amin(dim=(1, 2))
+    flat = flatness.is_flat(grid_range, (high - low)[:, 0, 0], tolerance.to(grids.dtype))
     span = torch.where(flat[:, None, None], torch.ones_like(high), high - low)
     maps = (maps - low) / span
     return torch.where(flat[:, None, None], torch.zeros_like(maps), maps)
@@ -83,7 +88,8 @@ def cam_alignment_dense(
     scores = empty_scores(features.shape[0], features.device)
     for start in range(0, features.shape[0], chunk_size):
         part = slice(start, start + chunk_size)
-        maps = normalised_maps(cam_grids(features[part], weights[part], dtype), roi.size, method)
+        grids, tolerance = cam_grids(features[part], weights[part], dtype)
+        maps = normalised_maps(grids, roi.size, tolerance, method)
         truth = roi[part].to_masks().to(dtype)
         predicted = (maps >= threshold).to(dtype)
         overlap = (predicted * truth).sum(dim=(1, 2))

@@ -164,60 +164,81 @@ def cam_alignment_separable(
     device = features.device
     rows = row_plan(h, height, device)
     scores = empty_scores(batch, device)
-    grids, grid_flat, invalid = cam_grids(features, weights)  # [B, h, w]: small next to the features
+    grids, grid_flat, tolerance, invalid = cam_grids(features, weights)  # [B, h, w]: small next to the features
     scores.invalid.copy_(invalid)
     float64_rows = features.dtype == torch.float64  # the float64 contract holds for float64 inputs
     for begin in range(0, batch, chunk_size):
         part = slice(begin, begin + chunk_size)
-        metrics = _chunk_metrics(grids[part], grid_flat[part], rows, (w, width, device), roi[part], threshold, float64_rows)
+        metrics = _chunk_metrics(grids[part], grid_flat[part], tolerance[part], rows, (w, width, device), roi[part], threshold, float64_rows)
         for name, value in metrics.items():
             getattr(scores, name)[part] = value.to(torch.float32)
     return scores
 
 
-def cam_grids(features: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``ReLU(Σ_k α_k A_k)`` ``[b, h, w]`` in float64, whether each grid is constant, and which items
-    had NaN/Inf inputs (their grids come back as zeros, so they cannot disturb anything downstream).
+def cam_grids(features: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``ReLU(Σ_k α_k A_k)`` ``[b, h, w]`` in float64, shifted by its minimum and scaled by a power of
+    two; whether each grid is flat; each item's flat tolerance ``ε`` in the same scale; and which
+    items had NaN/Inf inputs (their grids come back as zeros, so they cannot disturb anything
+    downstream).
 
     The channel sum runs in float64 whatever the input dtype: with C = 2048 channels and a common
-    offset, float32 accumulation alone moves soft Dice by more than 1e-5. A NaN or ±Inf anywhere in
-    an item's features or weights always leaves a NaN or ±Inf in its sum *before* the ReLU (finite
-    float32 products cannot overflow float64), so checking the small grid replaces a pass over the
-    features; float64 inputs whose sum overflows are flagged too, like a NaN input (DESIGN.md §2).
+    offset, float32 accumulation alone moves soft Dice by more than 1e-5. The same product with
+    ``|α|`` gives ``Σ_k |α_k A_k|`` for ``ε`` (``flatness``) in the same pass over the features (two
+    rows of weights instead of one; a second product only for features with negative values). A
+    NaN or ±Inf anywhere in an item's features or weights always leaves a NaN or ±Inf in its sum
+    *before* the ReLU (finite float32 products cannot overflow float64), so checking the small grid
+    replaces a pass over the features; float64 inputs whose sum overflows are flagged too, like a
+    NaN input (docs/contract.md).
 
-    Each grid is then scaled by a power of two that brings its maximum into ``[0.5, 1)``: exact (so
-    the normalised map is the same to the last bit), and no later sum of grid values can overflow.
+    Each grid is then shifted by its minimum, which leaves the normalised map unchanged, and which
+    is exact where it matters: on a near-flat grid (every cell within a factor 2 of the minimum) the
+    difference of two close floats is exact, so the map is normalised from exact differences
+    instead of differences of two large upsampled values. Last, a power of two brings the grid's
+    maximum into ``[0.5, 1)``: exact, and no later sum of grid values can overflow.
 
     On the CPU the float64 copy of the features is made a block of items at a time into one small
     buffer (``GRID_BLOCK_BYTES``) rather than for the whole batch at once: the same products and the
     same sums, without writing and re-reading megabytes of fresh memory.
     """
     b, c, h, w = features.shape
-    weights64 = weights.to(torch.float64)[:, None, :]
+    alpha = weights.to(torch.float64)
+    both = torch.stack([alpha, alpha.abs()], dim=1)  # [b, 2, c]: the grid and Σ_k |α_k| A_k
     flat_features = features.reshape(b, c, h * w)
+    sums = torch.empty(b, 2, h * w, dtype=torch.float64, device=features.device)
     if features.dtype == torch.float64 or features.device.type != "cpu" or b == 0:
-        grid = torch.bmm(weights64, flat_features.to(torch.float64))
+        block, buffer = b, None
     else:
-        grid = torch.empty(b, 1, h * w, dtype=torch.float64)
         block = max(1, min(b, GRID_BLOCK_BYTES // max(1, c * h * w * 8)))
         buffer = torch.empty(block, c, h * w, dtype=torch.float64)
-        for begin in range(0, b, block):
-            n = min(block, b - begin)
-            buffer[:n].copy_(flat_features[begin : begin + n])
-            torch.bmm(weights64[begin : begin + n], buffer[:n], out=grid[begin : begin + n])
-    grid = grid.reshape(b, h, w)
-    invalid = ~torch.isfinite(grid).all(dim=2).all(dim=1)
+    for begin in range(0, b, max(1, block)):
+        n = min(block, b - begin)
+        if buffer is None:
+            part = flat_features[begin : begin + n].to(torch.float64)
+        else:
+            part = buffer[:n]
+            part.copy_(flat_features[begin : begin + n])
+        torch.bmm(both[begin : begin + n], part, out=sums[begin : begin + n])
+        if part.numel() and bool(part.amin() < 0):  # |A| ≠ A: the magnitude needs its own product
+            torch.bmm(both[begin : begin + n, 1:], part.abs(), out=sums[begin : begin + n, 1:])
+    grid = sums[:, 0].reshape(b, h, w)
+    magnitude = sums[:, 1].amax(dim=1) if h * w else sums.new_zeros(b)
+    invalid = ~torch.isfinite(grid).all(dim=2).all(dim=1) | ~torch.isfinite(magnitude)
     grid = torch.relu(grid.masked_fill_(invalid[:, None, None], 0.0))
+    tolerance = flatness.flat_tolerance(magnitude.masked_fill(invalid, 0.0), c, flatness.roundoff_unit(torch.float64))
+    low = grid.amin(dim=(1, 2))
+    grid = grid - low[:, None, None]
     high = grid.amax(dim=(1, 2))
-    flat = high == grid.amin(dim=(1, 2))
+    flat = high <= tolerance  # the grid's range (``flatness``): its minimum is 0 now
     exponent = torch.frexp(high).exponent  # high = mantissa · 2^exponent, mantissa in [0.5, 1)
     grid = torch.ldexp(grid, -exponent[:, None, None].to(torch.float64))
-    return grid, flat, invalid
+    tolerance = torch.ldexp(tolerance, -exponent.to(torch.float64))
+    return grid, flat, tolerance, invalid
 
 
 def _chunk_metrics(
     grids: torch.Tensor,
     grid_flat: torch.Tensor,
+    tolerance: torch.Tensor,
     rows: RowPlan,
     columns: tuple[int, int, torch.device],
     roi: Roi,
@@ -233,15 +254,9 @@ def _chunk_metrics(
     values = blended.index_select(1, rows.candidates) @ plan64.candidate_matrix
     low = values.amin(dim=(1, 2))
     high = values.amax(dim=(1, 2))
-    # Flat (all zeros, no peak): constant on the grid, or no range after resampling, decided as
-    # every path decides it (``flatness``): exactly, for the few items rounding could fool.
-    flat = grid_flat | (high <= low)
-    suspect = flatness.suspects(high - low, grids.amax(dim=(1, 2)), flat, flatness.roundoff_unit(torch.float64))
-    if bool(suspect.any()):
-        for b in torch.nonzero(suspect).flatten().tolist():
-            grid = grids[b].cpu().numpy()
-            if flatness.resampled_map_is_constant(grid, height, width):
-                flat[b] = True
+    # Flat (all zeros, no peak): no range beyond rounding on the grid or after resampling, decided
+    # as every path decides it (``flatness``).
+    flat = grid_flat | (high - low <= tolerance)
     span = torch.where(flat, torch.ones_like(high), high - low)
     # Candidates are sorted, so the row-major order of (row, column) candidates is that of the
     # pixels, and argmax (which returns the first maximum) finds the first peak in row-major order.
