@@ -1,4 +1,4 @@
-"""Uncertainty measures, BALD and the dual score against the NumPy reference (DESIGN.md §2)."""
+"""Uncertainty measures, BALD and the dual score against the NumPy reference (docs/contract.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Fused Triton kernels: logits → softmax → uncertainty → (optionally) the weighted dual score.
 
-Exactly ``xal_core.scoring.uncertainty`` and ``xal_core.scoring.dual_score`` (DESIGN.md §2), with
+Exactly ``xal_core.scoring.uncertainty`` and ``xal_core.scoring.dual_score`` (docs/contract.md), with
 the probabilities never written to memory. A program takes ``BLOCK_B`` rows and walks the classes in
 ``BLOCK_K`` chunks twice (the second read hits the cache): pass 1 finds the row maximum ``m``, the
 second largest logit and whether any logit is NaN/Inf; pass 2 sums ``S = Σ e^{z-m}`` and

@@ -1,4 +1,4 @@
-"""The one scoring function at the centre of xal (DESIGN.md §1).
+"""The one scoring function at the centre of xal (docs/architecture.md, "The flow of data").
 
 ``score_batch`` maps a batch of model outputs ``(logits, feature maps, CAM weights)`` and ROIs to
 per-item scores. The library, the gRPC service and distributed workers all call it, so a ranking

@@ -73,7 +73,7 @@ def rank_pool(
 
 
 def rank_fusion(uncertainty: torch.Tensor, dice: torch.Tensor, invalid: torch.Tensor, config: ScoringConfig):
-    """Rank-fused dual scores of a set of items (DESIGN.md §2): ranks are relative to the set, so
+    """Rank-fused dual scores of a set of items (docs/contract.md): ranks are relative to the set, so
     the set is the whole pool for a job (``rank_pool``) and the batch for an inline ``ScoreBatch``.
     The one place both call. Non-finite items were reported when their batch was scored, so the
     fusion does not warn again. Returns ``dual_score``'s result (``score``, ``n_invalid``, ``n_excluded``).

@@ -1,4 +1,4 @@
-"""Datasets, synthetic generators and the pool store (DESIGN.md §1, docs/data.md).
+"""Datasets, synthetic generators and the pool store (docs/architecture.md, docs/data.md).
 
 ``open_dataset(kind, root, size=(H, W), **options)`` returns an indexable dataset of
 :class:`Item`; ``PoolStore.open(path)`` streams a pool written by ``xal ingest``.

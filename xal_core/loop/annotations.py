@@ -6,7 +6,7 @@ answer exactly when their label and ROI are equal (annotator and time are bookke
 
 ROIs keep the pool store's distinction (docs/data.md): ``None`` = nobody drew it (unknown),
 ``BoxRoi(())`` = drawn and known to be empty ("no finding"), else boxes or a bit-packed mask.
-Box convention (DESIGN.md §2): ``(x_min, y_min, x_max, y_max)`` in pixels of the ROI frame, pixel
+Box convention (docs/contract.md): ``(x_min, y_min, x_max, y_max)`` in pixels of the ROI frame, pixel
 centres decide membership. Masks are packed in NumPy ``packbits`` order, row by row (``Roi``'s).
 
 This module imports neither torch nor NumPy at load time, so a process that only reads or writes

@@ -185,8 +185,11 @@ class ExtrasCollector:
 
 def needed_columns(protocol: Protocol, strategy: str) -> tuple[bool, bool]:
     """``(embeddings, mc_probabilities)``: what the arm of ``strategy`` reads beyond the contract."""
+    from xal_core.acquisition.strategies import scoring_params
+
     params = protocol.strategy_params(strategy)
-    return params.get("diversity") == "kcenter", strategy == "bald" or params.get("uncertainty") == "bald"
+    uncertainty = scoring_params(strategy, params["scoring"]).get("uncertainty")
+    return params.get("diversity") == "kcenter", strategy == "bald" or uncertainty == "bald"
 
 
 def extras_for(protocol: Protocol, strategy: str, seed: int, round: int, linear: nn.Linear) -> TableExtras:

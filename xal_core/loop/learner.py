@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xal_core.acquisition import ScoringConfig
 from xal_core.acquisition.strategies import Acquisition, NoRoiWarning, Strategy, make_strategy
 from xal_core.models import Checkpoint, ExplainableModel, ModelMetadata, build_backbone, export, load_checkpoint
 from xal_core.models.checkpoint import load_weights
@@ -274,8 +273,7 @@ class ActiveLearner:
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice, once per round
             export(model, exported, protocol.export_format, metadata=metadata, onnx_exporter="legacy")
         exclude = sorted(set(self.ledger.labeled(arm)) | set(self.ledger.pending(arm)))
-        config = ScoringConfig(uncertainty=protocol.uncertainty, weight=protocol.weight,
-                               threshold=protocol.threshold, missing_roi=protocol.missing_roi)
+        config = protocol.scoring
 
         def progress(done: int, total: int) -> None:
             self.on_event(RoundEvent(arm, round, "score", done, total))

@@ -15,7 +15,7 @@ Classification (``classification_metrics``), from integer labels ``[N]`` and cla
   area). NaN when undefined: every label the same class.
 
 Interpretability (``interpretability_metrics``): means of the contract's Dice, soft Dice and ROI
-energy (DESIGN.md §2) over the test items whose ROI is *known*; a known *empty* ROI counts (its
+energy (docs/contract.md) over the test items whose ROI is *known*; a known *empty* ROI counts (its
 Dice is 1 for a constant map and 0 otherwise, as the contract says). NaN when no ROI is known.
 A known item whose CAM inputs were not finite has NaN scores, and the mean is then NaN too:
 a broken model is shown, not averaged away.

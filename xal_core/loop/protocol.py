@@ -19,6 +19,7 @@ from xal_core.scoring.parameters import (
     DEFAULT_THRESHOLD,
     DEFAULT_UNCERTAINTY,
     DEFAULT_WEIGHT,
+    ScoringConfig,
     check_missing_roi,
     check_threshold,
     check_uncertainty,
@@ -192,13 +193,17 @@ class Protocol:
                 del data[key]
         return data
 
+    @property
+    def scoring(self) -> ScoringConfig:
+        """λ, τ, the uncertainty measure and the missing-ROI policy as the one object that both the
+        scorer and every strategy read, so that no layer picks its own subset of them."""
+        return ScoringConfig(uncertainty=self.uncertainty, weight=self.weight, threshold=self.threshold,
+                             missing_roi=self.missing_roi)
+
     def strategy_params(self, name: str) -> dict:
-        """The keyword arguments ``make_strategy(name, ...)`` takes for this protocol."""
-        params: dict = {}
-        if name in ("misalignment", "dual", "dual_rank"):
-            params.update(uncertainty=self.uncertainty, missing_roi=self.missing_roi)
-        if name == "dual":
-            params["weight"] = self.weight
+        """The keyword arguments ``make_strategy(name, ...)`` takes for this protocol: the whole
+        :attr:`scoring` config (the strategy takes the fields it names) and the diversity mode."""
+        params: dict = {"scoring": self.scoring}
         if self.diversity is not None and name != "random":
             params["diversity"] = self.diversity
         return params

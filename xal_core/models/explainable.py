@@ -1,7 +1,7 @@
 """``ExplainableModel``: logits, target-layer features and Grad-CAM weights from one forward pass.
 
 The scoring service needs, per image, ``(logits [B,K], features [B,C,h,w], cam_weights [B,C])``
-(DESIGN.md §2) from an exported model, where there is no autograd. Two paths give that contract:
+(docs/contract.md) from an exported model, where there is no autograd. Two paths give that contract:
 
 * **analytic** (default for GAP + linear heads): ``α = W[c, :] / (h·w)`` for the target class ``c``;
   pure tensor ops, so it exports to ONNX and TorchScript;

@@ -1,7 +1,7 @@
 """Split a backbone into a feature trunk and a GAP + linear head.
 
 For ``logits = W · mean_{i,j} A[:, :, i, j] + b`` the Grad-CAM weights are ``W[c, :] / (h·w)``
-exactly (DESIGN.md §2), so a model that can be split this way needs no backward pass and its CAM
+exactly (docs/contract.md), so a model that can be split this way needs no backward pass and its CAM
 weights can live inside an exported graph. The split shares parameters with the backbone.
 """
 

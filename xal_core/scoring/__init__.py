@@ -1,4 +1,4 @@
-"""The scoring contract of DESIGN.md §2 in plain torch: the API every other part of xal calls.
+"""The scoring contract (docs/contract.md) in plain torch: the API every other part of xal calls.
 
 Its parameters (τ, λ, the uncertainty measure, the missing-ROI policy, the fusion) have their
 defaults and checks in ``parameters``; every layer takes them from there.

@@ -1,4 +1,4 @@
-"""The dual acquisition score: uncertainty and attention misalignment in one number (DESIGN.md §2).
+"""The dual acquisition score: uncertainty and attention misalignment in one number (docs/contract.md).
 
 Conventions that make a ranking over a pool of millions safe:
 

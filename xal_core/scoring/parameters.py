@@ -1,4 +1,4 @@
-"""The scoring parameters of DESIGN.md §2: each default and each check, in one place.
+"""The scoring parameters of docs/contract.md: each default and each check, in one place.
 
 τ (the CAM threshold), λ (the weight of uncertainty in the dual score), the uncertainty measure,
 the missing-ROI policy and the fusion method are read by every layer: the scoring functions and
@@ -127,7 +127,7 @@ def check_fusion(value: Any, name: str = "fusion") -> str:
 
 @dataclass(frozen=True)
 class ScoringConfig:
-    """The parameters of the dual acquisition score (DESIGN.md §2), checked when built.
+    """The parameters of the dual acquisition score (docs/contract.md), checked when built.
 
     Attributes:
         uncertainty: ``"entropy"``, ``"margin"`` or ``"least_confidence"``.

@@ -11,7 +11,7 @@ __all__ = ["AlignmentScores", "empty_scores"]
 
 @dataclass(frozen=True, eq=False)
 class AlignmentScores:
-    """How well each image's Grad-CAM matches its ROI (DESIGN.md §2). Each field is float32 ``[B]``.
+    """How well each image's Grad-CAM matches its ROI (docs/contract.md). Each field is float32 ``[B]``.
 
     Attributes:
         dice: Dice of the thresholded map against the ROI; NaN where the ROI is unknown or the

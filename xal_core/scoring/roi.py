@@ -4,7 +4,7 @@ An ROI can be *unknown* (nobody drew it: misalignment is NaN) or *known to be em
 has no finding). The two must never be confused, so ``Roi`` carries an explicit ``known`` flag per
 image instead of encoding "unknown" as an empty mask.
 
-Box convention (DESIGN.md §2): ``(x_min, y_min, x_max, y_max)`` in pixel units of the ROI frame;
+Box convention (docs/contract.md): ``(x_min, y_min, x_max, y_max)`` in pixel units of the ROI frame;
 pixel ``(y, x)`` is inside when ``x_min <= x + 0.5 < x_max`` and ``y_min <= y + 0.5 < y_max``.
 A box partly outside the frame is clipped; one entirely outside it is an error.
 

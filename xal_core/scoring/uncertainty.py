@@ -1,4 +1,4 @@
-"""Predictive uncertainty of a classifier, each measure scaled to [0, 1] (DESIGN.md §2).
+"""Predictive uncertainty of a classifier, each measure scaled to [0, 1] (docs/contract.md).
 
 References:
     Settles, *Active Learning Literature Survey*, 2009 (entropy, margin, least confidence).

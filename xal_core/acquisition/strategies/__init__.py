@@ -11,7 +11,7 @@
 [12, 11]
 """
 
-from .base import STRATEGY_NAMES, Acquisition, Strategy, make_strategy
+from .base import STRATEGY_NAMES, Acquisition, Strategy, make_strategy, scoring_params
 from .diversity import DIVERSITY_MODES, Diverse
 from .dual import MISSING_ROI_POLICIES, DualRank, DualWeighted, Misalignment, NoRoiWarning
 from .table import ScoreTable
@@ -35,4 +35,5 @@ __all__ = [
     "ScoreTable",
     "Strategy",
     "make_strategy",
+    "scoring_params",
 ]

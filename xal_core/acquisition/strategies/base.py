@@ -3,12 +3,13 @@
 A strategy implements one method, ``_score`` (a float per pool item, NaN = not selectable).
 Everything cross-cutting happens here, once: the table and ``k`` are checked, invalid and NaN items
 become ``-inf`` (never selected), and the default selection is the deterministic top-``k``:
-descending score, ties by ascending id (``xal_core.scoring.rank_order``, the rule of DESIGN.md §2
+descending score, ties by ascending id (``xal_core.scoring.rank_order``, the rule of docs/contract.md
 and of the service's ``TopK``). Stochastic strategies and diversity modes override ``_order``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from abc import ABC, abstractmethod
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from xal_core.scoring import rank_order
+from xal_core.scoring.parameters import ScoringConfig
 
 from .table import ScoreTable
 
@@ -29,6 +31,7 @@ __all__ = [
     "make_strategy",
     "ranked_positions",
     "register_strategy",
+    "scoring_params",
 ]
 
 STRATEGY_NAMES: tuple[str, ...] = (
@@ -138,25 +141,34 @@ def register_strategy(cls: S) -> S:
     return cls
 
 
-def make_strategy(name: str, *, diversity: str | None = None, **params: Any) -> Strategy:
+def make_strategy(name: str, *, diversity: str | None = None, scoring: ScoringConfig | None = None,
+                  **params: Any) -> Strategy:
     """Build a strategy by name.
 
     Args:
         name: one of ``STRATEGY_NAMES``.
         diversity: optional batch-diversity mode wrapping it: ``"power"``, ``"softrank"`` or
             ``"kcenter"`` (see :class:`~xal_core.acquisition.strategies.Diverse`).
-        **params: the strategy's own parameters (``weight``, ``uncertainty``, ``missing_roi``)
-            and, with ``diversity``, the wrapper's (``beta``, ``candidate_factor``).
+        scoring: the run's scoring parameters; the strategy receives each of them that its
+            constructor names (:func:`scoring_params`), so a caller hands over the whole config and
+            never decides strategy by strategy which of λ, ``uncertainty``, ``missing_roi`` apply.
+        **params: the strategy's own parameters (``weight``, ``uncertainty``, ``missing_roi``;
+            they override ``scoring``'s) and, with ``diversity``, the wrapper's (``beta``,
+            ``candidate_factor``).
 
     Example:
         >>> make_strategy("dual", weight=0.7, diversity="power", beta=2.0).label
         'dual+power'
+        >>> make_strategy("dual_rank", scoring=ScoringConfig(weight=0.2)).weight
+        0.2
     """
     if name not in _REGISTRY:
         raise ValueError(f"strategy: expected one of {', '.join(STRATEGY_NAMES)}, got {name!r}")
     wrapper_params = {key: params.pop(key) for key in DIVERSITY_PARAMS if key in params}
     if wrapper_params and diversity is None:
         raise ValueError(f"{', '.join(sorted(wrapper_params))}: only apply with diversity='power'|'softrank'|'kcenter'")
+    if scoring is not None:
+        params = {**scoring_params(name, scoring), **params}
     base = _construct(_REGISTRY[name], name, params)
     if diversity is None:
         return base
@@ -165,8 +177,29 @@ def make_strategy(name: str, *, diversity: str | None = None, **params: Any) -> 
     return Diverse(base, diversity, **wrapper_params)
 
 
+def scoring_params(name: str, scoring: ScoringConfig) -> dict[str, Any]:
+    """The fields of ``scoring`` that strategy ``name``'s constructor takes, by their names.
+
+    Read off the constructor's signature rather than listed per strategy: a strategy that takes
+    ``weight`` gets λ whatever it is called (``misalignment`` takes none, being λ = 0).
+
+    >>> scoring_params("dual_rank", ScoringConfig(weight=0.9))["weight"]
+    0.9
+    >>> scoring_params("entropy", ScoringConfig())
+    {}
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"strategy: expected one of {', '.join(STRATEGY_NAMES)}, got {name!r}")
+    accepted = _accepted(_REGISTRY[name])
+    return {f.name: getattr(scoring, f.name) for f in dataclasses.fields(scoring) if f.name in accepted}
+
+
+def _accepted(factory: type[Strategy]) -> list[str]:
+    return [key for key in inspect.signature(factory).parameters if key not in ("self", "args", "kwargs")]
+
+
 def _construct(factory: type[Strategy], name: str, params: dict[str, Any]) -> Strategy:
-    accepted = [key for key in inspect.signature(factory).parameters if key not in ("self", "args", "kwargs")]
+    accepted = _accepted(factory)
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         takes = f"it takes {', '.join(accepted)}" if accepted else "it takes none"

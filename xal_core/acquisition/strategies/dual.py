@@ -1,4 +1,4 @@
-"""Strategies that use the explanations: misalignment alone and the dual score (DESIGN.md §2).
+"""Strategies that use the explanations: misalignment alone and the dual score (docs/contract.md).
 
 All three call ``xal_core.scoring.dual_score`` on the whole table, so their numbers are the ones
 the scoring service ranks by. Items whose ROI is unknown follow the ``missing_roi`` policy:
@@ -109,7 +109,7 @@ class Misalignment(_ExplanationStrategy):
     References:
         Selvaraju et al., *Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
         Localization*, ICCV 2017: https://arxiv.org/abs/1610.02391; the misalignment is
-        xal's contract, DESIGN.md §2.
+        xal's contract, docs/contract.md.
     """
 
     name: ClassVar[str] = "misalignment"
@@ -128,7 +128,7 @@ class DualWeighted(_ExplanationStrategy):
         missing_roi: ``"uncertainty_only"`` or ``"exclude"``.
 
     References:
-        xal's scoring contract, DESIGN.md §2; uncertainty as in Settles 2009
+        xal's scoring contract, docs/contract.md; uncertainty as in Settles 2009
         (https://burrsettles.com/pub/settles.activelearning.pdf), misalignment from Grad-CAM
         (https://arxiv.org/abs/1610.02391).
     """
@@ -155,7 +155,7 @@ class DualRank(_ExplanationStrategy):
 
     References:
         Borda-style rank aggregation: Dwork et al., *Rank Aggregation Methods for the Web*,
-        WWW 2001: https://doi.org/10.1145/371920.372165; xal's contract, DESIGN.md §2.
+        WWW 2001: https://doi.org/10.1145/371920.372165; xal's contract, docs/contract.md.
     """
 
     name: ClassVar[str] = "dual_rank"

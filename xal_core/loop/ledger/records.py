@@ -47,7 +47,7 @@ class AcquisitionRow:
             check that a resumed run reads the same pool).
         rank: position in this round's acquisition list, 0 = acquired first; a round's ranks are
             ``0 .. n-1``. Round 0 (the initial random draw) uses the draw order.
-        score ... pointing_hit: the dual score and the contract's per-item values (DESIGN.md §2).
+        score ... pointing_hit: the dual score and the contract's per-item values (docs/contract.md).
         predicted_class, probabilities: the model's prediction when it was selected.
         extra: any other named per-item numbers a strategy wants kept (BALD, a diversity term).
     """

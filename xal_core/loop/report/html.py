@@ -44,7 +44,9 @@ with one seed has no band). A strategy that is better at finding the images the 
 <i>for the wrong reason</i> should raise the Dice curve, not only the accuracy curve.</p>
 <p>The <b>final table</b> gives each strategy's metrics at its last round as mean &plusmn; 95%
 half-width over seeds. CAM Dice, soft Dice and ROI energy compare the Grad-CAM of the predicted class
-with the radiologist's ROI (DESIGN.md &sect;2), averaged over the test images whose ROI is known.</p>
+with the radiologist's ROI, by xal's scoring contract (<code>docs/contract.md</code> in the xal source:
+the map thresholded at &tau;, Dice 1 when map and ROI are both empty), averaged over the test images
+whose ROI is known.</p>
 <p>The <b>overlay grid</b> shows the same test images for every strategy at the final round (seed 0):
 the Grad-CAM as colour over the grayscale image, the ROI outlined in green; a red title marks a wrong
 prediction. Attention outside the outline is a model looking at something other than the lesion.</p>

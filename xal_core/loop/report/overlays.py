@@ -8,8 +8,9 @@ format; ``load_overlay_arrays`` the only reader):
 array           dtype, shape         meaning
 ==============  ===================  =================================================================
 ``images``      float32 ``[n,H,W]``  grayscale display image in ``[0, 1]``
-``cams``        float32 ``[n,H,W]``  normalised, upsampled Grad-CAM of the predicted class (DESIGN.md
-                                     §2) in ``[0, 1]``; NaN for an item whose CAM inputs were not finite
+``cams``        float32 ``[n,H,W]``  normalised, upsampled Grad-CAM of the predicted class
+                                     (docs/contract.md) in ``[0, 1]``; NaN for an item whose CAM inputs
+                                     were not finite
 ``roi``         bool ``[n,H,W]``     ROI mask (all False where unknown)
 ``roi_known``   bool ``[n]``         False where the ROI is unknown (no outline drawn)
 ``labels``      int64 ``[n]``        true class

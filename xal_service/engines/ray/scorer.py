@@ -1,7 +1,7 @@
 """The Ray Data actor that scores pool blocks: the same steps as the in-process job worker.
 
 Per block: ``score_chunk`` (the model's normalisation, runtime forward and ``score_batch``, the one
-scoring function of DESIGN.md §1: the very step the service's job worker runs per chunk), then the
+scoring function of docs/architecture.md ("The flow of data"): the very step the service's job worker runs per chunk), then the
 block's per-item scores written as Parquet, then the block's own top-k sent back to the driver,
 which merges them into the pool's top-k. The model is loaded once per actor
 (``__init__``), not per block: loading an ONNX session costs as much as scoring thousands of items.
