@@ -79,6 +79,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	@if [ "$(HAS_GPU)" = no ]; then echo "no NVIDIA GPU: installing the CPU build $(TORCH_CPU)"; $(PIP) "$(TORCH_CPU)"; fi
 	$(PIP) -e ".[$(DEV_EXTRAS)]"
 	$(PIP) --no-deps "baal>=2.1,<3"  # its hard Jupyter dependency is not needed by the heuristics (pyproject.toml)
+	$(PIP) --no-deps "torchxrayvision>=1.2,<2"  # cxr-sim's annotation tables; its deps would replace the CPU torch
 	@touch $@ $(VENV)/.installed-run
 
 clean:

@@ -11,19 +11,22 @@ from pathlib import Path
 from typing import Any
 
 from .item import Dataset, Item, ItemError, Skip
-from .pool_store import PoolChunk, PoolStore, PoolWriter
+from .pool_store import DEFAULT_ROI_SOURCE, ROI_SOURCES, PoolChunk, PoolStore, PoolWriter
 
-__all__ = ["KINDS", "Dataset", "Item", "ItemError", "PoolChunk", "PoolStore", "PoolWriter", "Skip", "detect_kind",
-           "open_dataset"]
+__all__ = ["DEFAULT_ROI_SOURCE", "GENERATED_KINDS", "KINDS", "ROI_SOURCES", "Dataset", "Item", "ItemError", "PoolChunk",
+           "PoolStore", "PoolWriter", "Skip", "detect_kind", "open_dataset"]
 
-KINDS = ("brats", "vindr", "siim", "generic", "synthetic")
+KINDS = ("brats", "vindr", "siim", "generic", "synthetic", "cxr-sim")
+#: Kinds generated in memory, with their own splits and no root folder.
+GENERATED_KINDS = ("synthetic", "cxr-sim")
 
 
 def open_dataset(kind: str, root: str | Path | None = None, *, size: tuple[int, int] = (224, 224),
                  **options: Any) -> Dataset:
     """Open a dataset of ``kind`` at ``root`` whose items come out at ``size = (H, W)``.
 
-    ``kind="synthetic"`` takes no root (the shortcut benchmark is generated). Options are the
+    The ``GENERATED_KINDS`` take no root: ``synthetic`` (the shortcut benchmark) and ``cxr-sim``
+    (synthetic chest X-rays on real annotation geometry; needs the ``cxr`` extra). Options are the
     adapter's keyword arguments (docs/data.md lists them). A wrong root raises one ``ValueError``
     naming the expected file that is missing.
     """
@@ -32,6 +35,10 @@ def open_dataset(kind: str, root: str | Path | None = None, *, size: tuple[int, 
         from .shortcut import ShortcutBenchmark
 
         return _construct("synthetic", ShortcutBenchmark, size, **options)
+    if kind == "cxr-sim":
+        from .cxr_benchmark import CxrSimBenchmark
+
+        return _construct("cxr-sim", CxrSimBenchmark, size, **options)
     if root is None:
         raise ValueError(f"open_dataset({kind!r}): a root folder is required")
     root = Path(root)

@@ -50,6 +50,9 @@ class Item:
             pixels (``[0, 4]`` = known empty), or ``None`` where nobody drew it (unknown).
         label: class index into ``dataset.classes``.
         meta: source details (path, original size, split, ...), JSON-serialisable.
+        prior: bool ``[H, W]`` anatomy mask that needs no expert (the lung fields of a chest X-ray,
+            the brain of an MRI slice), or ``None`` where the source has none. With the pool's ROI
+            source ``anatomy`` the scorer reads this instead of ``roi`` (docs/data.md, "ROI sources").
     """
 
     id: str
@@ -57,6 +60,7 @@ class Item:
     roi: torch.Tensor | None
     label: int
     meta: dict[str, Any] = field(default_factory=dict)
+    prior: torch.Tensor | None = None
 
 
 class Dataset(Protocol):

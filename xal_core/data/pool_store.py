@@ -12,11 +12,22 @@ Layout of ``POOL/``::
         images   float16 [N, C, H, W]   chunk (n, C, H, W)   preprocessed, values in [0, 1]
         index    int64   [N]            the item's integer id (row number), used by TopK
         ids      uint8   [N, 256]       the source id, UTF-8, zero-padded
-        roi_known bool   [N]            False = nobody drew the ROI (misalignment NaN)
-        roi_packed uint8 [N, H, ⌈W/8⌉]  the ROI mask, bit-packed (NumPy packbits order)
-        roi_boxes float32 [N, M, 4], roi_counts int32 [N]   only when the source gives boxes
-    oracle/labels  int32 [N]           kept apart: only the oracle reveals labels
+        roi_known bool   [N]            False = no ROI for the scorer (misalignment NaN)
+        roi_packed uint8 [N, H, ⌈W/8⌉]  the ROI the scorer reads, bit-packed (NumPy packbits order)
+        roi_boxes float32 [N, M, 4], roi_counts int32 [N]   only when that ROI comes as boxes
+    oracle/                kept apart: only the oracle reveals these, item by item, once acquired
+        labels   int32 [N]
+        roi_known, roi_packed (+ roi_boxes, roi_counts)   the expert's ROI, same layout as above
     ingest_report.tsv      one line per skipped item: path <TAB> reason
+
+What the scorer reads is the pool's *ROI source* (``manifest["roi_source"]``, one of
+``ROI_SOURCES``): ``expert`` — the expert's ROI of every item, the oracle setting of the paper, which
+no deployment has for unlabelled images (and a known-empty "no finding" ROI gives misalignment 1,
+which leaks the label); ``anatomy`` — a prior mask that needs no expert (``Item.prior``: lung
+fields, the brain); ``none`` — no ROI (uncertainty only). Whatever the source, the expert's ROIs go
+to ``oracle/`` and nowhere else, so under ``anatomy`` or ``none`` no expert ROI of an unlabelled item
+can reach a scorer (in process, the service or Ray: they all read ``scoring/``). Pools written before
+``oracle/roi_*`` existed are ``expert`` pools, and their oracle reads ``scoring/``.
 
 Every item has a packed mask (boxes are rasterised with the pixel-centre rule), so a scorer can
 always consume masks; box pools also keep the boxes for the faster box path. ``float16`` halves
@@ -42,11 +53,16 @@ from xal_core.scoring import Roi
 
 from .item import Item
 
-__all__ = ["CorruptChunk", "PoolStore", "PoolWriter", "PoolChunk", "FORMAT", "ID_BYTES"]
+__all__ = ["CorruptChunk", "PoolStore", "PoolWriter", "PoolChunk", "FORMAT", "ID_BYTES", "ROI_SOURCES",
+           "DEFAULT_ROI_SOURCE"]
 
 FORMAT = "xal-pool/1"
 ID_BYTES = 256
+#: What the scorer reads as each unlabelled item's ROI (module docstring).
+ROI_SOURCES = ("expert", "anatomy", "none")
+DEFAULT_ROI_SOURCE = "expert"
 _SCORING_ARRAYS = ("images", "index", "ids", "roi_known", "roi_packed")
+_ROI_ARRAYS = ("roi_known", "roi_packed")
 _BOX_ARRAYS = ("roi_boxes", "roi_counts")
 
 
@@ -70,6 +86,12 @@ def _checksum(arrays: Sequence[np.ndarray]) -> str:
     for array in arrays:
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
+
+
+def _oracle_checksum(arrays: dict[str, np.ndarray]) -> str:
+    """Of ``oracle/``: the labels, then the expert's ROI arrays by name (pools without them: labels
+    alone, as they were written)."""
+    return _checksum([arrays["labels"], *(arrays[name] for name in sorted(arrays) if name != "labels")])
 
 
 class CorruptChunk(ValueError):
@@ -97,7 +119,9 @@ class PoolStore:
         self.size: tuple[int, int] = tuple(manifest["size"])  # type: ignore[assignment]
         self.chunk_size: int = manifest["chunk"]
         self.classes: tuple[str, ...] = tuple(manifest["classes"])
-        self.roi_format: str = manifest["roi_format"]
+        self.roi_format: str = manifest["roi_format"]  # of the ROI the scorer reads
+        self.roi_source: str = manifest.get("roi_source", DEFAULT_ROI_SOURCE)
+        self.oracle_roi_format: str = manifest.get("oracle_roi_format", self.roi_format)
 
     @classmethod
     def open(cls, path: str | Path) -> PoolStore:
@@ -251,15 +275,49 @@ class PoolStore:
         return torch.from_numpy(labels.get_coordinate_selection(rows).astype(np.int64)) if rows.size else \
             torch.zeros(0, dtype=torch.int64)
 
+    def _oracle_arrays(self) -> tuple[str, ...]:
+        """The ``oracle/`` arrays besides ``labels`` (none in pools written before they existed)."""
+        if not (self.path / "oracle" / "roi_known").exists():
+            return ()
+        return _ROI_ARRAYS + (_BOX_ARRAYS if self.oracle_roi_format == "boxes" else ())
+
+    def oracle_rois(self, index: torch.Tensor | Sequence[int]) -> list[Any]:
+        """The expert's ROI of the given items, as stored for the oracle: per item a ``[M, 4]``
+        float32 array of boxes (box pools), a bool ``[H, W]`` mask, or ``None`` (nobody drew it).
+
+        Read from ``oracle/``; a pool written before the ROI sources existed keeps the expert's
+        ROIs in ``scoring/`` only, and is read there.
+        """
+        rows = np.asarray(index, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"item index out of range 0..{len(self) - 1}")
+        if not rows.size:
+            return []
+        folder = self.path / ("oracle" if self._oracle_arrays() else "scoring")
+        fmt = self.oracle_roi_format if self._oracle_arrays() else self.roi_format
+
+        def read(name: str) -> np.ndarray:
+            return zarr.open_array(str(folder / name), mode="r").get_orthogonal_selection((rows,))
+
+        if fmt == "boxes":
+            counts, boxes = read("roi_counts"), read("roi_boxes")
+            return [None if count < 0 else boxes[row, :count].copy() for row, count in enumerate(counts.tolist())]
+        known, packed = read("roi_known"), read("roi_packed")
+        width = self.size[1]
+        return [np.unpackbits(packed[row], axis=-1)[:, :width].astype(bool) if is_known else None
+                for row, is_known in enumerate(known.tolist())]
+
     def verify(self) -> list[int]:
         """Chunks whose stored data no longer match the manifest's checksum (empty = all good)."""
-        labels = zarr.open_array(str(self.path / "oracle" / "labels"), mode="r")
+        oracle = {name: zarr.open_array(str(self.path / "oracle" / name), mode="r")
+                  for name in ("labels", *self._oracle_arrays())}
         bad = []
         for number in range(self.n_chunks):
             raw = self.raw_chunk(number)
             expected = self.manifest["checksums"][number]
+            rows = self._rows(number)
             if _checksum([raw[name] for name in sorted(raw)]) != expected["scoring"] or \
-                    _checksum([labels[self._rows(number)]]) != expected["oracle"]:
+                    _oracle_checksum({name: array[rows] for name, array in oracle.items()}) != expected["oracle"]:
                 bad.append(number)
         return bad
 
@@ -275,17 +333,23 @@ class PoolWriter:
 
     def __init__(self, path: str | Path, *, size: tuple[int, int], channels: int, classes: Sequence[str],
                  roi_format: str, source: dict[str, Any], chunk: int = 1024, max_boxes: int = 64,
-                 append: bool = False) -> None:
+                 append: bool = False, roi_source: str = DEFAULT_ROI_SOURCE) -> None:
+        """``roi_format`` is the format of the expert's ROIs (the dataset's); ``roi_source`` says what
+        the scorer reads (``ROI_SOURCES``, module docstring)."""
         self.path = Path(path)
         if roi_format not in ("mask", "boxes"):
             raise ValueError(f"roi_format: expected 'mask' or 'boxes', got {roi_format!r}")
+        if roi_source not in ROI_SOURCES:
+            raise ValueError(f"roi_source: expected one of {', '.join(ROI_SOURCES)}, got {roi_source!r}")
+        scoring_format = roi_format if roi_source == "expert" else "mask"
         manifest_path = self.path / "manifest.json"
         if append:
             if not manifest_path.is_file():
                 raise ValueError(f"{self.path}: cannot append, no pool there (missing manifest.json)")
             self.manifest = json.loads(manifest_path.read_text())
-            mine = {"size": list(size), "channels": channels, "classes": list(classes), "roi_format": roi_format}
-            theirs = {key: self.manifest[key] for key in mine}
+            mine = {"size": list(size), "channels": channels, "classes": list(classes), "roi_format": scoring_format,
+                    "roi_source": roi_source}
+            theirs = {key: self.manifest.get(key, DEFAULT_ROI_SOURCE if key == "roi_source" else None) for key in mine}
             if mine != theirs:
                 raise ValueError(f"{self.path}: cannot append items with {mine} to a pool with {theirs}")
             self.manifest.setdefault("sources", []).append(source)
@@ -295,17 +359,24 @@ class PoolWriter:
             if chunk < 1 or max_boxes < 1:
                 raise ValueError(f"chunk and max_boxes must be >= 1, got {chunk}, {max_boxes}")
             self.manifest = {"format": FORMAT, "size": list(size), "channels": channels, "classes": list(classes),
-                             "roi_format": roi_format, "chunk": chunk, "max_boxes": max_boxes, "count": 0,
+                             "roi_format": scoring_format, "roi_source": roi_source, "oracle_roi_format": roi_format,
+                             "chunk": chunk, "max_boxes": max_boxes, "count": 0,
                              "skipped": 0, "image_dtype": "float16", "sources": [source], "checksums": []}
-            self._create(size, channels, chunk, max_boxes, roi_format)
+            self._create(size, channels, chunk, max_boxes, scoring_format, roi_format)
         self.size = tuple(self.manifest["size"])
         self.chunk = int(self.manifest["chunk"])
         self.max_boxes = int(self.manifest["max_boxes"])
-        self.roi_format = roi_format
+        self.roi_format = scoring_format
+        self.roi_source = roi_source
+        self.oracle_roi_format = roi_format
         self._group = zarr.open_group(str(self.path / "scoring"), mode="r+")
-        self._labels = zarr.open_array(str(self.path / "oracle" / "labels"), mode="r+")
+        # oracle/ holds plain arrays, one folder each (no group); a pool from before oracle/roi_*
+        # existed (always an expert pool) is appended to as it is.
+        self._oracle = {path.name: zarr.open_array(str(path), mode="r+")
+                        for path in sorted((self.path / "oracle").iterdir()) if path.is_dir()}
+        self._oracle_rois = "roi_known" in self._oracle
         self.count = int(self.manifest["count"])
-        self._buffer: list[tuple[Item, torch.Tensor]] = []
+        self._buffer: list[tuple[Item, torch.Tensor, torch.Tensor | None]] = []
         # Every id the pool holds, as 16-byte digests (~60 B an item in memory): an id written twice
         # would be scored, ranked and shown to the expert twice, and its labels would disagree.
         self._ids_seen: set[bytes] = self._existing_ids() if append else set()
@@ -320,20 +391,27 @@ class PoolWriter:
                 seen.add(_id_digest(bytes(row).rstrip(b"\0")))
         return seen
 
-    def _create(self, size: tuple[int, int], channels: int, chunk: int, max_boxes: int, roi_format: str) -> None:
+    def _create(self, size: tuple[int, int], channels: int, chunk: int, max_boxes: int, scoring_format: str,
+                oracle_format: str) -> None:
         height, width = size
         group = zarr.open_group(str(self.path / "scoring"), mode="w")
         group.create_array("images", shape=(0, channels, height, width), chunks=(chunk, channels, height, width),
                            dtype="float16")
         group.create_array("index", shape=(0,), chunks=(chunk,), dtype="int64")
         group.create_array("ids", shape=(0, ID_BYTES), chunks=(chunk, ID_BYTES), dtype="uint8")
-        group.create_array("roi_known", shape=(0,), chunks=(chunk,), dtype="bool")
-        group.create_array("roi_packed", shape=(0, height, math.ceil(width / 8)),
-                           chunks=(chunk, height, math.ceil(width / 8)), dtype="uint8")
-        if roi_format == "boxes":
-            group.create_array("roi_boxes", shape=(0, max_boxes, 4), chunks=(chunk, max_boxes, 4), dtype="float32")
-            group.create_array("roi_counts", shape=(0,), chunks=(chunk,), dtype="int32")
-        zarr.create_array(str(self.path / "oracle" / "labels"), shape=(0,), chunks=(chunk,), dtype="int32")
+        oracle = self.path / "oracle"
+
+        def oracle_array(name: str, **spec: Any) -> None:
+            zarr.create_array(str(oracle / name), **spec)
+
+        oracle_array("labels", shape=(0,), chunks=(chunk,), dtype="int32")
+        for create, fmt in ((group.create_array, scoring_format), (oracle_array, oracle_format)):
+            create("roi_known", shape=(0,), chunks=(chunk,), dtype="bool")
+            create("roi_packed", shape=(0, height, math.ceil(width / 8)), chunks=(chunk, height, math.ceil(width / 8)),
+                   dtype="uint8")
+            if fmt == "boxes":
+                create("roi_boxes", shape=(0, max_boxes, 4), chunks=(chunk, max_boxes, 4), dtype="float32")
+                create("roi_counts", shape=(0,), chunks=(chunk,), dtype="int32")
 
     def __enter__(self) -> PoolWriter:
         return self
@@ -357,7 +435,7 @@ class PoolWriter:
         if digest in self._ids_seen:
             raise ValueError(f"{item.id}: duplicate id, the pool already holds an item with this id "
                              "(from an earlier ingest, or earlier in this one); left out")
-        self._buffer.append((item, self._mask(item)))
+        self._buffer.append((item, self._mask(item), self._scoring_mask(item)))
         self._ids_seen.add(digest)
         rows_to_boundary = self.chunk - (self.count % self.chunk)
         if len(self._buffer) >= rows_to_boundary:
@@ -370,11 +448,33 @@ class PoolWriter:
         start, stop = self.count, self.count + len(items)
         data = self._encode(items, start)
         for name, values in data.items():
-            array = self._labels if name == "labels" else self._group[name]
+            array = self._array(name)
             array.resize((stop, *array.shape[1:]))
             array[start:stop] = values
         self.count = stop
         self._record_checksums(start, stop, data)
+
+    def _array(self, name: str) -> Any:
+        """``labels`` and ``oracle:…`` names live in ``oracle/``, the rest in ``scoring/``."""
+        if name == "labels":
+            return self._oracle["labels"]
+        if name.startswith("oracle:"):
+            return self._oracle[name.removeprefix("oracle:")]
+        return self._group[name]
+
+    def _scoring_mask(self, item: Item) -> torch.Tensor | None:
+        """What the scorer reads for this item under the pool's ROI source (``None``: no ROI)."""
+        if self.roi_source == "none":
+            return None
+        if self.roi_source == "anatomy":
+            if item.prior is None:
+                return None
+            prior = item.prior
+            if prior.dtype != torch.bool or tuple(prior.shape) != tuple(self.size):
+                raise ValueError(f"{item.id}: the anatomy prior must be a bool mask of shape {tuple(self.size)}, "
+                                 f"got {prior.dtype} {tuple(prior.shape)}")
+            return prior
+        return None if item.roi is None else self._mask(item)
 
     def _mask(self, item: Item) -> torch.Tensor:
         """The item's ROI as a dense mask, checked here so a bad ROI fails this item alone."""
@@ -382,7 +482,7 @@ class PoolWriter:
         if item.roi is None:
             return torch.zeros(height, width, dtype=torch.bool)
         if item.roi.dtype == torch.bool:
-            if self.roi_format == "boxes":
+            if self.oracle_roi_format == "boxes":
                 raise ValueError(f"{item.id}: a mask ROI cannot go into a pool of boxes")
             if tuple(item.roi.shape) != (height, width):
                 raise ValueError(f"{item.id}: ROI mask shape {tuple(item.roi.shape)}, pool expects {(height, width)}")
@@ -397,32 +497,44 @@ class PoolWriter:
         except ValueError as error:
             raise ValueError(f"{item.id}: {error}") from None
 
-    def _encode(self, entries: list[tuple[Item, torch.Tensor]], start: int) -> dict[str, np.ndarray]:
-        items = [item for item, _ in entries]
-        known = [item.roi is not None for item in items]
-        masks = [mask for _, mask in entries]
-        boxes = np.zeros((len(items), self.max_boxes, 4), dtype=np.float32)
-        counts = np.full(len(items), -1, dtype=np.int32)
-        for row, item in enumerate(items):
-            if item.roi is not None and item.roi.dtype != torch.bool:
-                boxes[row, : len(item.roi)] = item.roi.to(torch.float32).numpy()
-                counts[row] = len(item.roi)
+    def _encode(self, entries: list[tuple[Item, torch.Tensor, torch.Tensor | None]], start: int) -> dict[str, np.ndarray]:
+        items = [item for item, _, _ in entries]
         ids = np.zeros((len(items), ID_BYTES), dtype=np.uint8)
         for row, item in enumerate(items):
             encoded = item.id.encode("utf-8")
             ids[row, : len(encoded)] = np.frombuffer(encoded, dtype=np.uint8)
-        packed = np.packbits(torch.stack(masks).numpy(), axis=-1)
+        expert = self._roi_arrays(items, [mask for _, mask, _ in entries], [item.roi is not None for item in items],
+                                  self.oracle_roi_format)
         data = {
             "images": torch.stack([item.image for item in items]).to(torch.float16).numpy(),
             "index": np.arange(start, start + len(items), dtype=np.int64),
             "ids": ids,
-            "roi_known": np.array(known, dtype=bool),
-            "roi_packed": packed,
             "labels": np.array([item.label for item in items], dtype=np.int32),
         }
-        if self.roi_format == "boxes":
-            data["roi_boxes"], data["roi_counts"] = boxes, counts
+        if self.roi_source == "expert":
+            data.update(expert)
+        else:
+            height, width = self.size
+            scoring = [mask for _, _, mask in entries]
+            empty = torch.zeros(height, width, dtype=torch.bool)
+            data.update(self._roi_arrays(items, [empty if mask is None else mask for mask in scoring],
+                                         [mask is not None for mask in scoring], "mask"))
+        if self._oracle_rois:
+            data.update({f"oracle:{name}": values for name, values in expert.items()})
         return data
+
+    def _roi_arrays(self, items: list[Item], masks: list[torch.Tensor], known: list[bool], fmt: str) -> dict[str, np.ndarray]:
+        """``roi_known``, ``roi_packed`` (and, for ``fmt == "boxes"``, the items' boxes) of a batch."""
+        arrays = {"roi_known": np.array(known, dtype=bool), "roi_packed": np.packbits(torch.stack(masks).numpy(), axis=-1)}
+        if fmt == "boxes":
+            boxes = np.zeros((len(items), self.max_boxes, 4), dtype=np.float32)
+            counts = np.full(len(items), -1, dtype=np.int32)
+            for row, item in enumerate(items):
+                if item.roi is not None and item.roi.dtype != torch.bool:
+                    boxes[row, : len(item.roi)] = item.roi.to(torch.float32).numpy()
+                    counts[row] = len(item.roi)
+            arrays["roi_boxes"], arrays["roi_counts"] = boxes, counts
+        return arrays
 
     def _record_checksums(self, start: int, stop: int, data: dict[str, np.ndarray]) -> None:
         """Checksum the chunks rows ``[start, stop)`` touched (from memory when a chunk is whole)."""
@@ -433,9 +545,11 @@ class PoolWriter:
                 part = {name: values[lo - start: hi - start] for name, values in data.items()}
             else:  # a partly filled chunk was extended: read back its rows
                 rows = slice(lo, hi)
-                part = {name: (self._labels if name == "labels" else self._group[name])[rows] for name in data}
-            scoring = _checksum([part[name] for name in sorted(part) if name != "labels"])
-            entry = {"rows": [lo, hi], "scoring": scoring, "oracle": _checksum([part["labels"]])}
+                part = {name: self._array(name)[rows] for name in data}
+            oracle = {name.removeprefix("oracle:"): values for name, values in part.items()
+                      if name == "labels" or name.startswith("oracle:")}
+            scoring = _checksum([part[name] for name in sorted(part) if name != "labels" and not name.startswith("oracle:")])
+            entry = {"rows": [lo, hi], "scoring": scoring, "oracle": _oracle_checksum(oracle)}
             if number < len(checksums):
                 checksums[number] = entry
             else:

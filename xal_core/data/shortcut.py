@@ -114,7 +114,7 @@ class ShortcutBenchmark(IndexedDataset):
         # number, so a val_shortcut changes the val split's markers and nothing else.
         agrees = self.split != "test" and rng.random() < self.agreement
         marker = label if agrees else int((label + 1 + rng.integers(self.k - 1)) % self.k)
-        image = self._background(rng)
+        image, body = self._background(rng)
         mask, lesion = self._lesion(rng, label, self._marker_box(marker))
         image += lesion
         self._draw_marker(image, marker)
@@ -126,9 +126,11 @@ class ShortcutBenchmark(IndexedDataset):
         meta: dict[str, Any] = {"split": self.split, "marker_class": marker, "shortcut_agrees": bool(marker == label),
                                 "box": box}
         return Item(f"synthetic-{self.split}-{index:08d}", torch.from_numpy(image.astype(np.float32))[None], roi,
-                    label, meta)
+                    label, meta, prior=torch.from_numpy(body))
 
-    def _background(self, rng: np.random.Generator) -> np.ndarray:
+    def _background(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """The background image and the body's region (the organ: the anatomy prior of an item,
+        which needs no expert; the lesion always lies inside it)."""
         ys, xs = self._ys, self._xs
         cx, cy = 0.5 + rng.uniform(-0.05, 0.05), 0.5 + rng.uniform(-0.05, 0.05)
         rx, ry = rng.uniform(0.36, 0.46), rng.uniform(0.40, 0.48)
@@ -139,7 +141,7 @@ class ShortcutBenchmark(IndexedDataset):
             fx, fy = rng.uniform(-4, 4, size=2)
             texture += rng.uniform(0.3, 1.0) * np.sin(2 * math.pi * (fx * xs + fy * ys) + rng.uniform(0, 2 * math.pi))
         ribs = 0.08 * np.sin(2 * math.pi * rng.uniform(5, 8) * ys + rng.uniform(0, 2 * math.pi)) * body
-        return 0.15 + 0.35 * body + 0.03 * texture + ribs
+        return 0.15 + 0.35 * body + 0.03 * texture + ribs, distance <= 1.0
 
     def _lesion(self, rng: np.random.Generator, label: int,
                 marker_box: tuple[slice, slice]) -> tuple[np.ndarray, np.ndarray]:

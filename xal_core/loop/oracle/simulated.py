@@ -83,20 +83,8 @@ class SimulatedOracle(Oracle):
 
 
 def _pool_rois(pool: PoolStore, ids: Sequence[int]) -> list[AnnotatedRoi]:
-    """The stored ROIs of the given rows (``xal-pool/1`` layout, docs/data.md), read in one selection each."""
-    import numpy as np
-    import zarr
-
-    rows = np.asarray(ids, dtype=np.int64)
-    if rows.min() < 0 or rows.max() >= len(pool):
-        raise IndexError(f"item index out of range 0..{len(pool) - 1}")
-    scoring = pool.path / "scoring"
-    read = lambda name: zarr.open_array(str(scoring / name), mode="r").get_orthogonal_selection((rows,))  # noqa: E731
-    if pool.roi_format == "boxes":
-        counts, boxes = read("roi_counts"), read("roi_boxes")
-        return [None if count < 0 else BoxRoi(tuple(tuple(float(v) for v in box) for box in boxes[row, :count]))
-                for row, count in enumerate(counts.tolist())]
-    known, packed = read("roi_known"), read("roi_packed")
-    width = pool.size[1]
-    return [MaskRoi.from_packed_row(packed[row], width) if is_known else None
-            for row, is_known in enumerate(known.tolist())]
+    """The expert's ROIs of the given rows, as the pool keeps them for the oracle (``oracle/``, never
+    what the scorer reads: docs/data.md, "ROI sources")."""
+    return [None if roi is None else MaskRoi.from_mask(roi) if roi.dtype == bool
+            else BoxRoi(tuple(tuple(float(v) for v in box) for box in roi))
+            for roi in pool.oracle_rois(ids)]
