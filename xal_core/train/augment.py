@@ -110,10 +110,13 @@ class Augment:
 #: Named augmentation settings, for recipes and the command line (``xal run --augment``):
 #: ``default`` the mild set above; ``noflip`` the same without the left-right flip (anatomy is not
 #: symmetric, and a flip moves a burned-in marker to the other corner, a cue the synthetic shortcut
-#: benchmark encodes the class in); ``none`` no augmentation.
+#: benchmark encodes the class in); ``intensity`` contrast and brightness jitter only, no geometric
+#: warp (a bilinear warp blurs a texture of a few pixels away, and with it a finding that lives in
+#: that texture); ``none`` no augmentation.
 AUGMENT_PRESETS: dict[str, Augment] = {
     "default": Augment(),
     "noflip": Augment(hflip=0.0),
+    "intensity": Augment(hflip=0.0, rotate_deg=0.0, translate=0.0, scale=0.0),
     "none": Augment.none(),
 }
 
