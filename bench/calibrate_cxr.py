@@ -45,10 +45,11 @@ FULL = dict(size=64, pool=5000, val=1000, budgets=(570, 5000), seed=0)
 QUICK = dict(size=32, pool=120, val=60, budgets=(40,), seed=0)
 
 
-def _split(split: str, n: int, size: int, seed: int, variant: str):
+def _split(split: str, n: int, size: int, seed: int, variant: str, opacity: float = 1.0):
     from xal_core.data import open_dataset
 
-    return open_dataset("cxr-sim", size=(size, size), n=n, split=split, seed=seed, variant=variant)
+    extra = {"opacity": opacity} if opacity != 1.0 else {}
+    return open_dataset("cxr-sim", size=(size, size), n=n, split=split, seed=seed, variant=variant, **extra)
 
 
 def _arrays(data):
@@ -73,8 +74,8 @@ def run_one(job: dict) -> dict:
 
     started = time.time()
     architecture, width, augment, epochs = job["candidate"].split(":")
-    pool = _split("pool", job["pool"], job["size"], job["seed"], job["variant"])
-    val = _split("val", job["val"], job["size"], job["seed"], job["variant"])
+    pool = _split("pool", job["pool"], job["size"], job["seed"], job["variant"], job["opacity"])
+    val = _split("val", job["val"], job["size"], job["seed"], job["variant"], job["opacity"])
     images, labels, rois = _arrays(pool)
     chosen = np.random.default_rng([job["seed"], job["budget"], 7]).permutation(len(labels))[: job["budget"]]
     chosen = torch.from_numpy(np.sort(chosen))
@@ -119,6 +120,7 @@ def main() -> int:
     parser.add_argument("--budgets", default=None, help="label budgets, e.g. 570,5000")
     parser.add_argument("--trainings", default="swap,plain")
     parser.add_argument("--variant", default="rsna", choices=("rsna", "vindr"))
+    parser.add_argument("--opacities", default="1.0", help="finding density factors to try, e.g. 0.3,0.5")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -126,8 +128,9 @@ def main() -> int:
     budgets = tuple(int(b) for b in args.budgets.split(",")) if args.budgets else setting["budgets"]
     out = args.out or ROOT / "bench" / "results" / ("cxr_calibration-quick.json" if args.quick else "cxr_calibration.json")
     jobs = [dict(candidate=c, budget=b, training=t, variant=args.variant, size=setting["size"], pool=setting["pool"],
-                 val=setting["val"], seed=setting["seed"])
-            for c in args.candidates.split(",") for b in budgets for t in args.trainings.split(",")]
+                 val=setting["val"], seed=setting["seed"], opacity=float(o))
+            for o in args.opacities.split(",") for c in args.candidates.split(",") for b in budgets
+            for t in args.trainings.split(",")]
     if args.quick:
         jobs = [dict(job, candidate=job["candidate"].rsplit(":", 1)[0] + ":1") for job in jobs]
     results = []
@@ -137,7 +140,7 @@ def main() -> int:
         for future in as_completed(futures):
             row = future.result()
             results.append(row)
-            print(f"{row['candidate']:28s} {row['training']:5s} {row['budget']:5d} labels: balanced accuracy "
+            print(f"opacity {row['opacity']:.2f} {row['candidate']:26s} {row['training']:5s} {row['budget']:5d} labels: balanced accuracy "
                   f"{row['balanced_accuracy']:.3f}  AUROC {row['auroc']:.3f}  ({row['seconds']} s)", flush=True)
     record = {"benchmark": f"cxr-sim-{args.variant}", "split_scored": "val", "when": datetime.now(UTC).isoformat(),
               "machine": platform.processor() or platform.machine(), "criteria": {"headroom_570": HEADROOM,
@@ -145,7 +148,7 @@ def main() -> int:
               "view_reader": view_reader(setting["size"], setting["pool"], setting["val"], setting["seed"])
               if args.variant == "rsna" else None,
               "command": " ".join(["python", "bench/calibrate_cxr.py", *sys.argv[1:]]),
-              "results": sorted(results, key=lambda r: (r["candidate"], r["training"], r["budget"]))}
+              "results": sorted(results, key=lambda r: (r["opacity"], r["candidate"], r["training"], r["budget"]))}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"view-only reader: {record['view_reader']}")
