@@ -20,12 +20,12 @@ RUN_EXTRAS := kernels
 DEV_EXTRAS := dev
 endif
 
-.PHONY: demo test lint install install-dev bench clean browser contract-blas
+.PHONY: demo test lint install install-dev bench clean browser pacs node-example contract-blas
 
 demo: $(VENV)/.installed-run
 	$(BIN)/xal demo
 
-test: $(VENV)/.installed-dev browser
+test: $(VENV)/.installed-dev browser pacs node-example
 	$(BIN)/ruff check .
 	$(MAKE) --no-print-directory contract-blas
 	$(BIN)/python -m pytest -n 2 --doctest-modules tests xal_core
@@ -63,6 +63,35 @@ browser:
 		{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; } || \
 		echo "could not install chromium: the browser tests will be skipped (see pytest's summary)"; \
 	else echo "no chromium/chromedriver and no root apt-get here: the browser tests will be skipped"; fi
+
+# The PACS tests (tests/pacs) run a real Orthanc with its DICOMweb plugin on 127.0.0.1 and check
+# every exported SEG/SR with dciodvfy: Debian's orthanc, orthanc-dicomweb and dicom3tools. Installed
+# here when missing on a Debian host and running as root (as CI does); elsewhere the tests are
+# skipped with this reason shown. The package's own Orthanc service is not started (policy-rc.d in
+# containers; the tests start their own server on a free port).
+PACS_PACKAGES := orthanc orthanc-dicomweb dicom3tools
+pacs:
+	@if command -v Orthanc >/dev/null 2>&1 && command -v dciodvfy >/dev/null 2>&1 && \
+		ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's $(PACS_PACKAGES) (the PACS tests)"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q $(PACS_PACKAGES) >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(PACS_PACKAGES) >/dev/null 2>&1; } || \
+		echo "could not install $(PACS_PACKAGES): the PACS tests will be skipped (see pytest's summary)"; \
+	else echo "no Orthanc/dciodvfy and no root apt-get here: the PACS tests will be skipped"; fi
+
+# The Node.js client of the scoring service (examples/node) and its test (tests/service/test_node_client.py):
+# its npm packages, exactly those of its package-lock.json (`npm ci`), installed where node and npm
+# exist and the lock file is newer than the last install; elsewhere the test is skipped with this
+# reason shown.
+node-example:
+	@if [ examples/node/node_modules/.package-lock.json -nt examples/node/package-lock.json ]; then :; \
+	elif command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then \
+		echo "installing examples/node's npm packages (npm ci)"; \
+		(cd examples/node && npm ci --no-audit --no-fund --loglevel=error) || \
+		echo "npm ci failed: the Node.js client test will be skipped (see pytest's summary)"; \
+	else echo "no node/npm here: the Node.js client test will be skipped"; fi
 
 install: $(VENV)/.installed-run
 install-dev: $(VENV)/.installed-dev

@@ -68,9 +68,11 @@ def run_one(job: dict) -> dict:
 
     torch.set_num_threads(1)
     from xal_core.loop.metrics import classification_metrics
-    from xal_core.loop.training import TrainRecipe, train_config
+    from xal_core.loop.recipe import TrainRecipe
+    from xal_core.loop.training import train_config
     from xal_core.models import build_backbone
     from xal_core.train import fit
+    from xal_core.train.roi_training import RoiTraining
 
     started = time.time()
     architecture, width, augment, epochs = job["candidate"].split(":")
@@ -81,7 +83,7 @@ def run_one(job: dict) -> dict:
     chosen = torch.from_numpy(np.sort(chosen))
     extra = {"smallcnn_width": int(width)} if architecture == "smallcnn" else {"output_stride": 16}
     recipe = TrainRecipe(architecture=architecture, epochs=int(epochs), schedule="cosine", augment=augment,
-                         roi_augment="swap" if job["training"] == "swap" else "none", **extra)
+                         roi=RoiTraining(augment="swap" if job["training"] == "swap" else "none"), **extra)
     torch.manual_seed(job["seed"])
     backbone = build_backbone(recipe.backbone(1, len(pool.classes)))
     config = train_config(recipe, seed=job["seed"], device="cpu")

@@ -33,7 +33,6 @@ from xal_core.data import open_dataset  # noqa: E402
 from xal_core.data.ingest import ingest  # noqa: E402
 from xal_core.models import ExplainableModel, build_backbone, export  # noqa: E402
 from xal_service.client import ScoringClient  # noqa: E402
-from xal_service.wire import scoring_pb2 as pb  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PER_ROUND = 40
@@ -68,14 +67,8 @@ def run(workdir: Path, arms: int, rounds: int, items: int) -> dict:
                 for arm in range(arms):
                     name = f"arm{arm}-round{round_}"
                     client.load_model(name, str(export_model(workdir / f"{name}.onnx", 1000 * arm + round_)))
-                    request = pb.StartScoringRequest(model=name, pool="pool", k=PER_ROUND,
-                                                     exclude_ids=labelled[arm])
-                    job_id = client.start_scoring(request).job_id
-                    final = list(client.watch_job(job_id))[-1]
-                    if final.state != pb.JOB_SUCCEEDED:
-                        raise RuntimeError(f"{name}: job ended {pb.JobState.Name(final.state)}: {final.error}")
-                    ranked = [item.id for page in client.get_ranking(job_id) for item in page.items]
-                    labelled[arm] += ranked
+                    result = client.run_scoring_job(name, "pool", k=PER_ROUND, exclude_ids=labelled[arm])
+                    labelled[arm] += [item.id for item in result.items]
                 rows.append({"round": round_, "rss_mb": round(rss_mb(server.pid), 1),
                              "seconds": round(time.perf_counter() - started, 2)})
                 print(f"round {round_:2d}: RSS {rows[-1]['rss_mb']:7.1f} MB ({rows[-1]['seconds']:.1f} s)", flush=True)

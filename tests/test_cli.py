@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -78,14 +80,15 @@ def test_main_job_demo_runs_both_parts_through_the_service_and_merges_them(tmp_p
     assert again.returncode == 0 and "| dual+swap+cosine+warm+aug-noflip |" in again.stdout.split("the demo's arms")[-1]
 
 
-def test_score_preset_flag_and_its_old_name_give_the_same_config() -> None:
-    """``xal score --preset`` (λ by name) was ``--strategy``, a word the loop uses for the acquisition
-    class (issue 16); the old flag still parses, to the same ``ScoringConfig``."""
+def test_score_preset_flag_fixes_the_weight_by_name() -> None:
+    """``xal score --preset`` (λ by name); ``--strategy`` is the loop's word for the acquisition class
+    and is no flag of ``xal score``."""
     from xal_cli.main import build_parser
     from xal_cli.scoring_flags import scoring_config
 
     parser = build_parser()
-    new = scoring_config(parser.parse_args(["score", "--out", "r.csv", "--preset", "uncertainty", "--threshold", "0.4"]))
-    old = scoring_config(parser.parse_args(["score", "--out", "r.csv", "--strategy", "uncertainty", "--threshold", "0.4"]))
-    assert new == old and new.weight == 1.0 and new.threshold == 0.4
+    preset = scoring_config(parser.parse_args(["score", "--out", "r.csv", "--preset", "uncertainty", "--threshold", "0.4"]))
+    assert preset.weight == 1.0 and preset.threshold == 0.4
     assert scoring_config(parser.parse_args(["score", "--out", "r.csv", "--weight", "0.3"])).weight == 0.3
+    with pytest.raises(SystemExit):
+        parser.parse_args(["score", "--out", "r.csv", "--strategy", "uncertainty"])

@@ -9,19 +9,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-# Copies of xal_core.models.export's constants (a test keeps them equal): importing xal_core.models
-# pulls in MONAI, which would add seconds to every `xal` command, so it is imported only in `run`.
-FORMATS = ("onnx", "torchscript")
-ONNX_EXPORTERS = ("auto", "dynamo", "legacy")
+from xal_core.models import ExplainableModel, export, load_checkpoint
+from xal_core.models.export import FORMATS, ONNX_EXPORTERS
+
+from .defaults import default_of
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("export", help="export a checkpoint to ONNX or TorchScript with CAM outputs")
     parser.add_argument("checkpoint", type=Path, help="an xal checkpoint (.pt or .safetensors) written by training")
-    parser.add_argument("--format", choices=FORMATS, default="onnx", help="output format (default onnx)")
+    parser.add_argument("--format", choices=FORMATS, default=default_of(export, "format"),
+                        help=f"output format (default {default_of(export, 'format')})")
     parser.add_argument("--out", type=Path, required=True, help="where to write the model file")
     parser.add_argument(
-        "--onnx-exporter", choices=ONNX_EXPORTERS, default="auto",
+        "--onnx-exporter", choices=ONNX_EXPORTERS, default=default_of(export, "onnx_exporter"),
         help="auto: torch's dynamo exporter, the legacy one if it fails (default); dynamo: no fallback; legacy only",
     )
     parser.set_defaults(run=run)
@@ -30,17 +31,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from xal_core.models import ExplainableModel, ModelMetadata, export, load_checkpoint
-
     checkpoint = load_checkpoint(args.checkpoint)
     model = ExplainableModel(checkpoint.build())
-    metadata = ModelMetadata(
-        class_names=checkpoint.class_names,
-        preprocessing=checkpoint.preprocessing,
-        target_layer=model.target_layer,
-        architecture=checkpoint.architecture.to_dict(),
-    )
-    result = export(model, args.out, args.format, metadata=metadata, onnx_exporter=args.onnx_exporter)
+    result = export(model, args.out, args.format, metadata=checkpoint.metadata(model.target_layer),
+                    onnx_exporter=args.onnx_exporter)
     console = Console()
     note = f" (dynamo exporter failed: {result.fallback_reason})" if result.fallback_reason else ""
     pre = checkpoint.preprocessing

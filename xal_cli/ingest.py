@@ -5,6 +5,10 @@
 Bad items are skipped and listed in ``POOL/ingest_report.tsv``; the summary counts them. Images
 above ``--max-pixels`` are refused from their header (generic, vindr, siim). A killed ingest leaves
 no half-written pool: rerun the same command (docs/data.md, "Interrupted ingests").
+
+``SOURCE`` may also be a DICOMweb service, ``dicomweb+http://HOST:PORT/dicom-web``, with
+``--study UID …`` or ``--query "Modality=CR&StudyDate=…"`` and labels from ``--labels CSV`` (or
+an unlabelled pool with ``--classes``): docs/data.md, "DICOMweb pools".
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from xal_core.data import KINDS, detect_kind, open_dataset
+from xal_core.data.dicomweb import is_dicomweb
 from xal_core.data.guards import DEFAULT_MAX_PIXELS, pixel_limit
 from xal_core.data.ingest import ingest
 
@@ -32,7 +37,8 @@ class ItemsPerSecond(ProgressColumn):
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("ingest", help="write a dataset into a chunked pool store")
-    parser.add_argument("source", help="dataset folder, or 'synthetic' for the shortcut benchmark")
+    parser.add_argument("source", help="dataset folder, 'synthetic' for the shortcut benchmark, or a DICOMweb "
+                        "service dicomweb+http(s)://HOST:PORT/PATH")
     parser.add_argument("--out", required=True, help="pool folder to create (or to extend with --append)")
     parser.add_argument("--kind", choices=("auto", *KINDS), default="auto")
     parser.add_argument("--size", type=int, nargs="+", default=[224], metavar="PX",
@@ -48,6 +54,25 @@ def register(commands: argparse._SubParsersAction) -> None:
                         f"decoding (default {DEFAULT_MAX_PIXELS:,}; kinds generic, vindr, siim)")
     parser.add_argument("--append", action="store_true", help="add the items to an existing pool")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    web = parser.add_argument_group("DICOMweb sources (dicomweb+http://…; docs/data.md, \"DICOMweb pools\")")
+    web.add_argument("--study", nargs="+", action="extend", default=[], metavar="UID",
+                     help="Study Instance UIDs whose instances to ingest")
+    web.add_argument("--query", default=None, metavar="K=V&…",
+                     help="QIDO-RS instance search instead of --study, e.g. \"Modality=CR&StudyDate=20240101-20240131\"")
+    web.add_argument("--labels", default=None, metavar="CSV",
+                     help="labels keyed by SOP or Study Instance UID: columns uid,label[,roi][,split]")
+    web.add_argument("--classes", default=None, metavar="A,B,…",
+                     help="the class names, in order (with --labels: fixes their order; alone: an unlabelled pool)")
+    web.add_argument("--credentials-file", default=None, metavar="FILE",
+                     help="user:password or a bearer token (else $XAL_DICOMWEB_CREDENTIALS); never on the command line")
+    web.add_argument("--ca-bundle", default=None, metavar="PEM",
+                     help="CA certificates to verify the server's TLS certificate with (verified by default)")
+    web.add_argument("--retries", type=int, default=5, help="retries of a transient HTTP failure (default 5)")
+    web.add_argument("--dataset-out", default=None, metavar="DIR",
+                     help="also write a generic dataset folder naming the same instances, for "
+                     "`xal run --dataset generic --data-dir DIR`")
+    web.add_argument("--test-fraction", type=float, default=0.2,
+                     help="--dataset-out: share of studies in the test split when --labels has no split column")
     parser.set_defaults(run=run)
 
 
@@ -58,6 +83,12 @@ def run(args: argparse.Namespace) -> int:
     if len(args.size) not in (1, 2) or min(args.size) < 1:
         raise ValueError(f"--size: expected H or H W with positive integers, got {args.size}")
     size = (args.size[0], args.size[-1])
+    if is_dicomweb(args.source):
+        return run_dicomweb(args, size)
+    if args.study or args.query or args.labels or args.classes or args.credentials_file or args.ca_bundle \
+            or args.dataset_out:
+        raise ValueError("--study, --query, --labels, --classes, --credentials-file, --ca-bundle and --dataset-out "
+                         "are for a DICOMweb source (dicomweb+http://…)")
     options = parse_adapter_options(args.option)
     if args.source == "synthetic":
         kind, root = "synthetic", None
@@ -80,4 +111,44 @@ def run(args: argparse.Namespace) -> int:
         print("an interrupted earlier ingest into this --out was discarded and started over")
     print(f"{summary.written} items written, {summary.skipped} skipped, {summary.total} in the pool "
           f"({summary.rate:,.0f} items/s); report: {summary.report}")
+    return 0
+
+
+def run_dicomweb(args: argparse.Namespace, size: tuple[int, int]) -> int:
+    from xal_core.data.dicomweb import DicomWebConnection, read_credentials
+    from xal_core.data.dicomweb_ingest import ingest_dicomweb
+
+    if args.kind != "auto" or args.option:
+        raise ValueError("--kind and --option do not apply to a DICOMweb source")
+    classes = [name.strip() for name in args.classes.split(",") if name.strip()] if args.classes else None
+    connection = DicomWebConnection(args.source, headers=read_credentials(args.credentials_file),
+                                    ca_bundle=args.ca_bundle, retries=args.retries)
+    console = Console(stderr=True, quiet=args.quiet)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), ItemsPerSecond(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, disable=args.quiet) as progress:
+        tasks: dict[str, int] = {}
+
+        def on_phase(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(phase, total=total)
+            progress.update(tasks[phase], completed=done, total=total)
+
+        result = ingest_dicomweb(connection, args.out, size=size, studies=args.study, query=args.query,
+                                 labels=args.labels, classes=classes,
+                                 max_pixels=None if args.max_pixels is None else pixel_limit(args.max_pixels),
+                                 chunk=args.chunk, max_boxes=args.max_boxes, append=args.append, workers=args.workers,
+                                 on_phase=on_phase, dataset_out=args.dataset_out, test_fraction=args.test_fraction,
+                                 credentials_file=args.credentials_file, ca_bundle=args.ca_bundle)
+    if result.summary is None:
+        print(f"{args.out}: already complete (an earlier run committed it); nothing to do")
+        return 0
+    summary = result.summary
+    if result.resumed:
+        print(f"resumed an interrupted ingest: {result.listed - result.retrieved} of {result.listed} instances were "
+              "already retrieved")
+    print(f"{summary.written} items written, {summary.skipped} skipped, {summary.total} in the pool "
+          f"({result.retrieved} instances retrieved over DICOMweb); report: {summary.report}")
+    if result.dataset_folder is not None:
+        print(f"dataset folder for xal run --dataset generic --data-dir: {result.dataset_folder}")
     return 0

@@ -27,7 +27,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def merge_runs(runs: list[Path]) -> tuple[list[dict], dict]:
     """All runs' metrics rows and a config that records where they came from."""
-    from xal_core.loop.metrics import read_metrics_csv
+    from xal_core.loop.metrics_file import read_metrics_csv
     from xal_core.loop.report.stats import series
 
     rows: list[dict] = []
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             for grid in sorted((run_dir / "overlays").glob("*.npz")):
                 if not (overlays / grid.name).exists():
                     shutil.copyfile(grid, overlays / grid.name)
-        from xal_core.loop.metrics import append_metrics_csv
+        from xal_core.loop.metrics_file import append_metrics_csv
 
         (out / "metrics.csv").unlink(missing_ok=True)
         append_metrics_csv(out / "metrics.csv", rows)

@@ -30,6 +30,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="largest uploaded model file (default 1 GiB)")
     parser.add_argument("--max-roi-side", type=int, default=4096,
                         help="largest ROI frame height and width a ScoreBatch may declare (default 4096)")
+    parser.add_argument("--max-boxes-per-image", type=int, default=1024,
+                        help="most box slots per image (M of roi.boxes.boxes [B, M, 4]) a ScoreBatch may send "
+                             "(default 1024)")
     parser.add_argument("--max-streams-per-client", type=int, default=16,
                         help="open WatchJob/GetRanking/LoadModel streams per client address (default 16)")
     parser.add_argument("--max-streams", type=int, default=64, help="open streams in total (default 64)")
@@ -62,8 +65,8 @@ def ray_engine_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from xal_service.limits import ServiceLimits
-    from xal_service.server import ServerConfig, serve_forever  # gRPC only when serving
+    from xal_service.server.limits import ServiceLimits
+    from xal_service.server.serve import ServerConfig, serve_forever  # gRPC only when serving
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.max_message_mb < 1 or args.workers < 1:
@@ -81,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         model_roots=tuple(args.model_root),
         pool_roots=tuple(args.pool_root),
         trust_torchscript_uploads=args.trust_torchscript_uploads,
-        limits=ServiceLimits(max_roi_side=args.max_roi_side, max_model_bytes=args.max_model_bytes,
+        limits=ServiceLimits(max_roi_side=args.max_roi_side, max_boxes_per_image=args.max_boxes_per_image,
+                             max_model_bytes=args.max_model_bytes,
                              max_streams_per_client=args.max_streams_per_client, max_streams=args.max_streams,
                              max_inflight_batches=args.max_inflight_batches),
     )

@@ -13,11 +13,11 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from xal_core.loop.data_spec import DataSpec
 from xal_core.loop.experiment import ExperimentData, prepare_data
 from xal_core.loop.learner import ActiveLearner, NeedsAnnotations, RoundEvent
 from xal_core.loop.ledger import Ledger
@@ -27,8 +27,14 @@ from xal_core.loop.report.final_table import final_table_markdown
 from xal_core.loop.report.html import write_report
 from xal_core.loop.scorers import InProcessScorer
 
-__all__ = ["RunSession", "RunOutcome", "ORACLES"]
+from .annotate import DEFAULT_LISTEN
+from .defaults import default_of
 
+__all__ = ["ORACLES", "SCORERS", "RunOutcome", "RunSession"]
+
+#: where a run's pool is scored: a gRPC service (a local ``xal serve`` or one at HOST:PORT) or this process
+SCORERS = ("service", "inprocess")
+#: who answers: the dataset's own labels, a CSV a person fills in, a person in the browser
 ORACLES = ("simulated", "file", "web")
 
 
@@ -43,24 +49,26 @@ class RunOutcome:
 
 
 class RunSession:
-    """Everything ``xal run`` needs, from arguments; :meth:`run` does the experiment."""
+    """Everything ``xal run`` needs, from arguments; :meth:`run` does the experiment.
 
-    def __init__(self, run_dir: str | Path, protocol: Protocol, *, dataset: str = "synthetic",
-                 data_dir: str | Path | None = None, size: tuple[int, int] = (64, 64), pool_size: int = 5000,
-                 val_size: int = 200, test_size: int = 500, test_fraction: float = 0.2,
-                 options: dict[str, Any] | None = None, scorer: str = "service", server: str = "auto",
-                 token_file: Path | None = None, oracle: str = "simulated", labels: Path | None = None,
-                 device: str | None = None, overlay_images: int = 8, console: Console | None = None,
-                 progress: bool = True, annotate_listen: str = "127.0.0.1:8080",
-                 annotate_token_file: Path | None = None, annotator: str = "web") -> None:
-        if scorer not in ("service", "inprocess"):
-            raise ValueError(f"scorer: expected 'service' or 'inprocess', got {scorer!r}")
+    ``protocol`` (what is measured) and ``data`` (on which data) are carried whole; the keyword
+    parameters are the session's own settings, and their defaults here are ``xal run``'s
+    (``overlay_images`` is the learner's).
+    """
+
+    def __init__(self, run_dir: str | Path, protocol: Protocol, *, data: DataSpec = DataSpec(),
+                 scorer: str = "service", server: str = "auto", token_file: Path | None = None,
+                 oracle: str = "simulated", labels: Path | None = None, device: str | None = None,
+                 overlay_images: int = default_of(ActiveLearner, "overlay_images"), console: Console | None = None,
+                 progress: bool = True, annotate_listen: str = DEFAULT_LISTEN, annotate_token_file: Path | None = None,
+                 annotator: str = "web") -> None:
+        if scorer not in SCORERS:
+            raise ValueError(f"scorer: expected {' or '.join(map(repr, SCORERS))}, got {scorer!r}")
         if oracle not in ORACLES:
             raise ValueError(f"oracle: expected one of {', '.join(ORACLES)}, got {oracle!r}")
         self.run_dir = Path(run_dir)
         self.protocol = protocol
-        self.data_args = dict(dataset=dataset, data_dir=data_dir, size=size, pool_size=pool_size, val_size=val_size,
-                              test_size=test_size, test_fraction=test_fraction, options=options or {})
+        self.data = data
         self.scorer_kind, self.server, self.token_file = scorer, server, token_file
         self.oracle_kind, self.labels = oracle, labels
         self.annotate_listen, self.annotate_token_file, self.annotator = annotate_listen, annotate_token_file, annotator
@@ -71,12 +79,10 @@ class RunSession:
     # ------------------------------------------------------------------ pieces
     def prepare(self) -> ExperimentData:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        args = dict(self.data_args)
         with self._bar("preparing data") as (bar, task):
             def on_progress(phase: str, done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total, description=f"writing the {phase} split")
-            return prepare_data(self.run_dir / "data", args.pop("dataset"), args.pop("data_dir"), **args,
-                                on_progress=on_progress)
+            return prepare_data(self.run_dir / "data", self.data, on_progress=on_progress)
 
     def run_config(self, data: ExperimentData) -> dict:
         """What the ledger pins: a resumed run must be the same experiment."""
@@ -109,8 +115,8 @@ class RunSession:
                 yield scorer
             return
         from xal_service.client import ScoringClient  # gRPC only when scoring through the service
-        from xal_service.loop_scorer import ServiceScorer
-        from xal_service.process import LocalServer
+        from xal_service.client.loop_scorer import ServiceScorer
+        from xal_service.server.process import LocalServer
 
         token = self.token_file.read_text().strip() if self.token_file is not None else None
         if self.server == "auto":

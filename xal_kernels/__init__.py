@@ -10,7 +10,7 @@ torch.Size([2])
 
 Routing (``XAL_KERNELS`` = auto | triton | numba | torch | reference) is described in ``dispatch``;
 the Triton kernels live one op per module, ``xal_kernels/triton_alignment.py`` and
-``xal_kernels/triton_uncertainty.py`` (plus ``topk.push_chunk``), each importable as
+``xal_kernels/triton_uncertainty.py``, each importable as
 ``from xal_kernels.triton_alignment import ...``; the compiled CPU kernel (Numba) that CPU tensors
 take is ``xal_kernels/cpu_alignment.py``.
 
@@ -32,7 +32,6 @@ from .dispatch import (
     uncertainty_and_dual_score,
     warm_up,
 )
-from .topk import push_chunk
 
 __all__ = [
     "BACKEND_ENV",
@@ -41,7 +40,6 @@ __all__ = [
     "backend_for",
     "cam_alignment",
     "dual_score",
-    "push_chunk",
     "uncertainty",
     "uncertainty_and_dual_score",
     "warm_up",

@@ -49,7 +49,7 @@ from xal_core.scoring.plan_cache import byte_bounded_cache
 from xal_core.scoring.results import AlignmentScores
 from xal_core.scoring.roi import Roi
 
-__all__ = ["cam_alignment", "cam_alignment_packed", "cam_alignment_boxes", "launch_cam_alignment"]
+__all__ = ["cam_alignment", "launch_cam_alignment"]
 
 
 # --------------------------------------------------------------------------- jit helpers
@@ -586,51 +586,3 @@ def cam_alignment(
         )
     warn_nonfinite(scores.n_invalid, "features, CAM weights or channel sum")
     return scores
-
-
-def cam_alignment_packed(
-    features: torch.Tensor,
-    weights: torch.Tensor,
-    packed: torch.Tensor,
-    width: int,
-    known: torch.Tensor | None = None,
-    *,
-    threshold: float = DEFAULT_THRESHOLD,
-) -> AlignmentScores:
-    """Alignment against bit-packed masks as they come off disk or the wire, without unpacking.
-
-    Args:
-        packed: ``uint8 [B, H, ceil(W/8)]``, pixel ``(y, x)`` = bit ``7 - x % 8`` of byte ``[y, x // 8]``.
-        width: ``W``.
-        known: optional bool ``[B]`` (False = unknown ROI); default all known.
-    """
-    check_cam_inputs(features, weights)
-    check_threshold(threshold)
-    batch = features.shape[0]
-    if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8 or packed.dim() != 3:
-        got = f"{packed.dtype} {tuple(packed.shape)}" if isinstance(packed, torch.Tensor) else type(packed).__name__
-        raise ValueError(f"packed: expected uint8 [B, H, ceil(W/8)], got {got}")
-    if packed.shape[0] != batch:
-        raise ValueError(f"packed: holds {packed.shape[0]} items, features hold {batch}")
-    if width < 1 or packed.shape[1] < 1 or packed.shape[2] != math.ceil(width / 8):
-        raise ValueError(f"packed: shape {tuple(packed.shape)} does not hold a frame of width {width}")
-    known_t = Roi.known_flags(known, batch, features.device)
-    scores = launch_cam_alignment(
-        features, weights, (packed.shape[1], width), known_t, packed=packed.to(features.device), threshold=threshold
-    )
-    warn_nonfinite(scores.n_invalid, "features, CAM weights or channel sum")
-    return scores
-
-
-def cam_alignment_boxes(
-    features: torch.Tensor,
-    weights: torch.Tensor,
-    boxes: torch.Tensor,
-    counts: torch.Tensor,
-    size: tuple[int, int],
-    *,
-    threshold: float = DEFAULT_THRESHOLD,
-) -> AlignmentScores:
-    """Alignment against the padded box layout ``boxes [B, M, 4]`` + ``counts [B]`` (``-1`` = unknown)."""
-    roi = Roi.from_padded_boxes(boxes, counts, size)
-    return cam_alignment(features, weights, roi, threshold=threshold)

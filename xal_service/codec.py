@@ -40,7 +40,7 @@ from .errors import invalid_argument
 from .wire import scoring_pb2 as pb
 
 __all__ = [
-    "decode_tensor", "encode_tensor", "fill_tensor", "decode_roi", "encode_roi", "fill_roi",
+    "decode_tensor", "fill_tensor", "decode_roi", "fill_roi", "roi_clipped",
     "decode_parameters", "encode_parameters", "ScoreBatchWire", "parse_score_batch_request",
     "encode_score_batch_request",
 ]
@@ -106,13 +106,6 @@ with warnings.catch_warnings():
     _from_numpy(np.frombuffer(bytes(4), dtype=np.float32))
 
 
-def encode_tensor(tensor: torch.Tensor | np.ndarray) -> pb.Tensor:
-    """A ``Tensor`` message (raw little-endian bytes) from a tensor or array."""
-    message = pb.Tensor()
-    fill_tensor(message, tensor)
-    return message
-
-
 def fill_tensor(message: pb.Tensor, tensor: torch.Tensor | np.ndarray) -> None:
     """Write ``tensor`` into ``message`` in place: building a request field by field spares the
     copy that passing a finished sub-message to a constructor makes (megabytes for features)."""
@@ -160,10 +153,45 @@ def decode_roi(message: pb.RoiBatch, batch: int, field: str = "roi") -> Roi:
             counts = decode_tensor(message.boxes.counts, f"{field}.boxes.counts", dtypes=INTEGERS, ndim=1)
             if boxes.shape[0] != batch or boxes.shape[2] != 4:
                 raise invalid_argument(f"{field}.boxes.boxes.shape: expected [{batch}, M, 4], got {list(boxes.shape)}")
-            return Roi.from_padded_boxes(boxes, counts, size=(message.height, message.width))
-    except ValueError as error:  # Roi's own checks name the item: boxes[3][0]: x_max < x_min ...
+            if counts.shape[0] != batch:
+                raise invalid_argument(f"{field}.boxes.counts.shape: expected [{batch}], got {list(counts.shape)}")
+            try:
+                roi = Roi.from_padded_boxes(boxes, counts, size=(message.height, message.width))
+            except ValueError as error:  # Roi's checks name the item: boxes[3][0]: x_max < x_min ...
+                raise invalid_argument(f"{field}.boxes.{error}") from None
+            _check_padding_rows(boxes, roi.counts, f"{field}.boxes")
+            return roi
+    except ValueError as error:
         raise invalid_argument(f"{field}: {error}") from None
     raise invalid_argument(f"{field}: set either masks or boxes")
+
+
+def _check_padding_rows(boxes: torch.Tensor, counts: torch.Tensor, field: str) -> None:
+    """Rows past ``counts[b]`` are padding and must be all zeros: a box written there is not used, so
+    a client that sent one most likely sent a wrong count (or NaN-padded, which protobuf clients in
+    other languages must not do either: the rule is one, zeros)."""
+    if boxes.shape[1] == 0:
+        return
+    padding = torch.arange(boxes.shape[1])[None, :] >= counts.clamp_min(0)[:, None]
+    bad = padding & (boxes != 0).any(-1)  # NaN != 0 too
+    if bool(bad.any()):
+        image, row = (int(v) for v in bad.nonzero()[0])
+        values = tuple(float(v) for v in boxes[image, row].tolist())
+        raise invalid_argument(
+            f"{field}.boxes[{image}][{row}]: a padding row (past counts[{image}] = {int(counts[image])}) must be all "
+            f"zeros, got {values}; boxes there are not used: is counts[{image}] right?")
+
+
+def roi_clipped(roi: Roi) -> torch.Tensor:
+    """bool ``[B]``: some used box of the item reaches past the ``H×W`` frame (a coordinate below 0,
+    ``x_max > W`` or ``y_max > H``); the contract clips it to the frame. All False for masks."""
+    if roi.boxes is None:
+        return torch.zeros(roi.batch_size, dtype=torch.bool)
+    height, width = roi.size
+    x_min, y_min, x_max, y_max = roi.boxes.unbind(-1)  # padding rows are zeros here (from_padded_boxes)
+    used = torch.arange(roi.boxes.shape[1])[None, :] < roi.counts[:, None]
+    past = (x_min < 0) | (y_min < 0) | (x_max > width) | (y_max > height)
+    return (past & used).any(-1)
 
 
 def _roi_from_packed(packed: torch.Tensor, width: int, known: list[bool] | None) -> Roi:
@@ -176,12 +204,6 @@ def _roi_from_packed(packed: torch.Tensor, width: int, known: list[bool] | None)
         packed = packed.masked_fill(~flags[:, None, None], 0)
     masks = np.unpackbits(packed.numpy(), axis=-1, count=width).view(np.bool_)
     return Roi(size=(packed.shape[1], width), known=flags, masks=torch.from_numpy(masks))
-
-
-def encode_roi(roi: Roi) -> pb.RoiBatch:
-    message = pb.RoiBatch()
-    fill_roi(message, roi)
-    return message
 
 
 def fill_roi(message: pb.RoiBatch, roi: Roi) -> None:

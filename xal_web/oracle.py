@@ -29,17 +29,19 @@ class WebOracle(Oracle):
         token: the login token (required off loopback).
         annotator: the name answers carry unless the page gives one.
         say: where to announce the page's address (a console's ``print``).
+        allowed_hosts: host names the page is also reached by (besides loopback and the listen host).
     """
 
     draws_rois = True
 
     def __init__(self, desk: AnnotationDesk, run_dir: str | Path, *, listen: str = "127.0.0.1:8080",
-                 token: str | None = None, annotator: str = "web", say: Callable[[str], None] = print) -> None:
+                 token: str | None = None, annotator: str = "web", say: Callable[[str], None] = print,
+                 allowed_hosts: tuple[str, ...] | list[str] = ()) -> None:
         self.desk = desk
         self.class_names = desk.class_names
         self.annotator = annotator
-        self.server = AnnotationServer(build_app(desk, run_dir, token=token, annotator=annotator), listen,
-                                       has_token=token is not None)
+        self.server = AnnotationServer(build_app(desk, run_dir, token=token, annotator=annotator, run_waits=True),
+                                       listen, has_token=token is not None, allowed_hosts=allowed_hosts)
         self._say = say
 
     def __enter__(self) -> WebOracle:

@@ -5,6 +5,12 @@ with a clear message when the port is taken. Without a token only a loopback add
 (``xal_core.access``: the same rule as ``xal serve``). ``serve()`` runs in the foreground and
 stops on Ctrl-C / SIGTERM (``xal annotate``); ``start()`` runs in a thread beside the loop
 (``xal run --oracle web``) until ``stop()``.
+
+Around the app (``guard``): only requests naming an allowed host (``localhost``, ``127.0.0.1``,
+``[::1]``, the listen host, and ``allowed_hosts``, e.g. ``--allowed-host annotate.example.org``
+behind a reverse proxy) are answered; at most 64 at once; a connection must send its request head
+within ``head_timeout`` seconds and at most 128 may wait for one, so idle sockets never lock the
+page out (there is no connection cap that they could fill).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from starlette.applications import Starlette
 
 from xal_core.access import is_loopback, split_listen
 
+from .guard import HostCheck, InFlightLimit, guarded_h11
+
 __all__ = ["AnnotationServer"]
 
 
@@ -33,10 +41,30 @@ class _Uvicorn(uvicorn.Server):
         self.should_exit = True
 
 
+def allowed_host_names(listen_host: str, extra: tuple[str, ...] | list[str] = ()) -> tuple[str, ...]:
+    """The ``Host`` names served: loopback names, the listen host (for a wildcard listen, this
+    machine's own name), and ``extra``. ``ValueError`` for an extra that is not a host name."""
+    names = ["localhost", "127.0.0.1", "[::1]"]
+    bare = listen_host.strip("[]")
+    if bare in ("0.0.0.0", "::", ""):
+        names += [socket.gethostname().lower(), socket.getfqdn().lower()]
+    else:
+        names.append(f"[{bare}]" if ":" in bare else bare.lower())
+    for name in extra:
+        clean = name.strip().lower().rstrip(".")
+        if not clean or any(c in clean for c in "/@ ?#") or (":" in clean and not clean.startswith("[")):
+            raise ValueError(f"--allowed-host {name!r}: expected a host name or address without scheme or port "
+                             "(IPv6 in brackets)")
+        names.append(clean)
+    return tuple(dict.fromkeys(names))
+
+
 class AnnotationServer:
     """Serves ``app`` on ``listen`` (``HOST:PORT``)."""
 
-    def __init__(self, app: Starlette, listen: str = "127.0.0.1:8080", *, has_token: bool = False) -> None:
+    def __init__(self, app: Starlette, listen: str = "127.0.0.1:8080", *, has_token: bool = False,
+                 allowed_hosts: tuple[str, ...] | list[str] = (), head_timeout: float = 10.0,
+                 max_in_flight: int = 64) -> None:
         host, port = split_listen(listen)
         if not has_token and not is_loopback(host):
             raise ValueError(f"--listen {listen}: the annotator serves a non-loopback address only with a "
@@ -49,11 +77,14 @@ class AnnotationServer:
         except OSError as error:
             self._socket.close()
             raise ValueError(f"--listen {listen}: cannot bind ({error.strerror})") from None
-        self._socket.listen(64)
+        self._socket.listen(256)
         bound = self._socket.getsockname()
         self.host, self.port = host, int(bound[1])
-        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=5,
-                                limit_concurrency=64, lifespan="off")
+        self.allowed_hosts = allowed_host_names(host, allowed_hosts)
+        guarded = HostCheck(InFlightLimit(app, max_in_flight), self.allowed_hosts)
+        config = uvicorn.Config(guarded, log_level="warning", access_log=False, timeout_keep_alive=5,
+                                http=guarded_h11(head_timeout), h11_max_incomplete_event_size=16 * 1024,
+                                proxy_headers=False, lifespan="off")
         self._server = _Uvicorn(config)
         self._thread: threading.Thread | None = None
 

@@ -36,21 +36,21 @@ import torch
 from xal_core.data.shortcut import ShortcutBenchmark
 from xal_core.loop.experiment import HeldOut
 from xal_core.loop.metrics import evaluate
-from xal_core.loop.protocol import derived_seed
+from xal_core.loop.seeds import derived_seed
 from xal_core.models import ExplainableModel, build_backbone
-from xal_core.train import Augment, TrainConfig, fit
+from xal_core.train import Augment, RoiTraining, TrainConfig, fit
 
 POOL, TEST, LABELS, SIZE = 5000, 500, 570, (64, 64)
 
 
-def arm_options(arm: str) -> dict:
+def arm_options(arm: str) -> RoiTraining:
     if arm == "plain":
-        return {}
+        return RoiTraining()
     if arm in ("dice", "outside"):
-        return {"roi_loss": arm}
+        return RoiTraining(loss=arm)
     if arm == "swap" or arm.startswith("swap-"):
         source = arm.split("-", 1)[1] if "-" in arm else "any"
-        return {"roi_augment": "swap", "roi_swap_source": source}
+        return RoiTraining(augment="swap", swap_source=source)
     raise ValueError(f"unknown arm {arm!r}")
 
 
@@ -68,7 +68,7 @@ def run_one(arm: str, augment: str, seed: int, test: HeldOut, epochs: int) -> di
     backbone = build_backbone("smallcnn", 1, 2)
     config = TrainConfig(epochs=epochs, batch_size=32, lr=1e-3, schedule="cosine", seed=derived_seed("fit", seed, 0),
                          device="cpu", amp=False, augment=Augment() if augment == "default" else Augment.none(),
-                         **arm_options(arm))
+                         roi=arm_options(arm))
     started = time.perf_counter()
     result = fit(backbone, images, labels, config=config, rois=rois, progress=False)
     seconds = time.perf_counter() - started

@@ -21,7 +21,7 @@ from xal_core.acquisition.strategies import (
     ScoreTable,
     make_strategy,
 )
-from xal_core.acquisition.strategies.base import _REGISTRY
+from xal_core.acquisition.strategies.registry import _REGISTRY
 from xal_core.scoring import NonFiniteInputWarning, bald, dual_score, uncertainty
 
 # --------------------------------------------------------------------------- K = 3 table

@@ -101,15 +101,15 @@ def test_roi_source_is_checked_and_recorded(tmp_path):
         _write(tmp_path / "bad", _items(2), "lungs")
     _write(tmp_path / "pool", _items(4), "anatomy")
     with pytest.raises(ValueError, match="cannot append"):
-        with PoolWriter(tmp_path / "pool", size=(16, 16), channels=1, classes=("neg", "pos"), roi_format="boxes",
-                        source={}, append=True, roi_source="expert"):
-            pass
+        PoolWriter(tmp_path / "pool", size=(16, 16), channels=1, classes=("neg", "pos"), roi_format="boxes",
+                   source={}, append=True, roi_source="expert")
     bad = _items(1)[0]
     bad = Item("bad", bad.image, bad.roi, 0, {}, prior=torch.ones(8, 8, dtype=torch.bool))
-    with PoolWriter(tmp_path / "other", size=(16, 16), channels=1, classes=("neg", "pos"), roi_format="boxes",
-                    source={}, roi_source="anatomy") as writer:
-        with pytest.raises(ValueError, match="bad: the anatomy prior must be a bool mask of shape"):
-            writer.add(bad)
+    writer = PoolWriter(tmp_path / "other", size=(16, 16), channels=1, classes=("neg", "pos"), roi_format="boxes",
+                        source={}, roi_source="anatomy")
+    with pytest.raises(ValueError, match="bad: the anatomy prior must be a bool mask of shape"):
+        writer.add(bad)
+    writer.close()
 
 
 def test_a_pool_written_before_roi_sources_reads_and_appends(tmp_path):

@@ -199,7 +199,7 @@ def test_a_killed_worker_changes_nothing(cluster, assets, tmp_path):
 
 def test_service_job_on_ray_reports_progress_through_watch_job(cluster, assets, tmp_path):
     from xal_service.client import ScoringClient
-    from xal_service.server import ServerConfig, start_server
+    from xal_service.server.serve import ServerConfig, start_server
     from xal_service.wire import scoring_pb2 as pb
 
     pool_path, model_path = assets
@@ -286,7 +286,7 @@ def test_xal_score_engine_ray_with_rank_fusion(cluster, assets, tmp_path):
     out = tmp_path / "ranking.csv"
     started = time.monotonic()
     code = xal(["score", "--engine", "ray", "--ray-address", "auto", "--ray-workers", "1", "--model-path", str(model_path), "--pool-path", str(pool_path), "--k", str(K),
-                "--strategy", "dual", "--uncertainty", "margin", "--weight", "0.4", "--fusion", "rank",
+                "--preset", "dual", "--uncertainty", "margin", "--weight", "0.4", "--fusion", "rank",
                 "--out", str(out)])
     assert code == 0, f"xal score failed after {time.monotonic() - started:.0f} s"
     with open(out, newline="") as handle:

@@ -185,7 +185,7 @@ def test_packed_masks_ignore_padding_bits():
     roi = Roi.from_masks(masks, known=[True, False, True])
     packed = roi.packed_masks().clone()
     packed[:, :, -1] |= 0b00000111  # set every padding bit
-    got = op.cam_alignment_packed(features, weights, packed, 13, known=torch.tensor([True, False, True]))
+    got = op.launch_cam_alignment(features, weights, roi.size, roi.known, packed=packed, threshold=0.5)
     kc.assert_matches(got, kc.expected(features, weights, roi), 0.5, torch.float32, label="padded packed")
     # A single set bit lands on the right pixel.
     one = torch.zeros(1, 1, 2, dtype=torch.uint8)
@@ -193,7 +193,7 @@ def test_packed_masks_ignore_padding_bits():
     ref = torch.zeros(1, 1, 13, dtype=torch.bool)
     ref[0, 0, 10] = True
     f1, w1 = kc.random_case(1, 2, 1, 5, torch.float32, seed=23)
-    a = op.cam_alignment_packed(f1, w1, one, 13)
+    a = op.launch_cam_alignment(f1, w1, (1, 13), torch.ones(1, dtype=torch.bool), packed=one, threshold=0.5)
     kc.assert_matches(a, kc.expected(f1, w1, Roi.from_masks(ref)), 0.5, torch.float32, label="single bit")
 
 
@@ -209,8 +209,8 @@ def test_box_layout_matches_roi():
     )
     counts = torch.tensor([2, 1, 0, -1])
     features, weights = kc.random_case(4, 3, 7, 7, torch.float32, seed=31)
-    got = op.cam_alignment_boxes(features, weights, boxes, counts, (26, 24))
     roi = Roi.from_padded_boxes(boxes, counts, (26, 24))
+    got = op.cam_alignment(features, weights, roi)
     kc.assert_matches(got, kc.expected(features, weights, roi), 0.5, torch.float32, label="padded boxes")
     assert math.isnan(got.dice[3].item())
 

@@ -1,4 +1,4 @@
-"""Routing of ``xal_kernels`` by device and ``XAL_KERNELS``; per-chunk top-k merged by ``TopK``."""
+"""Routing of ``xal_kernels`` by device and ``XAL_KERNELS``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 import xal_kernels
 from xal_core import scoring
-from xal_core.scoring import NonFiniteInputWarning, Roi, TopK
+from xal_core.scoring import NonFiniteInputWarning, Roi
 from xal_core.scoring.reference import cam_alignment_dense
 from xal_kernels import dispatch
 
@@ -238,33 +238,3 @@ def test_package_keeps_routed_names_after_op_imports():
         importlib.import_module("xal_kernels.triton_uncertainty")
     assert xal_kernels.cam_alignment is dispatch.cam_alignment
     assert xal_kernels.uncertainty is dispatch.uncertainty
-
-
-# --------------------------------------------------------------------------- top-k per chunk
-def test_push_chunk_equals_pushing_whole_chunks():
-    gen = torch.Generator().manual_seed(3)
-    plain, staged = TopK(7), TopK(7)
-    for chunk, size in enumerate((40, 3, 25, 60, 1)):
-        ids = torch.randperm(10_000, generator=gen)[:size] + chunk * 10_000
-        scores = (torch.rand(size, generator=gen) * 4).round() / 4  # many ties
-        scores[torch.rand(size, generator=gen) < 0.2] = float("nan")
-        scores[torch.rand(size, generator=gen) < 0.1] = -float("inf")
-        columns = {"dice": torch.rand(size, generator=gen), "pair": torch.rand(size, 2, generator=gen)}
-        plain.push(ids, scores, columns)
-        xal_kernels.push_chunk(staged, ids, scores, columns)
-        a, b = plain.result(), staged.result()
-        assert torch.equal(a.ids, b.ids) and torch.equal(a.scores, b.scores)
-        assert (plain.n_seen, plain.n_ineligible) == (staged.n_seen, staged.n_ineligible)
-        for name, value in plain.selected_columns().items():
-            assert torch.equal(value, staged.selected_columns()[name]), name
-
-
-def test_push_chunk_raises_topk_errors():
-    top = TopK(3)
-    xal_kernels.push_chunk(top, torch.tensor([1, 2, 3, 4]), torch.tensor([0.1, 0.9, 0.5, 0.7]))
-    with pytest.raises(ValueError, match="id 2 was already pushed"):
-        xal_kernels.push_chunk(top, torch.tensor([5, 2]), torch.tensor([0.1, 0.2]))
-    with pytest.raises(ValueError, match="appears more than once"):
-        xal_kernels.push_chunk(TopK(2), torch.tensor([5, 5, 6]), torch.tensor([0.1, 0.2, 0.3]))
-    with pytest.raises(ValueError, match="must be integers"):
-        xal_kernels.push_chunk(TopK(2), torch.tensor([0.5]), torch.tensor([0.1]))

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from xal_cli.session import RunSession
+from xal_core.loop.data_spec import DataSpec
 from xal_core.loop.extras import ExtrasCollector, McDropout, TableExtras, check_runnable, extras_for, needed_columns
 from xal_core.loop.ledger import Arm, Ledger
 from xal_core.loop.protocol import Protocol, TrainRecipe
@@ -161,8 +162,8 @@ def export(run_dir: Path) -> dict:
 def test_a_bald_run_acquires_and_both_scorers_record_the_same_ledger(tmp_path):
     ledgers = []
     for scorer in ("inprocess", "service"):
-        session = RunSession(tmp_path / scorer, tiny_protocol(("bald",), mc_passes=8), scorer=scorer,
-                             overlay_images=0, progress=False, **TINY)
+        session = RunSession(tmp_path / scorer, tiny_protocol(("bald",), mc_passes=8), data=DataSpec(**TINY),
+                             scorer=scorer, overlay_images=0, progress=False)
         outcome = session.run()
         assert outcome.needs_labels is None and len(outcome.rows) == 2
         ledgers.append(export(tmp_path / scorer))

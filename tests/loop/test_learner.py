@@ -27,13 +27,15 @@ from xal_core.acquisition.strategies import NoRoiWarning
 from xal_core.data import PoolStore, PoolWriter
 from xal_core.data.item import Item
 from xal_core.data.shortcut import ShortcutBenchmark
+from xal_core.loop.data_spec import DataSpec
 from xal_core.loop.experiment import ExperimentData, HeldOut
 from xal_core.loop.learner import ActiveLearner
 from xal_core.loop.ledger import Ledger
-from xal_core.loop.metrics import METRICS_COLUMNS
+from xal_core.loop.metrics_file import METRICS_COLUMNS
 from xal_core.loop.oracle import SimulatedOracle
 from xal_core.loop.protocol import Protocol, TrainRecipe
 from xal_core.loop.scorers import InProcessScorer
+from xal_core.scoring.parameters import ScoringConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(size=(32, 32), pool_size=120, val_size=16, test_size=24)
@@ -48,8 +50,8 @@ def tiny_protocol(strategies=("random", "entropy", "dual"), rounds=2, **changes)
 
 
 def run_session(run_dir: Path, *, scorer: str = "inprocess", oracle: str = "simulated", **protocol) -> object:
-    session = RunSession(run_dir, tiny_protocol(**protocol), scorer=scorer, oracle=oracle, overlay_images=2,
-                         progress=False, **TINY)
+    session = RunSession(run_dir, tiny_protocol(**protocol), data=DataSpec(**TINY), scorer=scorer, oracle=oracle,
+                         overlay_images=2, progress=False)
     return session.run()
 
 
@@ -207,7 +209,7 @@ def test_a_pool_without_rois_is_reported_at_start(tmp_path):
             ActiveLearner(tmp_path, tiny_protocol(strategies=("random", "dual"), rounds=1), data, scorer, oracle,
                           ledger)
         with pytest.raises(ValueError, match="no item of the pool has an ROI.*'exclude'"):
-            ActiveLearner(tmp_path, tiny_protocol(strategies=("dual",), missing_roi="exclude"), data, scorer, oracle,
+            ActiveLearner(tmp_path, tiny_protocol(strategies=("dual",), scoring=ScoringConfig(missing_roi="exclude")), data, scorer, oracle,
                           ledger)
 
 
@@ -228,7 +230,7 @@ def test_protocol_rejects_bad_settings():
     with pytest.raises(ValueError, match="strategies"):
         tiny_protocol(strategies=("random", "oracle"))
     with pytest.raises(ValueError, match="weight"):
-        tiny_protocol(weight=1.5)
+        tiny_protocol(scoring=ScoringConfig(weight=1.5))
     with pytest.raises(ValueError, match="architecture"):
         TrainRecipe(architecture="vgg")
     assert Protocol().budget == 570 and json.dumps(Protocol().to_dict())
@@ -245,10 +247,10 @@ def test_output_stride_is_recorded_only_when_it_changes_the_experiment():
 def test_experiment_data_is_reused_and_pinned(tmp_path):
     from xal_core.loop.experiment import prepare_data
 
-    first = prepare_data(tmp_path / "data", "synthetic", **TINY)
-    again = prepare_data(tmp_path / "data", "synthetic", **TINY)
+    first = prepare_data(tmp_path / "data", DataSpec("synthetic", **TINY))
+    again = prepare_data(tmp_path / "data", DataSpec("synthetic", **TINY))
     assert torch.equal(first.test.images, again.test.images) and len(again.pool) == 120
     with pytest.raises(ValueError, match="another configuration"):
-        prepare_data(tmp_path / "data", "synthetic", **{**TINY, "pool_size": 121})
+        prepare_data(tmp_path / "data", DataSpec("synthetic", **{**TINY, "pool_size": 121}))
     with pytest.raises(ValueError, match="needs --data-dir"):
-        prepare_data(tmp_path / "other", "brats")
+        prepare_data(tmp_path / "other", DataSpec("brats"))

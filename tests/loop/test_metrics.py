@@ -10,16 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from xal_core.loop.metrics import (
-    METRICS_COLUMNS,
-    RoundMetrics,
-    append_metrics_csv,
-    auroc,
-    classification_metrics,
-    evaluate,
-    interpretability_metrics,
-    read_metrics_csv,
-)
+from xal_core.loop.metrics import RoundMetrics, auroc, classification_metrics, evaluate, interpretability_metrics
+from xal_core.loop.metrics_file import METRICS_COLUMNS, append_metrics_csv, read_metrics_csv
 from xal_core.models import ExplainableModel, Preprocessing, build_backbone
 from xal_core.scoring import Roi, cam_alignment
 

@@ -16,19 +16,22 @@ from xal_core.data.item import Item
 from xal_core.data.shortcut import ShortcutBenchmark
 from xal_core.loop import learner as learner_module
 from xal_core.loop.annotations import Annotation, BoxRoi, MaskRoi
+from xal_core.loop.data_spec import DataSpec
 from xal_core.loop.experiment import ExperimentData, HeldOut
 from xal_core.loop.learner import ActiveLearner
 from xal_core.loop.ledger import AcquisitionRow, Arm, Ledger
-from xal_core.loop.metrics import METRICS_COLUMNS, append_metrics_csv, read_metrics_csv
+from xal_core.loop.metrics_file import METRICS_COLUMNS, append_metrics_csv, read_metrics_csv
 from xal_core.loop.oracle import SimulatedOracle
 from xal_core.loop.protocol import Protocol, TrainRecipe
 from xal_core.loop.report.final_table import final_table
 from xal_core.loop.scorers import InProcessScorer
 from xal_core.loop.training import round_training_set
 from xal_core.models import load_checkpoint
+from xal_core.train import RoiTraining
 
-ROI_RECIPE = dict(architecture="smallcnn", epochs=1, batch_size=8, roi_loss="dice", roi_augment="swap",
+ROI_RECIPE = dict(architecture="smallcnn", epochs=1, batch_size=8, roi=RoiTraining(loss="dice", augment="swap"),
                   schedule="cosine", warm_start=True)
+SMALL_DATA = DataSpec(size=(32, 32), pool_size=40, val_size=8, test_size=12)
 
 
 def _protocol(**recipe) -> Protocol:
@@ -40,11 +43,12 @@ def test_new_recipe_fields_are_recorded_only_when_set_and_round_trip():
     default = Protocol().to_dict()["train"]
     assert default == {"architecture": "resnet18", "epochs": 12, "patience": 3, "batch_size": 32, "lr": 1e-3,
                        "val_fraction": 0.2}  # a ledger written before these options resumes unchanged
-    recipe = TrainRecipe(**ROI_RECIPE, roi_weight=0.5, roi_swap_source="other", roi_dilate=3)
+    recipe = TrainRecipe(**{**ROI_RECIPE, "roi": RoiTraining(loss="dice", weight=0.5, augment="swap",
+                                                             swap_source="other", dilate=3)})
     record = Protocol(train=recipe).to_dict()["train"]
     assert record["roi_loss"] == "dice" and record["roi_weight"] == 0.5 and record["warm_start"] is True
     assert "roi_swap_prob" not in record  # at its default
-    assert TrainRecipe(**record) == recipe and TrainRecipe(**default) == TrainRecipe()
+    assert TrainRecipe.from_record(record) == recipe and TrainRecipe.from_record(default) == TrainRecipe()
     assert recipe.label == "dice0.5+swap-other-d3+cosine+warm" and TrainRecipe().label == ""
 
 
@@ -54,7 +58,7 @@ def test_augmentation_preset_and_width_are_recorded_only_when_set_and_reach_fit_
 
     recipe = TrainRecipe(architecture="smallcnn", augment="noflip", smallcnn_width=16)
     record = Protocol(train=recipe).to_dict()["train"]
-    assert record["augment"] == "noflip" and record["smallcnn_width"] == 16 and TrainRecipe(**record) == recipe
+    assert record["augment"] == "noflip" and record["smallcnn_width"] == 16 and TrainRecipe.from_record(record) == recipe
     assert "augment" not in Protocol().to_dict()["train"] and "smallcnn_width" not in Protocol().to_dict()["train"]
     assert recipe.label == "aug-noflip"
     config = train_config(recipe, seed=0, device="cpu")
@@ -64,7 +68,7 @@ def test_augmentation_preset_and_width_are_recorded_only_when_set_and_reach_fit_
 
 
 def test_bad_augmentation_or_width_is_one_line_before_anything_runs(tmp_path, capsys):
-    for argv, message in ((["--augment", "flip"], "augment: expected one of default, noflip, none, got 'flip'"),
+    for argv, message in ((["--augment", "flip"], "augment: expected one of default, noflip, intensity, none, got 'flip'"),
                           (["--architecture", "smallcnn", "--width", "0"], "smallcnn_width must be >= 1")):
         assert xal(["run", "--out", str(tmp_path / "never"), *argv]) == 2
         err = capsys.readouterr().err
@@ -141,7 +145,7 @@ def test_bad_roi_training_input_is_one_line_before_anything_runs(tmp_path, capsy
     with Ledger.open(tmp_path / "ledger.sqlite", run_config={}) as ledger, InProcessScorer(data.pool_path) as scorer:
         with pytest.raises(ValueError, match="training with ROIs .*dice.* no item of the pool has an ROI"):
             ActiveLearner(tmp_path, _protocol(), data, scorer, SimulatedOracle.from_pool(data.pool_path), ledger)
-        ActiveLearner(tmp_path, _protocol(roi_loss="none", roi_augment="none"), data, scorer,
+        ActiveLearner(tmp_path, _protocol(roi=RoiTraining()), data, scorer,
                       SimulatedOracle.from_pool(data.pool_path), ledger)  # plain training needs no ROI
 
 
@@ -158,8 +162,8 @@ def test_warm_started_roi_run_records_its_training_and_retrains_a_lost_chain_bit
 
     monkeypatch.setattr(learner_module, "fit", spy)
     run_dir = tmp_path / "run"
-    session = RunSession(run_dir, _protocol(), size=(32, 32), pool_size=40, val_size=8, test_size=12,
-                         scorer="inprocess", overlay_images=2, progress=False)
+    session = RunSession(run_dir, _protocol(), data=SMALL_DATA, scorer="inprocess", overlay_images=2,
+                         progress=False)
     outcome = session.run()
     assert len(starts) == 2  # rounds 0 and 1
     assert all(torch.equal(starts[1][k], ends[0][k]) for k in ends[0])  # round 1 began where round 0 ended
@@ -172,7 +176,6 @@ def test_warm_started_roi_run_records_its_training_and_retrains_a_lost_chain_bit
     for path in (run_dir / "models").rglob("*.pt"):
         path.unlink()  # every checkpoint lost, round 0's included
     (run_dir / "overlays" / "random+dice+swap+cosine+warm.npz").unlink()  # the last round's model is needed again
-    RunSession(run_dir, _protocol(), size=(32, 32), pool_size=40, val_size=8, test_size=12, scorer="inprocess",
-               overlay_images=2, progress=False).run()
+    RunSession(run_dir, _protocol(), data=SMALL_DATA, scorer="inprocess", overlay_images=2, progress=False).run()
     again = load_checkpoint(run_dir / "models" / "random" / "seed-0" / "round-01.pt").state_dict
     assert len(starts) == 4 and all(torch.equal(again[k], final[k]) for k in final)

@@ -24,8 +24,8 @@ from xal_core.loop.protocol import Protocol
 from xal_core.loop.scorers import EXTRA_COLUMNS, InProcessScorer, ScoredPool
 from xal_core.models import ExplainableModel, build_backbone, export
 from xal_service.client import ScoringClient
-from xal_service.loop_scorer import ServiceScorer
-from xal_service.process import LocalServer
+from xal_service.client.loop_scorer import ServiceScorer
+from xal_service.server.process import LocalServer
 
 N = 256
 NAN_IMAGE = 37

@@ -15,6 +15,7 @@ import pytest
 from xal_cli.run import add_arguments, build_protocol
 from xal_cli.session import RunSession
 from xal_core.acquisition.strategies import make_strategy
+from xal_core.loop.data_spec import DataSpec
 from xal_core.loop.ledger import Ledger
 from xal_core.loop.protocol import Protocol
 
@@ -35,7 +36,8 @@ def _protocol(*flags: str) -> Protocol:
 def _round_one(run_dir: Path, weight: float) -> tuple[dict, list[tuple[int, float]]]:
     """The run config and the round-1 acquisitions ``(item, score)`` of a ``dual_rank`` run at λ = ``weight``."""
     protocol = _protocol("--strategies", "dual_rank", "--weight", str(weight))
-    outcome = RunSession(run_dir, protocol, scorer="inprocess", overlay_images=0, progress=False, **TINY_DATA).run()
+    outcome = RunSession(run_dir, protocol, data=DataSpec(**TINY_DATA), scorer="inprocess", overlay_images=0,
+                         progress=False).run()
     assert outcome.needs_labels is None
     with Ledger.open(run_dir / "ledger.sqlite", readonly=True) as ledger:
         content = ledger.export()

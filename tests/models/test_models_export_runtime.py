@@ -200,16 +200,3 @@ def test_dynamo_failure_falls_back_to_the_legacy_exporter(tmp_path):
     for got, want in zip(runtime.run(x), expected, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
 
-
-def test_the_old_runtime_home_still_loads_for_one_release():
-    """The runtimes moved beside export (``xal_core.models.runtime``, issue 16); the service's old
-    module re-exports them with a DeprecationWarning rather than breaking an external import."""
-    import importlib
-    import sys
-
-    from xal_core.models import runtime
-
-    sys.modules.pop("xal_service.runtime", None)
-    with pytest.warns(DeprecationWarning, match="xal_core.models.runtime"):
-        old = importlib.import_module("xal_service.runtime")
-    assert old.load is runtime.load and old.OnnxRuntime is runtime.OnnxRuntime

@@ -16,7 +16,7 @@ from model_helpers import one_torch_thread, tiny_backbone  # noqa: F401 (autouse
 
 from xal_core.models import ExplainableModel, build_backbone
 from xal_core.models.head import split_gap_linear
-from xal_core.train import Augment, TrainConfig, dilate, fit, roi_cam_loss, roi_swap, training_label
+from xal_core.train import Augment, RoiTraining, TrainConfig, dilate, fit, roi_cam_loss, roi_swap
 
 
 def _masks(batch: int, size: int = 32) -> torch.Tensor:
@@ -74,7 +74,8 @@ def test_an_all_zero_cam_gives_finite_losses_and_gradients():
     last_norm.bias.requires_grad_(False)
     for kind in ("dice", "outside"):
         result = fit(model, torch.rand(8, 1, 32, 32), torch.arange(8) % 2, rois=_masks(8),
-                     config=TrainConfig(epochs=1, batch_size=4, roi_loss=kind, val_fraction=0.0), progress=False)
+                     config=TrainConfig(epochs=1, batch_size=4, roi=RoiTraining(loss=kind), val_fraction=0.0),
+                     progress=False)
         assert all(math.isfinite(value) for value in result.history[0].values())
 
 
@@ -138,29 +139,30 @@ def test_masks_follow_the_augmentation_without_changing_its_images():
 
 
 def test_config_checks_records_and_fit_needs_rois():
-    assert TrainConfig().to_dict().keys().isdisjoint({"roi_loss", "roi_augment", "schedule", "roi_weight"})
-    assert TrainConfig(roi_loss="dice", roi_weight=0.5).to_dict()["roi_weight"] == 0.5
-    for bad, match in (({"roi_loss": "gain"}, "roi_loss: expected one of none, dice, outside"),
-                       ({"roi_loss": "dice", "roi_weight": -1.0}, "roi_weight: expected a finite number >= 0"),
-                       ({"roi_loss": "dice", "roi_weight": math.inf}, "roi_weight: expected a finite"),
-                       ({"roi_augment": "mixup"}, "roi_augment: expected one of none, swap"),
-                       ({"roi_augment": "swap", "roi_swap_source": "paint"}, "roi_swap_source"),
-                       ({"roi_augment": "swap", "roi_swap_prob": 1.5}, "roi_swap_prob"),
-                       ({"roi_augment": "swap", "roi_dilate": -1}, "roi_dilate"),
-                       ({"roi_swap_prob": 0.3}, "roi_augment is 'none'"),
-                       ({"roi_weight": 2.0}, "roi_loss is 'none'"),
-                       ({"schedule": "step"}, "schedule: expected one of constant, cosine")):
+    assert TrainConfig().to_dict().keys().isdisjoint({"roi_loss", "roi_augment", "schedule", "roi_weight", "roi"})
+    assert TrainConfig(roi=RoiTraining(loss="dice", weight=0.5)).to_dict()["roi_weight"] == 0.5
+    for bad, match in (({"loss": "gain"}, "roi_loss: expected one of none, dice, outside"),
+                       ({"loss": "dice", "weight": -1.0}, "roi_weight: expected a finite number >= 0"),
+                       ({"loss": "dice", "weight": math.inf}, "roi_weight: expected a finite"),
+                       ({"augment": "mixup"}, "roi_augment: expected one of none, swap"),
+                       ({"augment": "swap", "swap_source": "paint"}, "roi_swap_source"),
+                       ({"augment": "swap", "swap_prob": 1.5}, "roi_swap_prob"),
+                       ({"augment": "swap", "dilate": -1}, "roi_dilate"),
+                       ({"swap_prob": 0.3}, "roi_augment is 'none'"),
+                       ({"weight": 2.0}, "roi_loss is 'none'")):
         with pytest.raises(ValueError, match=match):
-            TrainConfig(**bad)
-    assert training_label() == "" and training_label(roi_loss="dice", roi_weight=0.5, roi_augment="swap",
-                                                     roi_swap_source="other", schedule="cosine",
-                                                     warm_start=True) == "dice0.5+swap-other+cosine+warm"
+            TrainConfig(roi=RoiTraining(**bad))
+    with pytest.raises(ValueError, match="schedule: expected one of constant, cosine"):
+        TrainConfig(schedule="step")
+    assert RoiTraining().label == "" and RoiTraining(loss="dice", weight=0.5, augment="swap",
+                                                     swap_source="other").label == "dice0.5+swap-other"
     model = build_backbone("smallcnn", 1, 2, smallcnn_width=4)
     images, labels = torch.rand(8, 1, 16, 16), torch.arange(8) % 2
     with pytest.raises(ValueError, match="no rois were given"):
-        fit(model, images, labels, config=TrainConfig(roi_augment="swap"), progress=False)
+        fit(model, images, labels, config=TrainConfig(roi=RoiTraining(augment="swap")), progress=False)
     with pytest.raises(ValueError, match=r"rois must be \[N, H, W\]"):
-        fit(model, images, labels, rois=torch.zeros(8, 8, 8), config=TrainConfig(roi_loss="dice"), progress=False)
+        fit(model, images, labels, rois=torch.zeros(8, 8, 8), config=TrainConfig(roi=RoiTraining(loss="dice")),
+            progress=False)
 
 
 def test_cosine_schedule_trains_on_every_label_for_the_whole_budget():
@@ -203,11 +205,12 @@ def test_each_roi_mode_moves_the_toy_model_the_way_it_claims():
     flipped, flipped_labels, _ = _toy(64, 100, marker_agrees=False)  # the marker lies
     fresh, fresh_labels, fresh_rois = _toy(64, 200, marker_agrees=True)  # CAMs are read where the model is right
     outcome = {}
-    for name, options in (("plain", {}), ("swap", {"roi_augment": "swap"}), ("dice", {"roi_loss": "dice"}),
-                          ("outside", {"roi_loss": "outside"})):
+    for name, options in (("plain", {}), ("swap", {"augment": "swap"}), ("dice", {"loss": "dice"}),
+                          ("outside", {"loss": "outside"})):
         torch.manual_seed(0)
         model = build_backbone("smallcnn", 1, 2, smallcnn_width=8)
-        config = TrainConfig(epochs=15, batch_size=16, lr=3e-3, schedule="cosine", augment=Augment.none(), **options)
+        config = TrainConfig(epochs=15, batch_size=16, lr=3e-3, schedule="cosine", augment=Augment.none(),
+                             roi=RoiTraining(**options))
         result = fit(model, images, labels, rois=rois, config=config, progress=False)
         explainable = ExplainableModel(result.model).eval()
         norm = result.checkpoint.preprocessing

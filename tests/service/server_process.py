@@ -1,6 +1,6 @@
 """Run ``xal serve`` as a real subprocess on 127.0.0.1 (port 0) for the service tests and benchmarks.
 
-A thin wrapper over the product's launcher, :class:`xal_service.process.LocalServer`; the log goes
+A thin wrapper over the product's launcher, :class:`xal_service.server.process.LocalServer`; the log goes
 to ``state/stdout.log`` here, which the tests read.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from xal_service.process import LocalServer
+from xal_service.server.process import LocalServer
 
 ROOT = Path(__file__).resolve().parents[2]
 

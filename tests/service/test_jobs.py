@@ -216,7 +216,7 @@ def test_cli_score_writes_the_ranking(assets, tmp_path):
         done = subprocess.run(
             [sys.executable, "-m", "xal_cli.main", "score", "--server", server.target, "--model", "m",
              "--model-path", str(model_path), "--pool", "p", "--pool-path", str(pool_path), "--k", "12",
-             "--strategy", "dual", "--uncertainty", "margin", "--weight", "0.4", "--exclude", str(exclude),
+             "--preset", "dual", "--uncertainty", "margin", "--weight", "0.4", "--exclude", str(exclude),
              "--out", str(tmp_path / "ranking.csv")],
             capture_output=True, text=True, timeout=300, cwd=server_process.ROOT,
         )

@@ -13,8 +13,8 @@ import torch
 
 from xal_core.models import build_backbone, export
 from xal_service.errors import RequestError
-from xal_service.registry import Registry
-from xal_service.roots import PathRoots
+from xal_service.registry.registry import Registry
+from xal_service.registry.roots import PathRoots
 
 
 @pytest.fixture(scope="module")

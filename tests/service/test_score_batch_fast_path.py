@@ -17,8 +17,8 @@ from xal_core.acquisition import BatchScores, ScoringConfig, score_batch
 from xal_core.scoring import Roi
 from xal_service import codec
 from xal_service.errors import RequestError
-from xal_service.servicer import ScoringServicer
-from xal_service.statistics import Statistics
+from xal_service.server.servicer import ScoringServicer
+from xal_service.server.statistics import Statistics
 from xal_service.wire import scoring_pb2 as pb
 
 
@@ -150,8 +150,8 @@ def test_a_batch_split_across_scoring_threads_scores_as_the_whole_batch(roi_kind
     with ThreadPoolExecutor(3) as pool:
         servicer = ScoringServicer(Statistics(), None, None, None, lambda serving: None, scoring_pool=pool,
                                    scoring_threads=3)
-        with mock.patch("xal_service.servicer.torch.get_num_threads", return_value=1), \
-             mock.patch("xal_service.servicer.score_batch", wraps=score_batch) as calls:
+        with mock.patch("xal_service.server.servicer.torch.get_num_threads", return_value=1), \
+             mock.patch("xal_service.server.servicer.score_batch", wraps=score_batch) as calls:
             split = servicer._score(ids, logits, features, weights, roi, config)
         assert calls.call_count == 3
     whole = score_batch(ids, logits, features, weights, roi, config)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from xal_cli.session import RunSession
 from xal_core.data import PoolStore
+from xal_core.loop.data_spec import DataSpec
 from xal_core.loop.ledger import Ledger
 from xal_core.loop.oracle import AnnotationDesk
 from xal_core.loop.protocol import Protocol, TrainRecipe
@@ -28,7 +29,8 @@ TINY_CLI = ["--strategies", "entropy", "--scorer", "inprocess", "--size", "32", 
 def _session(run_dir: Path) -> RunSession:
     protocol = Protocol(strategies=("entropy",), seeds=(0,), initial=INITIAL, rounds=1, per_round=PER_ROUND,
                         train=TrainRecipe(architecture="resnet10", epochs=1, batch_size=8))
-    return RunSession(run_dir, protocol, scorer="inprocess", oracle="file", overlay_images=0, progress=False, **TINY)
+    return RunSession(run_dir, protocol, data=DataSpec(**TINY), scorer="inprocess", oracle="file", overlay_images=0,
+                      progress=False)
 
 
 def answer_all_truthfully(run_dir: Path) -> None:
@@ -41,15 +43,31 @@ def answer_all_truthfully(run_dir: Path) -> None:
                 desk.answer(item.item_id, int(pool.oracle_labels([item.item_id])[0]), None, "test")
 
 
-def build_dicom_run(root: Path) -> Path:
-    """A run on a VinDr-CXR replica (16-bit DICOMs, 96×80) waiting on its four initial items."""
+def build_dicom_run(root: Path, *, ct: bool = False) -> Path:
+    """A run on a VinDr-CXR replica (16-bit DICOMs, 96×80) waiting on its four initial items.
+
+    ``ct=True`` relabels every file as CT in Hounsfield units (rescale intercept −1024) with a
+    soft-tissue window (W 400, L 40) in place of any VOI LUT: the viewer's presets then apply.
+    """
     from xal_core.data.replicas.vindr import write_vindr
 
     write_vindr(root / "vindr", 24, seed=3)
+    if ct:
+        import pydicom
+
+        for path in sorted((root / "vindr").rglob("*.dicom")):
+            dataset = pydicom.dcmread(path)
+            dataset.Modality = "CT"
+            dataset.RescaleIntercept, dataset.RescaleSlope, dataset.RescaleType = -1024, 1, "HU"
+            if "VOILUTSequence" in dataset:
+                del dataset.VOILUTSequence
+            dataset.WindowCenter, dataset.WindowWidth = 40, 400
+            dataset.WindowCenterWidthExplanation = "SOFT TISSUE"
+            dataset.save_as(path)
     protocol = Protocol(strategies=("random",), seeds=(0,), initial=4, rounds=1, per_round=2,
                         train=TrainRecipe(architecture="resnet10", epochs=1, batch_size=4))
-    session = RunSession(root / "run", protocol, dataset="vindr", data_dir=root / "vindr", size=(32, 32),
-                         test_fraction=0.3, scorer="inprocess", oracle="file", overlay_images=0, progress=False)
+    session = RunSession(root / "run", protocol, data=DataSpec("vindr", root / "vindr", size=(32, 32), test_fraction=0.3),
+                         scorer="inprocess", oracle="file", overlay_images=0, progress=False)
     assert session.run().needs_labels is not None
     return root / "run"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 import signal
 import subprocess
@@ -18,8 +19,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
+from pydicom.pixels import apply_modality_lut
 
 from tests.web.runs import build_dicom_run, build_runs, fresh_copy
 from xal_core.data import PoolStore
@@ -33,7 +36,7 @@ from xal_web import AnnotationServer, build_app
 from xal_web.app import STATIC, body_cap
 
 ROOT = Path(__file__).resolve().parents[2]
-TOKEN = "a-token-of-at-least-16-chars"
+TOKEN = "Xq3-vN8_pL2rT7kW0zYb5mC9dH4sJ6fG1aQeR"  # 37 characters, 35 different
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +92,21 @@ def test_the_batch_lists_the_open_round_in_acquisition_order_with_why_each_was_p
         assert item["source_id"] == served.pool.source_ids([record.row.item_id])[0]
 
 
-def test_pixels_are_the_pool_image_in_float32(served):
+def decoded(response: httpx.Response) -> np.ndarray:
+    """The page's decoding of a pixels response: ``X-Offset + X-Scale × uint16``."""
+    height, width = int(response.headers["x-height"]), int(response.headers["x-width"])
+    codes = np.frombuffer(response.content, dtype="<u2").reshape(height, width)
+    return float(response.headers["x-offset"]) + float(response.headers["x-scale"]) * codes.astype(np.float64)
+
+
+def test_pixels_are_the_pool_image_in_16_bits_within_half_a_step(served):
     item = served.pending_ids()[2]
     response = served.client.get(f"/api/items/{item}/pixels")
     assert response.status_code == 200 and response.headers["x-height"] == "32" and response.headers["x-width"] == "32"
-    got = np.frombuffer(response.content, dtype="<f4").reshape(32, 32)
     want = served.pool.images([item])[0].double().mean(dim=0).numpy()
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    step = float(response.headers["x-scale"])
+    assert step == pytest.approx((want.max() - want.min()) / 65535, rel=1e-5)
+    np.testing.assert_allclose(decoded(response), want, rtol=0, atol=step / 2 + 1e-6)
 
 
 def test_the_cam_tile_is_the_acquiring_models_gradcam(served):
@@ -120,20 +131,35 @@ def test_items_outside_the_open_batch_are_not_shown(served, runs):
 
 
 def test_the_original_resolution_is_read_from_the_source_dicom(tmp_path):
+    """A DICOM is served as its modality values with its own VOI windows (a VOI LUT, not being a
+    window, is applied as the file says); the pool image stays available at the model's frame."""
     from xal_core.data.dicom import read_dicom
 
     served = Served(build_dicom_run(tmp_path))
     try:
-        item = served.pending_ids()[0]
-        source_id = served.pool.source_ids([item])[0]
-        response = served.client.get(f"/api/items/{item}/source")
-        assert response.status_code == 200 and (response.headers["x-height"], response.headers["x-width"]) == ("96", "80")
-        got = np.frombuffer(response.content, dtype="<f4").reshape(96, 80)
-        decoded = read_dicom(tmp_path / "vindr" / "train" / f"{source_id}.dicom")
-        assert decoded.bits_stored > 8  # a 16-bit image: the page windows the float values itself
-        np.testing.assert_array_equal(got, decoded.pixels)
-        pool = np.frombuffer(served.client.get(f"/api/items/{item}/pixels").content, dtype="<f4")
-        assert pool.size == 32 * 32  # the pool image stays available at the model's frame
+        kinds = set()
+        for item in served.pending_ids():
+            source_id = served.pool.source_ids([item])[0]
+            response = served.client.get(f"/api/items/{item}/source")
+            assert response.status_code == 200 and (response.headers["x-height"], response.headers["x-width"]) == ("96", "80")
+            path = tmp_path / "vindr" / "train" / f"{source_id}.dicom"
+            assert read_dicom(path).bits_stored > 8  # a 16-bit image: the page windows the values itself
+            dataset = pydicom.dcmread(path)
+            info = json.loads(response.headers["x-image-info"])
+            if "VOILUTSequence" in dataset and "WindowCenter" not in dataset:
+                kinds.add("lut")
+                np.testing.assert_allclose(decoded(response), read_dicom(path).pixels, atol=float(response.headers["x-scale"]))
+                continue
+            kinds.add("window" if "WindowCenter" in dataset else "none")
+            assert float(response.headers["x-scale"]) == 1.0  # integers of a 16-bit range travel exactly
+            np.testing.assert_array_equal(decoded(response), apply_modality_lut(dataset.pixel_array, dataset))
+            windows = [{"center": float(dataset.WindowCenter), "width": float(dataset.WindowWidth),
+                        "name": "file window 1"}] if "WindowCenter" in dataset else []
+            assert info["windows"] == windows and info["modality"] == "DX"
+            assert info["invert"] == (dataset.PhotometricInterpretation == "MONOCHROME1")
+            pool = served.client.get(f"/api/items/{item}/pixels")
+            assert decoded(pool).shape == (32, 32)  # the pool image stays available at the model's frame
+        assert kinds <= {"window", "lut", "none"} and kinds, kinds
     finally:
         served.close()
 
@@ -158,14 +184,14 @@ def test_round_zero_items_have_no_cam_and_say_why(runs, tmp_path):
 def test_answers_are_recorded_at_once_with_their_roi(served):
     boxes_item, empty_item, brush_item, both_item, plain_item = served.pending_ids()[:5]
     post = served.client.post
-    assert post(f"/api/items/{boxes_item}/answer", json={"label": 1, "boxes": [[2, 3, 10, 12], [0, 0, 4, 4]]}).status_code == 200
-    assert post(f"/api/items/{empty_item}/answer", json={"label": "class_0", "no_finding": True}).status_code == 200
+    assert post(f"/api/items/{boxes_item}/answer", json={"label_index": 1, "boxes": [[2, 3, 10, 12], [0, 0, 4, 4]]}).status_code == 200
+    assert post(f"/api/items/{empty_item}/answer", json={"label_name": "class_0", "no_finding": True}).status_code == 200
     mask = np.zeros((32, 32), dtype=bool)
     mask[5:9, 20:27] = True
     packed = base64.b64encode(np.packbits(mask, axis=-1).tobytes()).decode()
-    assert post(f"/api/items/{brush_item}/answer", json={"label": 0, "mask": packed, "annotator": "dr-b"}).status_code == 200
-    assert post(f"/api/items/{both_item}/answer", json={"label": 1, "mask": packed, "boxes": [[0, 0, 2, 2]]}).status_code == 200
-    assert post(f"/api/items/{plain_item}/answer", json={"label": "CLASS_1"}).status_code == 200
+    assert post(f"/api/items/{brush_item}/answer", json={"label_index": 0, "mask": packed, "annotator": "dr-b"}).status_code == 200
+    assert post(f"/api/items/{both_item}/answer", json={"label_index": 1, "mask": packed, "boxes": [[0, 0, 2, 2]]}).status_code == 200
+    assert post(f"/api/items/{plain_item}/answer", json={"label_name": "CLASS_1"}).status_code == 200
 
     answers = served.annotations()
     assert answers[boxes_item].roi == BoxRoi(((2, 3, 10, 12), (0, 0, 4, 4))) and answers[boxes_item].label == 1
@@ -184,17 +210,22 @@ def test_answers_are_recorded_at_once_with_their_roi(served):
 
 
 BAD_ANSWERS = [
-    ({"label": 2}, 400, "unknown label '2'"),
-    ({"label": "tumour"}, 400, "unknown label 'tumour'"),
-    ({"label": True}, 400, "label: give a class name or index"),
-    ({"label": 0, "boxes": [[40, 40, 50, 50]]}, 400, "lies entirely outside"),
-    ({"label": 0, "boxes": [[10, 10, 2, 2]]}, 400, "expected x_min <= x_max"),
-    ({"label": 0, "boxes": [[1, 2, 3]]}, 400, "expected 4 numbers"),
-    ({"label": 0, "boxes": [[1, 2, "x", 4]]}, 400, "expected 4 numbers"),
-    ({"label": 0, "mask": "not base64!"}, 400, "mask: not base64"),
-    ({"label": 0, "mask": base64.b64encode(b"\0" * 7).decode()}, 400, "do not hold a 32×32 mask"),
-    ({"label": 0, "no_finding": True, "boxes": [[1, 1, 3, 3]]}, 400, "'no finding' with a drawn ROI"),
-    ({"label": 0, "colour": "red"}, 400, "unknown field(s) colour"),
+    ({"label_index": 2}, 400, "label_index: 2 is not a class index"),
+    ({"label_name": "tumour"}, 400, "unknown label 'tumour'"),
+    ({"label_index": True}, 400, "label_index: expected an integer"),
+    ({"label_index": "1"}, 400, "label_index: expected an integer"),
+    ({"label_name": 1}, 400, "label_name: expected a class name"),
+    ({"label_index": 0, "label_name": "class_0"}, 400, "exactly one of label_index"),
+    ({"label": 0}, 400, "label: not accepted"),
+    ({"label_index": 0, "boxes": [[40, 40, 50, 50]]}, 400, "lies entirely outside"),
+    ({"label_index": 0, "boxes": [[10, 10, 2, 2]]}, 400, "expected x_min <= x_max"),
+    ({"label_index": 0, "boxes": [[1, 2, 3]]}, 400, "expected 4 numbers"),
+    ({"label_index": 0, "boxes": [[1, 2, "x", 4]]}, 400, "expected 4 numbers"),
+    ({"label_index": 0, "mask": "not base64!"}, 400, "mask: not base64"),
+    ({"label_index": 0, "mask": base64.b64encode(b"\0" * 7).decode()}, 400, "do not hold a 32×32 mask"),
+    ({"label_index": 0, "no_finding": True, "boxes": [[1, 1, 3, 3]]}, 400, "'no finding' with a drawn ROI"),
+    ({"label_index": 0, "colour": "red"}, 400, "unknown field(s) colour"),
+    ({"label_index": 0, "revises": 0}, 409, "no answer to revise"),
     ([0], 400, "must be a JSON object"),
 ]
 
@@ -212,13 +243,16 @@ def test_requests_the_page_never_sends_are_refused(served):
     item = served.pending_ids()[0]
     url = f"/api/items/{item}/answer"
     cases = [
-        (served.client.post(url, content=b'{"label": 0}'), 415, "application/json"),
+        (served.client.post(url, content=b'{"label_index": 0}'), 415, "application/json"),
         (served.client.post(url, content=b"{not json", headers={"content-type": "application/json"}), 400, "not JSON"),
-        (served.client.post(url, json={"label": 0}, headers={"origin": "http://evil.example"}), 403, "own page"),
+        (served.client.post(url, json={"label_index": 0}, headers={"origin": "http://evil.example"}), 403, "own page"),
+        (served.client.post(url, json={"label_index": 0}, headers={"origin": "null", "sec-fetch-site": "cross-site"}),
+         403, "own page"),
+        (served.client.post(url, json={"label_index": 0}, headers={"sec-fetch-site": "cross-site"}), 403, "own page"),
         (served.client.post(url, content=b"x" * (body_cap((32, 32)) + 1),
                             headers={"content-type": "application/json"}), 413, "over"),
-        (served.client.post("/api/items/999999/answer", json={"label": 0}), 409, "did not acquire it"),
-        (served.client.post("/api/items/-1/answer", json={"label": 0}), 404, None),
+        (served.client.post("/api/items/999999/answer", json={"label_index": 0}), 409, "did not acquire it"),
+        (served.client.post("/api/items/-1/answer", json={"label_index": 0}), 404, None),
     ]
     for response, status, reason in cases:
         assert response.status_code == status, response.text
@@ -242,8 +276,8 @@ def test_an_oversized_body_sent_without_a_length_is_cut_off(served):
 
 def test_an_answered_item_is_never_answered_again(served):
     item = served.pending_ids()[0]
-    assert served.client.post(f"/api/items/{item}/answer", json={"label": 0}).status_code == 200
-    for body in ({"label": 0}, {"label": 1}):  # the same answer or another: the item is no longer pending
+    assert served.client.post(f"/api/items/{item}/answer", json={"label_index": 0}).status_code == 200
+    for body in ({"label_index": 0}, {"label_index": 1}):  # the same answer or another: the item is no longer pending
         again = served.client.post(f"/api/items/{item}/answer", json=body)
         assert again.status_code == 409 and "answered already" in again.json()["error"]
     assert served.annotations()[item].label == 0
@@ -257,7 +291,7 @@ def test_two_tabs_racing_on_one_item_record_it_once(served):
     def tab(label: int) -> None:
         with httpx.Client(base_url=served.client.base_url, timeout=60) as client:
             start.wait()
-            results.append(client.post(f"/api/items/{item}/answer", json={"label": label}))
+            results.append(client.post(f"/api/items/{item}/answer", json={"label_index": label}))
 
     threads = [threading.Thread(target=tab, args=(n % 2,)) for n in range(8)]
     for thread in threads:
@@ -278,7 +312,7 @@ def test_with_a_token_everything_but_the_login_form_needs_the_cookie(runs, tmp_p
         assert client.get("/").status_code == 303 and client.get("/").headers["location"] == "/login"
         for path in ("/api/batch", f"/api/items/{item}/pixels", f"/api/items/{item}/cam.png"):
             assert client.get(path).status_code == 401
-        refused = client.post(f"/api/items/{item}/answer", json={"label": 0})
+        refused = client.post(f"/api/items/{item}/answer", json={"label_index": 0})
         assert refused.status_code == 401 and "sign in" in refused.json()["error"]
         stuffed = client.post("/login", content="&".join(f"f{n}=x" for n in range(10)),
                               headers={"content-type": "application/x-www-form-urlencoded"})
@@ -291,7 +325,7 @@ def test_with_a_token_everything_but_the_login_form_needs_the_cookie(runs, tmp_p
         assert right.status_code == 303 and "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
         assert TOKEN not in cookie and TOKEN not in right.headers["location"]
         assert client.get("/api/batch").status_code == 200
-        assert client.post(f"/api/items/{item}/answer", json={"label": 0}).status_code == 200
+        assert client.post(f"/api/items/{item}/answer", json={"label_index": 0}).status_code == 200
         assert len(served.annotations()) == 11
         forged = httpx.get(f"{served.server.url}api/batch", cookies={"xal_annotate_session": "0" * 64})
         assert forged.status_code == 401
@@ -338,7 +372,7 @@ def test_xal_annotate_survives_kill_9_without_losing_or_reasking(runs, tmp_path)
     try:
         first = httpx.get(url + "api/batch").json()["items"]
         for item in first[:2]:
-            assert httpx.post(f"{url}api/items/{item['item_id']}/answer", json={"label": 1}).status_code == 200
+            assert httpx.post(f"{url}api/items/{item['item_id']}/answer", json={"label_index": 1}).status_code == 200
     finally:
         process.kill()
         process.wait()
@@ -346,7 +380,7 @@ def test_xal_annotate_survives_kill_9_without_losing_or_reasking(runs, tmp_path)
     try:
         batch = httpx.get(url + "api/batch").json()
         assert batch["done"] == 2 and [i["answer"] is not None for i in batch["items"]] == [True, True] + [False] * 4
-        again = httpx.post(f"{url}api/items/{first[0]['item_id']}/answer", json={"label": 0})
+        again = httpx.post(f"{url}api/items/{first[0]['item_id']}/answer", json={"label_index": 0})
         assert again.status_code == 409
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
@@ -374,6 +408,10 @@ def test_xal_annotate_explains_what_it_cannot_serve(runs, tmp_path):
     short.write_text("short")
     result = xal(str(run_dir), "--token-file", str(short))
     assert result.returncode == 2 and "at least 16 characters" in result.stderr
+    weak = tmp_path / "weak.txt"
+    weak.write_text("a" * 16)  # long enough for xal serve, not to guard expert labels
+    result = xal(str(run_dir), "--token-file", str(weak))
+    assert result.returncode == 2 and "at least 32 characters" in result.stderr, result.stderr
     done = fresh_copy(runs[0], tmp_path / "done")
     from tests.web.runs import answer_all_truthfully
 

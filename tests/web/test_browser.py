@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.web.browser import needs_chromium, start_chromium
+from tests.web.browser import drag_through, needs_chromium, start_chromium
 from tests.web.runs import TINY_CLI, build_dicom_run
 from xal_core.data import PoolStore
 from xal_core.loop.annotations import BoxRoi, MaskRoi
@@ -83,14 +83,11 @@ def test_an_expert_answers_in_the_browser_and_the_run_goes_on(tmp_path, browser)
                   browser.execute_script("return state.pixels !== null"), 30, f"item {item}'s image")
 
         answered: dict[int, str] = {}
-        # 1: a box drawn with the mouse (32×32 image shown at 512×512: 16 CSS pixels per image pixel), then its class
+        # 1: a box drawn with the mouse over image pixels 3..11 × 3..8 (all it touches), then its class
         boxed = current()
         wait_image(boxed)
-        draw = browser.find_element(By.ID, "draw")
-        ActionChains(browser).move_to_element_with_offset(draw, -200, -200).click_and_hold() \
-            .move_by_offset(120, 80).release().perform()
-        ActionChains(browser).move_to_element_with_offset(draw, 100, 100).click_and_hold() \
-            .move_by_offset(50, 50).release().perform()  # a second box, taken back with U
+        drag_through(browser, [(3.3, 3.3), (11.6, 8.6)])
+        drag_through(browser, [(20.5, 20.5), (24.5, 26.5)])  # a second box, taken back with U
         assert browser.execute_script("return state.drawing.boxes.length") == 2
         press("u")
         press(key_of_truth(boxed))
@@ -127,7 +124,7 @@ def test_an_expert_answers_in_the_browser_and_the_run_goes_on(tmp_path, browser)
         # the batch's last item is answered in another tab first: this page says so and records nothing;
         # that answer completes the batch, so the run trains round 0, acquires round 1, and the page picks it up
         wait_image(last)
-        other_tab = httpx.post(f"{url}api/items/{last}/answer", json={"label": int(pool.oracle_labels([last])[0])})
+        other_tab = httpx.post(f"{url}api/items/{last}/answer", json={"label_index": int(pool.oracle_labels([last])[0])})
         assert other_tab.status_code == 200
         press("1" if key_of_truth(last) == "2" else "2")  # a different answer, too late
         message = browser.find_element(By.ID, "message")
@@ -135,12 +132,12 @@ def test_an_expert_answers_in_the_browser_and_the_run_goes_on(tmp_path, browser)
         _wait(lambda: progress() == "0 of 3 done", 240, "the run's next batch on the page")
         second = current()
         wait_image(second)
+        press("c")  # the Grad-CAM is shown on request only
         cam = browser.find_element(By.ID, "cam")
-        _wait(lambda: cam.is_displayed() and browser.execute_script("return arguments[0].naturalWidth", cam) == 32,
+        _wait(lambda: browser.find_element(By.ID, "cam-legend").is_displayed() and
+              browser.execute_script("return arguments[0].naturalWidth", cam) == 32,
               30, "the Grad-CAM overlay of a round-1 item")
-        draw = browser.find_element(By.ID, "draw")
-        ActionChains(browser).move_to_element_with_offset(draw, -120, -150).click_and_hold() \
-            .move_by_offset(150, 110).release().perform()
+        drag_through(browser, [(8.5, 5.5), (17.5, 12.5)])
         if os.environ.get("XAL_SCREENSHOT"):
             browser.save_screenshot(os.environ["XAL_SCREENSHOT"])
         press(key_of_truth(second))
@@ -150,8 +147,8 @@ def test_an_expert_answers_in_the_browser_and_the_run_goes_on(tmp_path, browser)
         brushed = _wait(lambda: current() if current() not in (second, skipped) else None, 10, "the item after a skip")
         wait_image(brushed)
         press("b")  # the pool's ROIs are masks: a brush
-        ActionChains(browser).move_to_element_with_offset(browser.find_element(By.ID, "draw"), 0, 0) \
-            .click_and_hold().move_by_offset(60, 0).move_by_offset(0, 40).release().perform()
+        browser.execute_script("document.getElementById('brush-size').value = '40'")
+        drag_through(browser, [(16.5, 16.5), (20.5, 16.5), (20.5, 19.5)])
         press(key_of_truth(brushed))
         _wait(lambda: progress() == "2 of 3 done", 30, "the brushed answer")
         assert current() == skipped  # the skipped item is still asked for
@@ -190,9 +187,11 @@ def test_a_dicom_item_is_shown_at_its_own_resolution_with_window_and_level(tmp_p
             assert browser.execute_script("return [document.getElementById('image').width, " \
                                           "document.getElementById('image').height]") == [80, 96]
             before = browser.execute_script(pixel)
-            browser.execute_script("const w = document.getElementById('window'); w.value = '60'; "
-                                   "w.dispatchEvent(new Event('input'))")  # a narrower window: more contrast
-            after = browser.execute_script(pixel)
-            assert before != after
+            width = browser.find_element(By.ID, "window-width")
+            narrower = float(width.get_attribute("value")) / 8  # a narrower window: more contrast
+            width.clear()
+            width.send_keys(f"{narrower}\t")
+            _wait(lambda: browser.execute_script(pixel) != before, 10, "the narrower window on the image")
+            browser.execute_script("document.activeElement.blur()")  # keys typed into a field are the field's
             ActionChains(browser).send_keys("o").perform()
             _wait(lambda: shown() == "pool image 32×32", 10, "the pool image after O")

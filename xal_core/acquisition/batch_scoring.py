@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+import xal_kernels
 from xal_core.scoring import Roi, ScoringConfig
 
 __all__ = ["ScoringConfig", "BatchScores", "score_batch"]
@@ -70,8 +71,6 @@ def score_batch(
     config: ScoringConfig = ScoringConfig(),
 ) -> BatchScores:
     """Score one batch. ``ids`` int64 ``[b]``; ``logits [b, K]``; the rest as in ``cam_alignment``."""
-    import xal_kernels  # deferred: xal_kernels itself imports xal_core.scoring
-
     ids = torch.as_tensor(ids)
     if ids.dim() != 1 or ids.dtype.is_floating_point:
         raise ValueError(f"ids: expected a 1-D integer tensor, got {ids.dtype} {tuple(ids.shape)}")

@@ -28,7 +28,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from .guards import DEFAULT_MAX_PIXELS, check_pixels
 from .item import ItemError
 
-__all__ = ["DicomImage", "read_dicom", "JPEG_HINT"]
+__all__ = ["DicomImage", "read_dicom", "decode_dicom", "parse_dicom", "JPEG_HINT"]
 
 JPEG_HINT = ("install the jpeg extra to decode it: pip install 'xal-ml[jpeg]' (pylibjpeg, pylibjpeg-libjpeg; "
              "pylibjpeg-openjpeg for JPEG 2000)")
@@ -53,8 +53,36 @@ def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dic
         raise ItemError(str(path), "file not found") from None
     except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as error:
         raise ItemError(str(path), f"not a readable DICOM file ({type(error).__name__}: {error})") from None
+    return decode_dicom(dataset, str(path), max_pixels=max_pixels)
+
+
+def parse_dicom(data: bytes, where: str) -> pydicom.Dataset:
+    """An instance received as bytes (a DICOMweb retrieve) → a dataset; ``ItemError`` when unreadable."""
+    import io
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(io.BytesIO(data))
+    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as error:
+        raise ItemError(where, f"not a readable DICOM instance ({type(error).__name__}: {error})") from None
+
+
+def decode_dicom(dataset: pydicom.Dataset, where: str, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 multiframe: str = "first") -> DicomImage:
+    """Decode an opened ``dataset`` by the module doc's rules; ``where`` names it in errors.
+
+    ``multiframe``: ``"first"`` (files: multi-frame X-rays are not expected, the first frame is the
+    image) or ``"refuse"`` (an ``ItemError`` naming the frame count: a DICOMweb source may hold cine
+    or tomosynthesis instances, which are not one 2D image).
+    """
+    path = where
+    frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
     if "PixelData" not in dataset:
         raise ItemError(str(path), "DICOM file has no pixel data")
+    if frames > 1 and multiframe == "refuse":
+        raise ItemError(str(path), f"multi-frame instance ({frames} frames): a pool item is one 2D image; "
+                        "multi-frame instances are refused, not split")
     check_pixels(path, _declared_shape(dataset), max_pixels)
     try:
         stored = dataset.pixel_array
@@ -62,9 +90,9 @@ def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dic
         syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", str(syntax))
         raise ItemError(str(path), f"cannot decode transfer syntax {name!r}: {JPEG_HINT} ({error})") from None
-    except (ValueError, EOFError, AttributeError, KeyError) as error:
+    except (ValueError, EOFError, AttributeError, KeyError, TypeError) as error:
         raise ItemError(str(path), f"corrupt or truncated pixel data ({error})") from None
-    if int(getattr(dataset, "NumberOfFrames", 1) or 1) > 1:
+    if frames > 1:
         stored = stored[0]  # multi-frame X-rays are not expected; the first frame is the image
     photometric = str(getattr(dataset, "PhotometricInterpretation", "MONOCHROME2")).strip()
     if stored.ndim == 3:  # colour: average the samples

@@ -17,6 +17,11 @@ The pool's ROI format is ``boxes`` when every ROI in the split is boxes (or empt
 min-max normalised per image. Rows naming a missing file, an unparseable ROI or an unknown split
 are skipped with a report line.
 
+A folder with a ``dicomweb.json`` may name DICOMweb instances instead of files: ``image`` =
+``dicomweb:STUDY_UID/SERIES_UID/SOP_UID`` (the item id is the part after ``dicomweb:``), fetched
+over WADO-RS and decoded like a ``.dcm`` (``dicomweb.DicomWebImages``; ``xal ingest dicomweb+…
+--dataset-out DIR`` writes such a folder).
+
 Paths in ``labels.csv`` (images and masks) must stay inside the folder: an absolute path, ``..``
 out of it or a symlink whose target lies outside is refused for that row (``guards.py``). Images
 larger than ``max_pixels`` (default ``guards.DEFAULT_MAX_PIXELS``) are refused from their header.
@@ -37,6 +42,7 @@ import torch
 from xal_core.scoring import Roi
 
 from .dicom import read_dicom
+from .dicomweb import FOLDER_CONFIG, REFERENCE, DicomWebImages, InstanceRef
 from .guards import DEFAULT_MAX_PIXELS, check_pixels, contained_path, pixel_limit
 from .item import IndexedDataset, Item, ItemError, Skip, check_boxes, resize_image, resize_mask, scale_boxes
 from .png import read_png
@@ -135,6 +141,7 @@ class GenericFolder(IndexedDataset):
         super().__init__(size, classes, "boxes", {"split": split, "max_pixels": max_pixels})
         self.root = root
         self.max_pixels = max_pixels
+        self._dicomweb = DicomWebImages.of_folder(root)  # None: a folder of files only
         kinds = set()
         for line, row in rows:
             where = f"labels.csv line {line}"
@@ -156,8 +163,9 @@ class GenericFolder(IndexedDataset):
 
     def _record(self, line: int, row: dict[str, str], classes: tuple[str, ...]) -> _Record:
         name = (row["image"] or "").strip()
-        image = contained_path(self.root, name, "image")
-        if not image.is_file():
+        reference = self._reference(name)
+        image = reference or contained_path(self.root, name, "image")
+        if reference is None and not image.is_file():
             raise ValueError(f"image file {image} is missing")
         label = (row["label"] or "").strip()
         if not label:
@@ -185,12 +193,28 @@ class GenericFolder(IndexedDataset):
             roi = contained_path(self.root, roi_text, "ROI mask")
             if not roi.is_file():
                 raise ValueError(f"ROI mask file {roi} is missing")
-        return _Record(line, str(image.relative_to(self.root)), image, slice_index, classes.index(label), roi)
+        identifier = name.removeprefix(REFERENCE) if reference is not None else str(image.relative_to(self.root))
+        return _Record(line, identifier, image, slice_index, classes.index(label), roi)
+
+    def _reference(self, name: str) -> Path | None:
+        """``dicomweb:STUDY/SERIES/SOP`` (checked) as an opaque path, or ``None`` for a file."""
+        if not name.startswith(REFERENCE):
+            return None
+        if self._dicomweb is None:
+            raise ValueError(f"{name}: a DICOMweb image needs {FOLDER_CONFIG} in the folder (the service's URL)")
+        InstanceRef.from_id(name.removeprefix(REFERENCE))
+        return Path(name)
+
+    def use_source_cache(self, folder: Path, max_bytes: int) -> None:
+        if self._dicomweb is not None:
+            self._dicomweb.use_cache(folder, max_bytes)
 
     def record_id(self, record: _Record) -> str:
         return record.name + ("" if record.slice is None else f"#{record.slice}")
 
     def native_pixels(self, record: _Record) -> np.ndarray:
+        if self._dicomweb is not None and str(record.image).startswith(REFERENCE):
+            return self._dicomweb.pixels(record.name, self.max_pixels)
         return read_plain_image(record.image, record.slice, max_pixels=self.max_pixels)
 
     def load(self, record: _Record) -> Item:

@@ -14,8 +14,8 @@ from typing import Any
 
 _EXPORTS = {
     "ActiveLearner": "learner", "NeedsAnnotations": "learner", "RoundEvent": "learner",
-    "Protocol": "protocol", "TrainRecipe": "protocol",
-    "ExperimentData": "experiment", "prepare_data": "experiment",
+    "Protocol": "protocol", "TrainRecipe": "recipe",
+    "DataSpec": "data_spec", "ExperimentData": "experiment", "prepare_data": "experiment",
     "Ledger": "ledger", "LedgerError": "ledger", "LedgerConflict": "ledger", "Arm": "ledger",
     "AcquisitionRow": "ledger",
     "Annotation": "annotations",

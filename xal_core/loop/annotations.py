@@ -120,14 +120,6 @@ class MaskRoi:
             array = array.astype(bool)
         return cls(np.packbits(array, axis=-1).tobytes(), int(array.shape[0]), int(array.shape[1]))
 
-    @classmethod
-    def from_packed_row(cls, packed: np.ndarray, width: int) -> MaskRoi:
-        """From one stored row ``uint8 [H, ceil(W/8)]`` of a pool (padding bits cleared)."""
-        import numpy as np
-
-        unpacked = np.unpackbits(np.asarray(packed, dtype=np.uint8), axis=-1, count=width)
-        return cls.from_mask(unpacked.view(np.bool_))
-
     def to_mask(self) -> torch.Tensor:
         """Bool ``[H, W]``."""
         import numpy as np

@@ -32,10 +32,9 @@ from xal_core.data import ItemError, PoolStore, PoolWriter, open_dataset
 from xal_core.data.item import Item
 from xal_core.scoring import Roi
 
-__all__ = ["ExperimentData", "prepare_data", "pool_source", "DATASETS"]
+from .data_spec import NATIVE_SPLITS, DataSpec
 
-DATASETS = ("synthetic", "brats", "vindr", "siim", "generic")
-_NATIVE_SPLITS = ("synthetic", "generic")
+__all__ = ["ExperimentData", "prepare_data", "pool_source"]
 
 
 @dataclass
@@ -106,39 +105,23 @@ class ExperimentData:
                    HeldOut.load(root / "test.npz"), val, record)
 
 
-def prepare_data(
-    root: str | Path,
-    dataset: str,
-    data_dir: str | Path | None = None,
-    *,
-    size: tuple[int, int] = (64, 64),
-    pool_size: int = 5000,
-    val_size: int = 200,
-    test_size: int = 500,
-    test_fraction: float = 0.2,
-    options: dict[str, Any] | None = None,
-    on_progress: Callable[[str, int, int], None] | None = None,
-) -> ExperimentData:
+def prepare_data(root: str | Path, spec: DataSpec, *,
+                 on_progress: Callable[[str, int, int], None] | None = None) -> ExperimentData:
     """Build (or reopen) the run's data under ``root``.
 
     Args:
         root: ``RUN_DIR/data``; reused as is when complete, so a resumed run sees the same pool.
-        dataset: one of ``DATASETS``.
-        data_dir: the dataset's root folder (not used by ``synthetic``).
-        size: the model's input frame ``(H, W)``.
-        pool_size, val_size, test_size: split sizes of the synthetic benchmark.
-        test_fraction: share of groups held out for testing (brats, vindr, siim).
-        options: the adapter's own options (``open_dataset``), e.g. the benchmark's ``shortcut``.
+        spec: the dataset, its folder, the frame, the split sizes and the adapter's options.
         on_progress: ``(phase, done, total)`` while items are written.
     """
     root = Path(root)
-    options = dict(options or {})
+    dataset, data_dir, size, options = spec.dataset, spec.data_dir, spec.size, dict(spec.options)
     wanted = {"dataset": dataset, "data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
               "size": list(size), "options": options}
     if dataset == "synthetic":
-        wanted.update(pool_size=pool_size, val_size=val_size, test_size=test_size)
-    elif dataset not in _NATIVE_SPLITS:
-        wanted["test_fraction"] = test_fraction
+        wanted.update(pool_size=spec.pool_size, val_size=spec.val_size, test_size=spec.test_size)
+    elif dataset not in NATIVE_SPLITS:
+        wanted["test_fraction"] = spec.test_fraction
     if (root / "data.json").is_file():
         record = json.loads((root / "data.json").read_text())
         stored = {key: record.get(key) for key in wanted}
@@ -146,10 +129,6 @@ def prepare_data(
             raise ValueError(f"{root}: holds the data of another configuration ({stored}), asked for {wanted}; "
                              "use a new run folder")
         return ExperimentData.load(root)
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset: expected one of {DATASETS}, got {dataset!r}")
-    if dataset != "synthetic" and data_dir is None:
-        raise ValueError(f"dataset {dataset!r} needs --data-dir (the folder of the dataset's files)")
     if root.exists() and any(root.iterdir()):
         raise ValueError(f"{root}: an unfinished data folder (no data.json, left by an xal older than the staged "
                          "writes) is in the way; delete it and rerun")
@@ -161,15 +140,15 @@ def prepare_data(
     staging.mkdir(parents=True)
     progress = on_progress or (lambda phase, done, total: None)
 
-    if dataset in _NATIVE_SPLITS:
+    if dataset in NATIVE_SPLITS:
         def split(name: str, n: int):
             return _open_split(dataset, data_dir, size, name, n, options)
 
-        pool_source = split("pool", pool_size)
+        pool_source = split("pool", spec.pool_size)
         channels = int(getattr(pool_source, "channels", 1))
         _write_pool(staging / "pool", pool_source, range(len(pool_source)), progress)
-        test = _held_out(split("test", test_size), "test", progress)
-        val_source = split("val", val_size)
+        test = _held_out(split("test", spec.test_size), "test", progress)
+        val_source = split("val", spec.val_size)
         val = _held_out(val_source, "val", progress) if len(val_source) else None
         if not len(test):
             raise ValueError(f"{data_dir}: the dataset has no test split (rows with split=test); the loop "
@@ -183,12 +162,12 @@ def prepare_data(
         def is_test(item: Item) -> bool:
             group = item.id.split("/")[0]
             digest = hashlib.sha256(group.encode()).digest()
-            return int.from_bytes(digest[:8], "little") / 2**64 < test_fraction
+            return int.from_bytes(digest[:8], "little") / 2**64 < spec.test_fraction
 
         _write_pool(staging / "pool", source, range(len(source)), progress, divert=is_test, diverted=test_items)
         test = HeldOut.from_items(test_items, size, channels)
         if not len(test):
-            raise ValueError(f"{data_dir}: no item fell in the test split (test_fraction {test_fraction}); "
+            raise ValueError(f"{data_dir}: no item fell in the test split (test_fraction {spec.test_fraction}); "
                              "the dataset is too small for a held-out evaluation")
         val = None
         class_names, description = source.classes, source.describe()
@@ -217,7 +196,7 @@ def pool_source(record: dict[str, Any]) -> Any:
     """Reopen the dataset the run's pool was written from, from its ``data.json`` record: what
     goes back to an item's file (``source_image``) for the browser annotator."""
     dataset, size, options = record["dataset"], tuple(record["size"]), dict(record.get("options") or {})
-    if dataset in _NATIVE_SPLITS:
+    if dataset in NATIVE_SPLITS:
         return _open_split(dataset, record.get("data_dir"), size, "pool", int(record.get("pool_size") or 0), options)
     return open_dataset(dataset, record["data_dir"], size=size, **options)
 

@@ -30,6 +30,7 @@ so a head from another model is an error, never a silent BALD of the wrong model
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,13 +38,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from xal_core.acquisition.strategies import ScoreTable, make_strategy, scoring_params
+
+from .seeds import derived_seed
+
 if TYPE_CHECKING:
     from torch import nn
 
     from .protocol import Protocol
 
-__all__ = ["ExtrasCollector", "McDropout", "TableExtras", "check_runnable", "extras_for", "needed_columns",
-           "pooled_features"]
+__all__ = ["ExtrasCollector", "McDropout", "TableExtras", "check_drop_probability", "check_runnable", "extras_for",
+           "needed_columns", "pooled_features"]
 
 # |W e + b − logits| allowed, relative to 1 + |logits| (float32 graph vs float64 here).
 _HEAD_TOLERANCE = 1e-3
@@ -59,9 +64,19 @@ def pooled_features(features: Any) -> np.ndarray:
     return array.mean(axis=(2, 3))
 
 
+def check_drop_probability(p: Any) -> float:
+    """The MC-dropout probability as a float; ``ValueError`` unless ``0 <= p < 1``."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= float(p) < 1.0:
+        raise ValueError(f"mc_dropout: expected a drop probability in [0, 1), got {p!r}")
+    return float(p)
+
+
 @dataclass(frozen=True, eq=False)
 class McDropout:
     """Last-layer MC dropout: ``passes`` draws of inverted dropout ``p`` on the pooled embedding.
+
+    ``passes`` and ``p`` have no defaults here: the run's settings are ``Protocol.mc_passes`` and
+    ``Protocol.mc_dropout``, and every McDropout is built from them (``extras_for``).
 
     Attributes:
         weight: float64 ``[K, C']``, the linear head's ``W``.
@@ -73,8 +88,8 @@ class McDropout:
 
     weight: np.ndarray
     bias: np.ndarray
-    passes: int = 20
-    p: float = 0.5
+    passes: int
+    p: float
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -84,12 +99,10 @@ class McDropout:
             raise ValueError(f"McDropout: expected weight [K, C] and bias [K], got {weight.shape} and {bias.shape}")
         if isinstance(self.passes, bool) or int(self.passes) != self.passes or self.passes < 1:
             raise ValueError(f"mc_passes: expected an integer >= 1, got {self.passes!r}")
-        if not 0.0 <= float(self.p) < 1.0:
-            raise ValueError(f"mc_dropout: expected a probability in [0, 1), got {self.p!r}")
         object.__setattr__(self, "weight", weight)
         object.__setattr__(self, "bias", bias)
         object.__setattr__(self, "passes", int(self.passes))
-        object.__setattr__(self, "p", float(self.p))
+        object.__setattr__(self, "p", check_drop_probability(self.p))
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, passes: int, p: float, seed: int) -> McDropout:
@@ -185,8 +198,6 @@ class ExtrasCollector:
 
 def needed_columns(protocol: Protocol, strategy: str) -> tuple[bool, bool]:
     """``(embeddings, mc_probabilities)``: what the arm of ``strategy`` reads beyond the contract."""
-    from xal_core.acquisition.strategies import scoring_params
-
     params = protocol.strategy_params(strategy)
     uncertainty = scoring_params(strategy, params["scoring"]).get("uncertainty")
     return params.get("diversity") == "kcenter", strategy == "bald" or uncertainty == "bald"
@@ -197,8 +208,6 @@ def extras_for(protocol: Protocol, strategy: str, seed: int, round: int, linear:
 
     ``linear`` is the round model's head; the masks are seeded by ``(seed, round)``.
     """
-    from .protocol import derived_seed
-
     embeddings, mc = needed_columns(protocol, strategy)
     dropout = (McDropout.from_linear(linear, passes=protocol.mc_passes, p=protocol.mc_dropout,
                                      seed=derived_seed("mc-dropout", seed, round)) if mc else None)
@@ -214,8 +223,6 @@ def check_runnable(protocol: Protocol, supplied: Callable[[Protocol, str], tuple
     training. (Today the loop supplies everything every strategy reads; this keeps it so when a
     strategy or a mode that reads a new column is added.)
     """
-    from xal_core.acquisition.strategies import make_strategy
-
     for name in protocol.strategies:
         params = protocol.strategy_params(name)
         diversity = params.pop("diversity", None)
@@ -232,9 +239,7 @@ def check_runnable(protocol: Protocol, supplied: Callable[[Protocol, str], tuple
                 raise ValueError(f"{option}: the loop cannot supply what it needs ({error})") from None
 
 
-def _probe_table(embeddings: bool, mc: bool):
-    from xal_core.acquisition.strategies import ScoreTable
-
+def _probe_table(embeddings: bool, mc: bool) -> ScoreTable:
     rng = np.random.default_rng(0)
     n, classes = 6, 2
     probabilities = rng.dirichlet(np.ones(classes), size=n)

@@ -25,31 +25,31 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xal_core.acquisition.strategies import Acquisition, NoRoiWarning, Strategy, make_strategy
-from xal_core.models import Checkpoint, ExplainableModel, ModelMetadata, build_backbone, export, load_checkpoint
-from xal_core.models.checkpoint import load_weights
+from xal_core.acquisition.strategies import Acquisition, NoRoiWarning, Strategy, make_strategy, reads_rois
+from xal_core.models import Checkpoint, ExplainableModel, build_backbone, export, load_checkpoint
+from xal_core.models.weights import load_weights
 from xal_core.train import fit
 
 from .experiment import ExperimentData
 from .extras import extras_for
 from .ledger import AcquisitionRow, Arm, Ledger
-from .metrics import METRICS_COLUMNS, TRAINING_COLUMN, RoundMetrics, evaluate
+from .metrics import METRIC_NAMES, RoundMetrics, evaluate
+from .metrics_file import TRAINING_COLUMN, append_metrics_csv
 from .oracle import FileOracle, Oracle, write_labelling_sheet
-from .protocol import INITIAL_STRATEGY, Protocol, derived_seed
+from .protocol import INITIAL_STRATEGY, Protocol
 from .report.overlays import overlay_path, write_overlays
 from .report.stats import series_name
 from .scorers import PoolScorer, ScoredPool
+from .seeds import derived_seed
 from .training import round_training_set, train_config
 
-__all__ = ["ActiveLearner", "NeedsAnnotations", "RoundEvent", "ROI_STRATEGIES", "checkpoint_path"]
+__all__ = ["ActiveLearner", "NeedsAnnotations", "RoundEvent", "checkpoint_path"]
 
 
 def checkpoint_path(run_dir: str | Path, arm: Arm, round: int) -> Path:
     """Where the loop keeps ``arm``'s model of ``round`` (only the newest round's stays on disk):
     the model that acquired round ``round + 1``'s items, whose Grad-CAM the annotator shows."""
     return Path(run_dir) / "models" / arm.strategy / f"seed-{arm.seed}" / f"round-{round:02d}.pt"
-
-ROI_STRATEGIES = ("misalignment", "dual", "dual_rank")  # strategies that read the CAM–ROI Dice
 
 
 class NeedsAnnotations(RuntimeError):
@@ -116,10 +116,10 @@ class ActiveLearner:
 
     def _check_rois(self) -> None:
         """Say at the start, not mid-run, when ROI-based strategies will have no ROI to use."""
-        needs_roi = [s for s in self.protocol.strategies if s in ROI_STRATEGIES]
+        needs_roi = [s for s in self.protocol.strategies if reads_rois(s)]
         if not needs_roi or self.pool.roi_known().any():
             return
-        if self.protocol.missing_roi == "exclude":
+        if self.protocol.scoring.missing_roi == "exclude":
             raise ValueError(f"{self.data.pool_path}: no item of the pool has an ROI, and missing_roi='exclude' leaves "
                              f"{', '.join(needs_roi)} nothing to acquire; use missing_roi='uncertainty_only' or give ROIs")
         self._warned_no_roi = True
@@ -144,15 +144,13 @@ class ActiveLearner:
             for record in self.ledger.rounds(arm):
                 rows.append({"strategy": arm.strategy, "seed": arm.seed, "round": record.round,
                              "labels": record.labels, **{k: record.metrics.get(k, float("nan"))
-                                                         for k in METRICS_COLUMNS[4:]}})
+                                                         for k in METRIC_NAMES}})
                 if self.protocol.train.label:  # the column exists only for non-default training
                     rows[-1][TRAINING_COLUMN] = self.protocol.train.label
         return rows
 
     def write_metrics(self) -> list[dict]:
         """``metrics.csv`` rebuilt from the ledger (the source of truth), written atomically."""
-        from .metrics import append_metrics_csv
-
         rows = self.metrics_rows()
         target = self.run_dir / "metrics.csv"
         scratch = target.with_name("metrics.csv.tmp")
@@ -253,19 +251,18 @@ class ActiveLearner:
         self.on_event(RoundEvent(arm, round, "evaluate", 0, len(self.data.test)))
         model = self._explainable(saved)
         test = self.data.test
-        metrics = evaluate(model, test.images, test.labels, test.roi, threshold=self.protocol.threshold,
+        metrics = evaluate(model, test.images, test.labels, test.roi, threshold=self.protocol.scoring.threshold,
                            normalise=saved.preprocessing)
         labels = len(self.ledger.labeled(arm))
         row = metrics.to_row(strategy=arm.strategy, seed=arm.seed, round=round, labels=labels)
-        self.ledger.record_round(arm, round, labels, {k: float(row[k]) for k in METRICS_COLUMNS[4:]}, version)
+        self.ledger.record_round(arm, round, labels, {k: float(row[k]) for k in METRIC_NAMES}, version)
         self.write_metrics()
         return metrics
 
     def _acquire(self, arm: Arm, round: int, checkpoint: Path, saved: Checkpoint, version: str) -> None:
         protocol = self.protocol
         model = ExplainableModel(saved.build())
-        metadata = ModelMetadata(class_names=saved.class_names, preprocessing=saved.preprocessing,
-                                 target_layer=model.target_layer, architecture=saved.architecture.to_dict())
+        metadata = saved.metadata(model.target_layer)
         suffix = ".onnx" if protocol.export_format == "onnx" else ".ts"
         exported = checkpoint.with_suffix(suffix)
         self.on_event(RoundEvent(arm, round, "export"))
@@ -297,7 +294,7 @@ class ActiveLearner:
                 warnings.warn(str(warning.message), NoRoiWarning, stacklevel=2)
         if len(chosen.ids) == 0:
             raise RuntimeError(f"{arm}: round {round + 1} acquired nothing: every unlabeled item was excluded "
-                               f"(missing-ROI policy {protocol.missing_roi!r} on a pool without ROIs?)")
+                               f"(missing-ROI policy {protocol.scoring.missing_roi!r} on a pool without ROIs?)")
         self.ledger.record_acquisitions(arm, round + 1, self._rows(scored, chosen), model_version=version)
 
     def _rows(self, scored: ScoredPool, chosen: Acquisition) -> list[AcquisitionRow]:

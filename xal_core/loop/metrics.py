@@ -21,23 +21,14 @@ A known item whose CAM inputs were not finite has NaN scores, and the mean is th
 a broken model is shown, not averaged away.
 
 ``evaluate`` runs an ``ExplainableModel`` over the test images and returns both as a
-``RoundMetrics``; ``append_metrics_csv`` / ``read_metrics_csv`` keep them in ``metrics.csv``.
-
-``metrics.csv`` has the ``METRICS_COLUMNS`` and, only for runs trained with non-default options
-(ROI loss or swap, cosine schedule, warm start), a last ``training`` column naming them
-(``TrainRecipe.label``, e.g. ``swap+cosine``). Files written before it, and runs at the default
-training, keep the old header; reading gives such rows no ``training`` key. The report draws
-``report.stats.series_name(strategy, training)`` (``dual+swap``) as one line, so two runs of one strategy trained
-differently stay apart when merged.
+``RoundMetrics``; ``metrics_file`` keeps them in ``metrics.csv``.
 """
 
 from __future__ import annotations
 
-import csv
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -47,26 +38,15 @@ from xal_core.models.metadata import Preprocessing
 from xal_core.scoring import DEFAULT_THRESHOLD, Roi, cam_alignment
 
 __all__ = [
-    "METRICS_COLUMNS",
     "METRIC_NAMES",
+    "Normalise",
     "RoundMetrics",
-    "append_metrics_csv",
     "auroc",
     "classification_metrics",
     "evaluate",
     "forward_batches",
     "interpretability_metrics",
-    "read_metrics_csv",
-    "TRAINING_COLUMN",
 ]
-
-METRICS_COLUMNS = (
-    "strategy", "seed", "round", "labels",
-    "accuracy", "balanced_accuracy", "macro_f1", "auroc", "cam_dice", "cam_soft_dice", "cam_energy",
-)
-METRIC_NAMES = METRICS_COLUMNS[4:]
-TRAINING_COLUMN = "training"  # optional last column: the non-default training options (TrainRecipe.label)
-_KEY_TYPES = {"strategy": str, "seed": int, "round": int, "labels": int}
 
 Normalise = Callable[[torch.Tensor], torch.Tensor] | Preprocessing | None
 
@@ -204,9 +184,13 @@ class RoundMetrics:
     cam_energy: float
 
     def to_row(self, *, strategy: str, seed: int, round: int, labels: int) -> dict[str, object]:
-        """One ``metrics.csv`` row: the keys of ``METRICS_COLUMNS`` in order."""
+        """One ``metrics.csv`` row: the keys of ``metrics_file.METRICS_COLUMNS`` in order."""
         return {"strategy": str(strategy), "seed": int(seed), "round": int(round), "labels": int(labels),
                 **asdict(self)}
+
+
+#: the metrics of a round, in ``RoundMetrics``' (and ``metrics.csv``'s) order
+METRIC_NAMES: tuple[str, ...] = tuple(field.name for field in fields(RoundMetrics))
 
 
 def forward_batches(
@@ -308,86 +292,3 @@ def _as_numpy(values: np.ndarray | torch.Tensor | Iterable) -> np.ndarray:
     if isinstance(values, torch.Tensor):
         return values.detach().cpu().numpy()
     return np.asarray(values)
-
-
-# ---------------------------------------------------------------------------------- metrics.csv
-def append_metrics_csv(path: str | Path, rows: Iterable[Mapping[str, object]]) -> Path:
-    """Append rows (``RoundMetrics.to_row`` dicts) to ``metrics.csv``, writing the header first if new.
-
-    Each row must hold exactly the ``METRICS_COLUMNS``, plus optionally ``training``; a new file
-    gets the ``training`` column only when some row names a training. An existing file with another
-    header is an error, never silently mixed (rows with a training cannot go into a file without the
-    column; rows without one go into a file with it as ``""``). Floats are written with full
-    precision, NaN as ``nan``.
-    """
-    path = Path(path)
-    rows = list(rows)
-    trained = any(row.get(TRAINING_COLUMN) for row in rows)
-    if path.exists() and path.stat().st_size > 0:
-        with path.open(newline="", encoding="utf-8") as handle:
-            header = tuple(next(csv.reader(handle), []))
-        if header not in (METRICS_COLUMNS, (*METRICS_COLUMNS, TRAINING_COLUMN)):
-            raise ValueError(f"{path}: header {list(header)} is not the metrics.csv header {list(METRICS_COLUMNS)}")
-        with_training = header[-1] == TRAINING_COLUMN
-        if trained and not with_training:
-            raise ValueError(f"{path}: has no {TRAINING_COLUMN} column; rows of a run trained otherwise "
-                             "(ROI training, schedule, warm start) belong in another file")
-        new = False
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with_training, new = trained, True
-    lines = [_format_row(row, index, with_training) for index, row in enumerate(rows)]
-    with path.open("a", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        if new:
-            writer.writerow((*METRICS_COLUMNS, TRAINING_COLUMN) if with_training else METRICS_COLUMNS)
-        writer.writerows(lines)
-    return path
-
-
-def read_metrics_csv(path: str | Path) -> list[dict[str, object]]:
-    """The rows of ``metrics.csv`` with typed values: ``strategy`` str, ``seed/round/labels`` int, metrics float."""
-    path = Path(path)
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        header = tuple(reader.fieldnames or ())
-        if header not in (METRICS_COLUMNS, (*METRICS_COLUMNS, TRAINING_COLUMN)):
-            raise ValueError(f"{path}: header {reader.fieldnames} is not the metrics.csv header "
-                             f"{list(METRICS_COLUMNS)}")
-        rows = []
-        for line, raw in enumerate(reader, start=2):
-            try:
-                row = {name: _KEY_TYPES.get(name, float)(raw[name]) for name in METRICS_COLUMNS}
-            except (TypeError, ValueError) as error:
-                raise ValueError(f"{path}, line {line}: {error}") from None
-            if header[-1] == TRAINING_COLUMN:
-                row[TRAINING_COLUMN] = raw[TRAINING_COLUMN] or ""
-            rows.append(row)
-    return rows
-
-
-def _format_row(row: Mapping[str, object], index: int, with_training: bool = False) -> list[str]:
-    if set(row) - {TRAINING_COLUMN} != set(METRICS_COLUMNS):
-        missing = [c for c in METRICS_COLUMNS if c not in row]
-        extra = sorted(set(row) - set(METRICS_COLUMNS) - {TRAINING_COLUMN})
-        raise ValueError(f"rows[{index}]: missing columns {missing}, unknown columns {extra}")
-    training = row.get(TRAINING_COLUMN) or ""
-    if not isinstance(training, str) or any(c in training for c in "/\\\0,\n\r"):
-        raise ValueError(f"rows[{index}].{TRAINING_COLUMN}: expected a short name without / \\ , or newlines, "
-                         f"got {training!r}")
-    out = []
-    for name in METRICS_COLUMNS:
-        value = row[name]
-        if name == "strategy":
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"rows[{index}].strategy: expected a non-empty string, got {value!r}")
-            out.append(value)
-        elif name in _KEY_TYPES:
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ValueError(f"rows[{index}].{name}: expected an integer, got {value!r}")
-            out.append(str(int(value)))
-        else:
-            out.append(repr(float(value)))
-    if with_training:
-        out.append(training)
-    return out

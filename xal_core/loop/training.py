@@ -22,7 +22,7 @@ from xal_core.train.augment import augment_preset
 
 from .annotations import roi_batch
 from .ledger import Arm, Ledger
-from .protocol import TrainRecipe
+from .recipe import TrainRecipe
 
 __all__ = ["RoundTrainingSet", "round_training_set", "train_config"]
 
@@ -56,8 +56,5 @@ def round_training_set(ledger: Ledger, arm: Arm, round: int, size: tuple[int, in
 def train_config(recipe: TrainRecipe, *, seed: int, device: str) -> TrainConfig:
     """``fit``'s settings for one round (fp32: ``amp`` off, as the calibration ran)."""
     return TrainConfig(epochs=recipe.epochs, patience=recipe.patience, batch_size=recipe.batch_size, lr=recipe.lr,
-                       val_fraction=recipe.val_fraction, seed=seed, device=device, amp=False,
-                       roi_loss=recipe.roi_loss, roi_weight=recipe.roi_weight, roi_augment=recipe.roi_augment,
-                       roi_swap_prob=recipe.roi_swap_prob, roi_dilate=recipe.roi_dilate,
-                       roi_swap_source=recipe.roi_swap_source, schedule=recipe.schedule,
-                       augment=augment_preset(recipe.augment))
+                       val_fraction=recipe.val_fraction, seed=seed, device=device, amp=False, roi=recipe.roi,
+                       schedule=recipe.schedule, augment=augment_preset(recipe.augment))

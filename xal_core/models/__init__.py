@@ -9,11 +9,12 @@
 """
 
 from .backbones import ARCHITECTURES, BackboneConfig, build_backbone
-from .checkpoint import Checkpoint, load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .explainable import ExplainableModel
 from .export import FORMATS, TORCHSCRIPT_METADATA_FILE, ExportResult, export
 from .head import GapLinearSplit, split_gap_linear
 from .metadata import INPUT_NAME, OUTPUT_NAMES, ModelMetadata, Preprocessing, xal_version
+from .weights import load_weights
 
 __all__ = [
     "ARCHITECTURES",

@@ -5,7 +5,7 @@ for that head the Grad-CAM weights are analytic (see ``explainable.py``). MONAI'
 ResNets have that head, and so has ``smallcnn`` (``smallcnn.py``: stride 8, an 8×8 CAM at 64²). MONAI's ResNet defaults to a stride-1 stem (``conv1_t_stride=1``), which costs
 4× the compute of the ImageNet design at 224²; xal always builds the stride-2, 7×7 stem.
 
-Nothing is downloaded: weights come only from a local path (``checkpoint.load_weights``).
+Nothing is downloaded: weights come only from a local path (``weights.load_weights``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from torch import nn
+
+from .weights import load_weights
 
 ARCHITECTURES = ("densenet121", "resnet10", "resnet18", "resnet34", "resnet50", "smallcnn")
 
@@ -150,7 +152,5 @@ def build_backbone(
     model = _BUILDERS[config.name](config)
     model.xal_config = config
     if weights is not None:
-        from .checkpoint import load_weights  # checkpoint imports this module
-
         load_weights(model, weights)
     return model

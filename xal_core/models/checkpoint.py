@@ -6,8 +6,9 @@ the training configuration, so that ``xal export`` and the service need nothing 
 * ``.pt``: ``torch.save`` of a dict (loaded with ``weights_only=True``: no pickled code runs);
 * ``.safetensors``: the weights, with the rest as JSON in the file's string metadata.
 
-``load_weights`` also accepts a bare state dict. A file for another architecture fails with a
-``ValueError`` that names the file and the mismatching keys or shapes.
+Reading the files and fitting weights to a model is ``weights.py``'s (``load_weights`` also takes a
+bare state dict). A file for another architecture fails with a ``ValueError`` that names the file
+and the mismatching keys or shapes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import torch
 from torch import nn
 
 from .backbones import BackboneConfig, build_backbone
-from .metadata import Preprocessing
+from .metadata import ModelMetadata, Preprocessing
+from .weights import load_state, read_weights
 
 FORMAT_TAG = "xal-checkpoint-1"
 
@@ -38,8 +40,14 @@ class Checkpoint:
     def build(self) -> nn.Module:
         """The backbone with these weights, in eval mode."""
         model = build_backbone(self.architecture)
-        _load_state(model, self.state_dict, "checkpoint")
+        load_state(model, self.state_dict, "checkpoint")
         return model.eval()
+
+    def metadata(self, target_layer: str) -> ModelMetadata:
+        """What a file exported from this checkpoint carries (``export(..., metadata=...)``), its
+        Grad-CAM read at ``target_layer`` (``ExplainableModel(self.build()).target_layer``)."""
+        return ModelMetadata(class_names=self.class_names, preprocessing=self.preprocessing,
+                             target_layer=target_layer, architecture=self.architecture.to_dict())
 
 
 def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
@@ -65,7 +73,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint written by ``save_checkpoint``; a file without the xal facts is an error."""
     path = Path(path)
-    state, facts = _read(path)
+    state, facts = read_weights(path)
     if facts is None or facts.get("format") != FORMAT_TAG:
         raise ValueError(f"{path}: not an xal checkpoint (no architecture/class names/preprocessing recorded)")
     try:
@@ -78,63 +86,3 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         )
     except (KeyError, TypeError) as error:
         raise ValueError(f"{path}: incomplete xal checkpoint: {error}") from error
-
-
-def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load weights from a local ``.pt``/``.safetensors`` file into ``model`` (never from a hub)."""
-    path = Path(path)
-    state, _ = _read(path)
-    _load_state(model, state, str(path))
-    return model
-
-
-def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
-    if not path.is_file():
-        raise ValueError(f"{path}: no such weights file")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as handle:
-                meta = handle.metadata() or {}
-            return load_file(str(path)), (json.loads(meta["xal"]) if "xal" in meta else None)
-        except (SafetensorError, OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path}: unreadable safetensors file: {error}") from error
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt or foreign files
-        raise ValueError(f"{path}: unreadable weights file: {error}") from error
-    if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
-        facts = {k: v for k, v in data.items() if k != "state_dict"}
-        return data["state_dict"], facts
-    if isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values()):
-        return data, None
-    raise ValueError(f"{path}: expected a state dict or an xal checkpoint, got {type(data).__name__}")
-
-
-def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if missing or unexpected or shapes:
-        arch = getattr(model, "xal_config", None)
-        name = arch.name if arch is not None else type(model).__name__
-        details = "; ".join(
-            part
-            for part in (
-                f"{len(missing)} missing keys (e.g. {missing[:3]})" if missing else "",
-                f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})" if unexpected else "",
-                f"{len(shapes)} shape mismatches (e.g. {shapes[:2]})" if shapes else "",
-            )
-            if part
-        )
-        raise ValueError(f"{source}: weights do not fit the {name} architecture: {details}")
-    model.load_state_dict(state)

@@ -193,12 +193,6 @@ class Roi:
         used = slots[None, :] < self.counts[:, None]
         return ranges * used[..., None]
 
-    def is_empty(self, item: int) -> bool:
-        """Whether item ``item``'s ROI holds no pixel of the frame (also True for an unknown ROI)."""
-        if self.masks is not None:
-            return not bool(self.masks[item].any())
-        return not bool(self[item : item + 1].to_masks().any())
-
     def to_masks(self) -> torch.Tensor:
         """Dense bool masks ``[B, H, W]`` (unknown ROIs are all False)."""
         if self.masks is not None:

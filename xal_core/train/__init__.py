@@ -12,12 +12,12 @@
 """
 
 from .augment import Augment
-from .config import TrainConfig
+from .config import SCHEDULES, TrainConfig
 from .data import DataSummary, class_weights
 from .fit import FitResult, fit
-from .options import ROI_AUGMENTS, ROI_LOSSES, SCHEDULES, SWAP_SOURCES, training_label
 from .roi_loss import roi_cam_loss
 from .roi_swap import dilate, roi_swap
+from .roi_training import ROI_AUGMENTS, ROI_LOSSES, SWAP_SOURCES, RoiTraining
 
 __all__ = [
     "ROI_AUGMENTS",
@@ -27,11 +27,11 @@ __all__ = [
     "Augment",
     "DataSummary",
     "FitResult",
+    "RoiTraining",
     "TrainConfig",
     "class_weights",
     "dilate",
     "fit",
     "roi_cam_loss",
     "roi_swap",
-    "training_label",
 ]

@@ -76,7 +76,7 @@ def fit(
         progress: show a rich progress bar.
         rois: the training items' ROI masks ``[N, H, W]`` (bool or 0/1, the images' frame; all zero
             where the ROI is unknown or known to be empty), with ``data`` as a tensor; needed when
-            ``config`` uses ROIs (``roi_loss`` / ``roi_augment``), ignored otherwise. The items of a
+            ``config.roi`` is active (a loss or the swap), ignored otherwise. The items of a
             ``Dataset`` may instead be ``(image, label, mask)``.
     """
     config = config or TrainConfig()
@@ -141,9 +141,9 @@ def fit(
         images, targets = batch[0], batch[1].to(device).long()
         masks = batch[2].to(device) if train and config.uses_rois else None
         images = (images.to(device, torch.float32) - mean) / std
-        if masks is not None and config.roi_augment == "swap":
-            images, _ = roi_swap(images, targets, masks.bool(), prob=config.roi_swap_prob,
-                                 dilate_px=config.roi_dilate, source=config.roi_swap_source, generator=swap_rng)
+        if masks is not None and config.roi.augment == "swap":
+            images, _ = roi_swap(images, targets, masks.bool(), prob=config.roi.swap_prob,
+                                 dilate_px=config.roi.dilate, source=config.roi.swap_source, generator=swap_rng)
         if train:
             images, masks = config.augment.transform(images, augment_rng, masks if head is not None else None)
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
@@ -155,9 +155,9 @@ def fit(
         loss = F.cross_entropy(logits, targets, weight=weights)
         roi_term = 0.0
         if head is not None and train:
-            per_item = roi_cam_loss(features, head.linear.weight, targets, masks, config.roi_loss)
+            per_item = roi_cam_loss(features, head.linear.weight, targets, masks, config.roi.loss)
             roi_term = float(per_item.detach().sum()) / len(targets)
-            loss = loss + config.roi_weight * per_item.sum() / len(targets)
+            loss = loss + config.roi.weight * per_item.sum() / len(targets)
         return loss, logits, roi_term
 
     history: list[dict] = []
@@ -232,11 +232,11 @@ def _evaluate(model: nn.Module, loader: DataLoader, step_loss) -> dict:
 
 def _roi_head(model: nn.Module, config: TrainConfig) -> GapLinearSplit | None:
     """The trunk/head split the ROI loss reads the CAM from; ``None`` without an ROI loss."""
-    if config.roi_loss == "none":
+    if config.roi.loss == "none":
         return None
     head = split_gap_linear(model)
     if head is None:
-        raise ValueError(f"fit: roi_loss {config.roi_loss!r} needs a backbone with a GAP + linear head "
+        raise ValueError(f"fit: roi_loss {config.roi.loss!r} needs a backbone with a GAP + linear head "
                          f"(analytic Grad-CAM); {type(model).__name__} has none")
     return head
 

@@ -139,7 +139,7 @@ class ScoreBatchRequest(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., features: _Optional[_Union[Tensor, _Mapping]] = ..., cam_weights: _Optional[_Union[Tensor, _Mapping]] = ..., roi: _Optional[_Union[RoiBatch, _Mapping]] = ..., parameters: _Optional[_Union[ScoringParameters, _Mapping]] = ...) -> None: ...
 
 class ScoreBatchResponse(_message.Message):
-    __slots__ = ("ids", "score", "uncertainty", "dice", "soft_dice", "roi_energy", "pointing_hit", "predicted_class", "invalid", "excluded", "n_invalid")
+    __slots__ = ("ids", "score", "uncertainty", "dice", "soft_dice", "roi_energy", "pointing_hit", "predicted_class", "invalid", "excluded", "n_invalid", "roi_clipped")
     IDS_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +151,7 @@ class ScoreBatchResponse(_message.Message):
     INVALID_FIELD_NUMBER: _ClassVar[int]
     EXCLUDED_FIELD_NUMBER: _ClassVar[int]
     N_INVALID_FIELD_NUMBER: _ClassVar[int]
+    ROI_CLIPPED_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[int]
     score: _containers.RepeatedScalarFieldContainer[float]
     uncertainty: _containers.RepeatedScalarFieldContainer[float]
@@ -162,7 +163,8 @@ class ScoreBatchResponse(_message.Message):
     invalid: _containers.RepeatedScalarFieldContainer[bool]
     excluded: _containers.RepeatedScalarFieldContainer[bool]
     n_invalid: int
-    def __init__(self, ids: _Optional[_Iterable[int]] = ..., score: _Optional[_Iterable[float]] = ..., uncertainty: _Optional[_Iterable[float]] = ..., dice: _Optional[_Iterable[float]] = ..., soft_dice: _Optional[_Iterable[float]] = ..., roi_energy: _Optional[_Iterable[float]] = ..., pointing_hit: _Optional[_Iterable[float]] = ..., predicted_class: _Optional[_Iterable[int]] = ..., invalid: _Optional[_Iterable[bool]] = ..., excluded: _Optional[_Iterable[bool]] = ..., n_invalid: _Optional[int] = ...) -> None: ...
+    roi_clipped: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, ids: _Optional[_Iterable[int]] = ..., score: _Optional[_Iterable[float]] = ..., uncertainty: _Optional[_Iterable[float]] = ..., dice: _Optional[_Iterable[float]] = ..., soft_dice: _Optional[_Iterable[float]] = ..., roi_energy: _Optional[_Iterable[float]] = ..., pointing_hit: _Optional[_Iterable[float]] = ..., predicted_class: _Optional[_Iterable[int]] = ..., invalid: _Optional[_Iterable[bool]] = ..., excluded: _Optional[_Iterable[bool]] = ..., n_invalid: _Optional[int] = ..., roi_clipped: _Optional[_Iterable[bool]] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
     __slots__ = ("name", "path", "chunk")
@@ -303,7 +305,7 @@ class ItemError(_message.Message):
     def __init__(self, id: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "state", "items_done", "items_total", "items_per_second", "eta_seconds", "error", "item_errors", "n_item_errors", "model", "pool")
+    __slots__ = ("job_id", "state", "items_done", "items_total", "items_per_second", "eta_seconds", "error", "item_errors", "n_item_errors", "model", "pool", "ranked", "ranking_note")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ITEMS_DONE_FIELD_NUMBER: _ClassVar[int]
@@ -315,6 +317,8 @@ class JobStatus(_message.Message):
     N_ITEM_ERRORS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     POOL_FIELD_NUMBER: _ClassVar[int]
+    RANKED_FIELD_NUMBER: _ClassVar[int]
+    RANKING_NOTE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: JobState
     items_done: int
@@ -326,7 +330,9 @@ class JobStatus(_message.Message):
     n_item_errors: int
     model: str
     pool: str
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., items_done: _Optional[int] = ..., items_total: _Optional[int] = ..., items_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., error: _Optional[str] = ..., item_errors: _Optional[_Iterable[_Union[ItemError, _Mapping]]] = ..., n_item_errors: _Optional[int] = ..., model: _Optional[str] = ..., pool: _Optional[str] = ...) -> None: ...
+    ranked: int
+    ranking_note: str
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., items_done: _Optional[int] = ..., items_total: _Optional[int] = ..., items_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., error: _Optional[str] = ..., item_errors: _Optional[_Iterable[_Union[ItemError, _Mapping]]] = ..., n_item_errors: _Optional[int] = ..., model: _Optional[str] = ..., pool: _Optional[str] = ..., ranked: _Optional[int] = ..., ranking_note: _Optional[str] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ()

@@ -127,7 +127,8 @@ class ScoringServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ModelMetadata(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """NOT_FOUND for an unknown name
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -146,7 +147,8 @@ class ScoringServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DescribePool(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """NOT_FOUND for an unknown name
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -159,13 +161,19 @@ class ScoringServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The job's status now, then every change, and the stream ends (OK) right after the terminal
+        status (SUCCEEDED, FAILED or CANCELLED): read it to its end to wait for a job.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetRanking(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The ranking, best first (rank 1 = acquire first), in pages of page_size items. It may hold
+        fewer than k items (JobStatus.ranked says how many). FAILED_PRECONDITION unless the job has
+        SUCCEEDED: the message says whether it is still queued or running (WatchJob until it ends), or
+        failed or was cancelled ("job <id> was cancelled: it has no ranking and never will").
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -173,14 +181,18 @@ class ScoringServicer:
     def GetItemScores(self, request, context):
         """Every item's scores of a finished job in pool order (ascending id), for a caller that ranks
         by itself (e.g. the loop's strategies): the job's exclude_ids and the items of skipped pool
-        chunks are left out. FAILED_PRECONDITION until the job has succeeded.
+        chunks are left out. FAILED_PRECONDITION unless the job has SUCCEEDED, as GetRanking.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A queued job is cancelled at once; a running one stops before its next pool chunk (the status
+        returned may still say RUNNING: WatchJob shows CANCELLED). A job that already ended (SUCCEEDED,
+        FAILED or CANCELLED) is left as it is: its status is returned, no error. NOT_FOUND for an
+        unknown job.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -192,7 +204,9 @@ class ScoringServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ScoreBatch(self, request, context):
-        """Inline scoring of caller-computed model outputs
+        """Inline scoring of caller-computed model outputs: per-item scores in request order. Under rank
+        fusion the ranks are relative to this batch. RESOURCE_EXHAUSTED when --max-inflight-batches
+        calls are already being scored or waiting (retry after a short back-off).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -11,9 +11,10 @@
 [12, 11]
 """
 
-from .base import STRATEGY_NAMES, Acquisition, Strategy, make_strategy, scoring_params
+from .base import Acquisition, Strategy
 from .diversity import DIVERSITY_MODES, Diverse
 from .dual import MISSING_ROI_POLICIES, DualRank, DualWeighted, Misalignment, NoRoiWarning
+from .registry import STRATEGY_NAMES, make_strategy, reads_rois, scoring_params
 from .table import ScoreTable
 from .uncertainty_sampling import Bald, Entropy, LeastConfidence, Margin, Random
 
@@ -35,5 +36,6 @@ __all__ = [
     "ScoreTable",
     "Strategy",
     "make_strategy",
+    "reads_rois",
     "scoring_params",
 ]

@@ -1,4 +1,4 @@
-"""What every acquisition strategy shares: the score → selection template, the checks, the registry.
+"""What every acquisition strategy shares: the score → selection template and the checks.
 
 A strategy implements one method, ``_score`` (a float per pool item, NaN = not selectable).
 Everything cross-cutting happens here, once: the table and ``k`` are checked, invalid and NaN items
@@ -9,46 +9,19 @@ and of the service's ``TopK``). Stochastic strategies and diversity modes overri
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from xal_core.scoring import rank_order
-from xal_core.scoring.parameters import ScoringConfig
 
 from .table import ScoreTable
 
-__all__ = [
-    "Acquisition",
-    "STRATEGY_NAMES",
-    "Strategy",
-    "make_strategy",
-    "ranked_positions",
-    "register_strategy",
-    "scoring_params",
-]
-
-STRATEGY_NAMES: tuple[str, ...] = (
-    "random",
-    "entropy",
-    "margin",
-    "least_confidence",
-    "bald",
-    "misalignment",
-    "dual",
-    "dual_rank",
-)
-DIVERSITY_PARAMS: tuple[str, ...] = ("beta", "candidate_factor")
-
-_REGISTRY: dict[str, type[Strategy]] = {}
-S = TypeVar("S", bound="type[Strategy]")
-
+__all__ = ["Acquisition", "Strategy", "check_positive", "ranked_positions", "require_rng"]
 
 @dataclass(frozen=True, eq=False)
 class Acquisition:
@@ -76,6 +49,8 @@ class Strategy(ABC):
     """
 
     name: ClassVar[str]
+    #: whether the strategy ranks by the CAM–ROI Dice, so needs the pool's ROIs to mean anything
+    reads_rois: ClassVar[bool] = False
 
     @property
     def label(self) -> str:
@@ -131,80 +106,6 @@ def require_rng(rng: np.random.Generator | None, who: str) -> np.random.Generato
     if rng is None:
         raise ValueError(f"{who}: is stochastic; pass rng=np.random.default_rng(seed) to select()")
     return rng
-
-
-def register_strategy(cls: S) -> S:
-    """Class decorator: make ``cls`` available to :func:`make_strategy` under ``cls.name``."""
-    if cls.name not in STRATEGY_NAMES:
-        raise RuntimeError(f"strategy name {cls.name!r} is not listed in STRATEGY_NAMES")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def make_strategy(name: str, *, diversity: str | None = None, scoring: ScoringConfig | None = None,
-                  **params: Any) -> Strategy:
-    """Build a strategy by name.
-
-    Args:
-        name: one of ``STRATEGY_NAMES``.
-        diversity: optional batch-diversity mode wrapping it: ``"power"``, ``"softrank"`` or
-            ``"kcenter"`` (see :class:`~xal_core.acquisition.strategies.Diverse`).
-        scoring: the run's scoring parameters; the strategy receives each of them that its
-            constructor names (:func:`scoring_params`), so a caller hands over the whole config and
-            never decides strategy by strategy which of λ, ``uncertainty``, ``missing_roi`` apply.
-        **params: the strategy's own parameters (``weight``, ``uncertainty``, ``missing_roi``;
-            they override ``scoring``'s) and, with ``diversity``, the wrapper's (``beta``,
-            ``candidate_factor``).
-
-    Example:
-        >>> make_strategy("dual", weight=0.7, diversity="power", beta=2.0).label
-        'dual+power'
-        >>> make_strategy("dual_rank", scoring=ScoringConfig(weight=0.2)).weight
-        0.2
-    """
-    if name not in _REGISTRY:
-        raise ValueError(f"strategy: expected one of {', '.join(STRATEGY_NAMES)}, got {name!r}")
-    wrapper_params = {key: params.pop(key) for key in DIVERSITY_PARAMS if key in params}
-    if wrapper_params and diversity is None:
-        raise ValueError(f"{', '.join(sorted(wrapper_params))}: only apply with diversity='power'|'softrank'|'kcenter'")
-    if scoring is not None:
-        params = {**scoring_params(name, scoring), **params}
-    base = _construct(_REGISTRY[name], name, params)
-    if diversity is None:
-        return base
-    from .diversity import Diverse
-
-    return Diverse(base, diversity, **wrapper_params)
-
-
-def scoring_params(name: str, scoring: ScoringConfig) -> dict[str, Any]:
-    """The fields of ``scoring`` that strategy ``name``'s constructor takes, by their names.
-
-    Read off the constructor's signature rather than listed per strategy: a strategy that takes
-    ``weight`` gets λ whatever it is called (``misalignment`` takes none, being λ = 0).
-
-    >>> scoring_params("dual_rank", ScoringConfig(weight=0.9))["weight"]
-    0.9
-    >>> scoring_params("entropy", ScoringConfig())
-    {}
-    """
-    if name not in _REGISTRY:
-        raise ValueError(f"strategy: expected one of {', '.join(STRATEGY_NAMES)}, got {name!r}")
-    accepted = _accepted(_REGISTRY[name])
-    return {f.name: getattr(scoring, f.name) for f in dataclasses.fields(scoring) if f.name in accepted}
-
-
-def _accepted(factory: type[Strategy]) -> list[str]:
-    return [key for key in inspect.signature(factory).parameters if key not in ("self", "args", "kwargs")]
-
-
-def _construct(factory: type[Strategy], name: str, params: dict[str, Any]) -> Strategy:
-    accepted = _accepted(factory)
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        takes = f"it takes {', '.join(accepted)}" if accepted else "it takes none"
-        raise ValueError(f"strategy {name!r}: unknown parameter(s) {', '.join(unknown)} ({takes})")
-    return factory(**params)
 
 
 def check_positive(value: Any, name: str, *, minimum: float = 0.0, allow_inf: bool = False) -> float:

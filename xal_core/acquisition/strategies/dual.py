@@ -33,8 +33,9 @@ from xal_core.scoring.parameters import (
     check_weight,
 )
 
-from .base import Strategy, register_strategy
+from .base import Strategy
 from .measures import MEASURES, uncertainty_column
+from .registry import register_strategy
 from .table import ScoreTable
 
 __all__ = ["DualRank", "DualWeighted", "MISSING_ROI_POLICIES", "Misalignment", "NoRoiWarning"]
@@ -48,6 +49,7 @@ class _ExplanationStrategy(Strategy):
     """Shared parameters and the one call to ``dual_score``."""
 
     method: ClassVar[str] = "weighted"
+    reads_rois: ClassVar[bool] = True
 
     def __init__(self, *, weight: float, uncertainty: str = DEFAULT_UNCERTAINTY,
                  missing_roi: str = DEFAULT_MISSING_ROI) -> None:

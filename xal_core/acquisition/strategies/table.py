@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from xal_core.acquisition.batch_scoring import BatchScores
+from xal_core.acquisition.batch_scoring import BatchScores
 
 __all__ = ["ScoreTable"]
 
@@ -134,8 +133,6 @@ class ScoreTable:
         concatenated in order; ``mc_probabilities`` and ``embeddings`` (which ``score_batch`` does
         not produce) may be given in the same row order.
         """
-        from xal_core.acquisition.batch_scoring import BatchScores
-
         parts = [batches] if isinstance(batches, BatchScores) else list(batches)
         if not parts:
             raise ValueError("from_batch_scores: got no batches")

@@ -6,8 +6,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from .base import Strategy, register_strategy, require_rng
+from .base import Strategy, require_rng
 from .measures import uncertainty_column
+from .registry import register_strategy
 from .table import ScoreTable
 
 __all__ = ["Bald", "Entropy", "LeastConfidence", "Margin", "Random"]

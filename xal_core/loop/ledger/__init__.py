@@ -28,6 +28,13 @@ Schema (version 1; docs/loop.md has the table):
     annotations(item_id, source_id, label, label_name, roi_kind, roi_boxes, roi_mask, roi_height,
                 roi_width, annotator, annotated_at, first_arm_id, recorded_at, session_id)  PK item_id
     rounds(arm_id, round, labels, metrics, model_version, recorded_at, session_id)  PK (arm_id, round)
+    annotation_revisions(item_id, revision, label, ..., annotator, annotated_at, recorded_at, session_id,
+                superseded_at, superseded_in_session)      PK (item_id, revision): answers a correction
+                                                   replaced (``revise_annotation``); made by the first one
+
+A corrected answer (the browser annotator's "revise", before the run trains on it) replaces the
+row in ``annotations``, so every reader takes the latest; the answer it replaced moves, whole, to
+``annotation_revisions``. Nothing an expert said is lost.
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""The ledger's SQL schema (version 1) and the constants that identify an xal ledger file."""
+"""The ledger's SQL schema (version 1) and the constants that identify an xal ledger file.
+
+``annotation_revisions`` came later, within schema 1: a ledger made before it has no such table and
+reads exactly as before; the table is made, in the same transaction, by the first revision
+recorded into it (``_REVISIONS``). Readers of schema 1 that do not know it keep reading the current
+answers from ``annotations``, so the file stays readable by every xal of schema 1.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,26 @@ APPLICATION_ID = 0x58414C4C  # "XALL": `PRAGMA application_id` of every xal ledg
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _SCORE_COLUMNS = ("score", "uncertainty", "dice", "soft_dice", "roi_energy", "pointing_hit")
 
+_REVISIONS = """
+CREATE TABLE IF NOT EXISTS annotation_revisions (
+    item_id INTEGER NOT NULL REFERENCES annotations (item_id),
+    revision INTEGER NOT NULL CHECK (revision >= 0),
+    label INTEGER NOT NULL CHECK (label >= 0),
+    label_name TEXT NOT NULL,
+    roi_kind TEXT CHECK (roi_kind IN ('boxes', 'mask')),
+    roi_boxes TEXT,
+    roi_mask BLOB,
+    roi_height INTEGER,
+    roi_width INTEGER,
+    annotator TEXT NOT NULL,
+    annotated_at TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    session_id INTEGER NOT NULL REFERENCES sessions (session_id),
+    superseded_at TEXT NOT NULL,
+    superseded_in_session INTEGER NOT NULL REFERENCES sessions (session_id),
+    PRIMARY KEY (item_id, revision)
+) STRICT
+"""
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
 CREATE TABLE sessions (
@@ -77,6 +103,6 @@ CREATE TABLE rounds (
     session_id INTEGER NOT NULL REFERENCES sessions (session_id),
     PRIMARY KEY (arm_id, round)
 ) STRICT;
-"""
+""" + _REVISIONS
 _TABLES = ("meta", "sessions", "arms", "acquisitions", "annotations", "rounds")
 

@@ -18,6 +18,7 @@ from typing import Any
 from ..annotations import Annotation, roi_to_json, utc_now
 from .files import _canonical, _fsync_dir, _xal_version, create_file, inspect_file, release_lock, take_lock
 from .records import AcquisitionRecord, AcquisitionRow, Arm, LedgerConflict, LedgerError, RoundRecord
+from .schema import _REVISIONS
 from .values import (
     _json_numbers,
     _nan,
@@ -298,6 +299,75 @@ class Ledger:
                 "VALUES (" + ", ".join("?" * 14) + ")",
                 [(a.item_id, acquired[a.item_id], a.label, a.label_name, *roi_columns(a), a.annotator, a.time,
                   arm_id, stamp, self._session) for a in new])
+
+    def revise_annotation(self, annotation: Annotation, *, revises: int) -> int:
+        """Replace an item's answer with a corrected one (one transaction); returns its revision number.
+
+        The answer it replaces is kept, whole, in ``annotation_revisions`` (with when and in which
+        session it was superseded); ``annotations`` then holds the corrected answer, so every reader
+        (the loop's training set, ``labeled``, ``annotations``, the ``sqlite3`` recipes) reads the
+        latest revision. ``revises`` is the revision the caller saw (0 = the first answer): when
+        another revision was recorded meanwhile, :class:`LedgerConflict` is raised and nothing is
+        written, so of two people correcting one answer the second is told, not overwritten. The
+        same answer as the current one (label and ROI) returns quietly, revision unchanged.
+
+        Whether an answer may still be revised (its round not yet trained on) is the caller's rule
+        (``AnnotationDesk``); the ledger only keeps the history.
+        """
+        if not isinstance(annotation, Annotation):
+            raise TypeError(f"expected Annotation, got {type(annotation).__name__}")
+        if isinstance(revises, bool) or not isinstance(revises, int) or revises < 0:
+            raise ValueError(f"revises must be a non-negative integer, got {revises!r}")
+        item = annotation.item_id
+        with self._transaction() as db:
+            current = self._annotations_of(db, [item]).get(item)
+            if current is None:
+                raise LedgerConflict(f"ledger {self.path}: item {item} has no answer to revise")
+            revision = self._revision_counts(db, [item]).get(item, 0)
+            if revision != revises:
+                raise LedgerConflict(f"ledger {self.path}: item {item}'s answer is at revision {revision} "
+                                     f"({describe(current)}), not {revises}: it was revised meanwhile")
+            if current.same_answer(annotation):
+                return revision
+            db.execute(_REVISIONS)  # a ledger made before revisions existed gets the table now
+            stamp = utc_now()
+            db.execute(
+                "INSERT INTO annotation_revisions (item_id, revision, label, label_name, roi_kind, roi_boxes, "
+                "roi_mask, roi_height, roi_width, annotator, annotated_at, recorded_at, session_id, superseded_at, "
+                "superseded_in_session) SELECT item_id, ?, label, label_name, roi_kind, roi_boxes, roi_mask, "
+                "roi_height, roi_width, annotator, annotated_at, recorded_at, session_id, ?, ? FROM annotations "
+                "WHERE item_id = ?", (revision, stamp, self._session, item))
+            db.execute(
+                "UPDATE annotations SET label = ?, label_name = ?, roi_kind = ?, roi_boxes = ?, roi_mask = ?, "
+                "roi_height = ?, roi_width = ?, annotator = ?, annotated_at = ?, recorded_at = ?, session_id = ? "
+                "WHERE item_id = ?", (annotation.label, annotation.label_name, *roi_columns(annotation),
+                                      annotation.annotator, annotation.time, stamp, self._session, item))
+            return revision + 1
+
+    def revision_counts(self, items: Sequence[int]) -> dict[int, int]:
+        """``item_id → revision`` of the current answer (0 = never revised; absent items: 0)."""
+        with self._guard:
+            if self._db is None:
+                raise LedgerError(f"ledger {self.path}: closed")
+            return self._revision_counts(self._db, [int(i) for i in items])
+
+    def superseded(self, item_id: int) -> list[Annotation]:
+        """The answers an item's current one replaced, oldest first (empty when never revised)."""
+        if not self._has_revisions():
+            return []
+        columns = self._ANNOTATION_COLUMNS
+        return [annotation_from_row(row) for row in self._query(
+            f"SELECT {columns} FROM annotation_revisions WHERE item_id = ? ORDER BY revision", (int(item_id),))]
+
+    def _has_revisions(self) -> bool:
+        return bool(self._query("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'annotation_revisions'"))
+
+    def _revision_counts(self, db: sqlite3.Connection, items: Sequence[int]) -> dict[int, int]:
+        if not items or not db.execute("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND "
+                                       "name = 'annotation_revisions'").fetchone():
+            return {}
+        return self._lookup(db, "SELECT item_id, COUNT(*) FROM annotation_revisions WHERE item_id IN ({}) "
+                                "GROUP BY item_id", list(items))
 
     _ANNOTATION_COLUMNS = "item_id, label, label_name, roi_kind, roi_boxes, roi_mask, roi_height, roi_width, " \
                           "annotator, annotated_at"

@@ -2,9 +2,12 @@
 
 The file oracle (a CSV line) and the browser annotator (a click) accept exactly the same answers,
 so the rules live here and both call them: an item id must exist and be asked for, a label must
-name a class (exact name, unambiguous case-folded name, or index), a box may not lie entirely
-outside the ROI frame, a mask must have the frame's size. Each check returns the reason in words
-or ``None``; callers decide how to report it (a rejected CSV line, an HTTP 4xx).
+name a class (exact name, unambiguous case-folded name, or index; a sheet's text is read as a name
+first), a box must enclose an area and may stick out of the ROI frame by at most the frame's own
+size but not lie entirely outside it, a mask must have the frame's size. Each check returns the reason in words or ``None``; callers decide
+how to report it (a rejected CSV line, an HTTP 4xx). The browser's wire names the class one way
+only (``label_index`` or ``label_name``: :meth:`AnswerChecks.label_from_index`,
+:meth:`AnswerChecks.label_from_name`), so nothing it sends is read two ways.
 """
 
 from __future__ import annotations
@@ -60,20 +63,34 @@ class AnswerChecks:
 
     # ------------------------------------------------------------------ labels
     def label(self, text: str) -> int | None:
-        """The class index ``text`` names (name, unambiguous case-folded name, or index), or None."""
+        """The class index ``text`` names (name, unambiguous case-folded name, or index — a name
+        first: in a sheet, ``2`` with classes ``1, 2, 3`` is the class named ``2``), or None."""
         text = text.strip()
-        if text in self.class_names:
-            return self.class_names.index(text)
-        folded = [i for i, name in enumerate(self.class_names) if name.casefold() == text.casefold()]
-        if len(folded) == 1:
-            return folded[0]
-        if _INTEGER.fullmatch(text) and int(text) < len(self.class_names):
+        by_name = self.label_from_name(text)
+        if by_name is not None:
+            return by_name
+        if _INTEGER.fullmatch(text) and len(text) <= 9 and int(text) < len(self.class_names):
             return int(text)
         return None
 
+    def label_from_name(self, name: str) -> int | None:
+        """The class ``name`` names (exact, or an unambiguous case-folded match), or None; never an index."""
+        if name in self.class_names:
+            return self.class_names.index(name)
+        folded = [i for i, known in enumerate(self.class_names) if known.casefold() == name.casefold()]
+        return folded[0] if len(folded) == 1 else None
+
+    def label_from_index(self, index: object) -> int | None:
+        """``index`` if it is an integer (not a bool, not text) of a class, else None."""
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self.class_names):
+            return None
+        return index
+
     def label_problem(self, text: str) -> str:
         """The reason an unknown label is refused (call when :meth:`label` gave None)."""
-        return (f"unknown label {text.strip()!r}: expected one of {', '.join(self.class_names)} "
+        text = text.strip()
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        return (f"unknown label {shown!r}: expected one of {', '.join(self.class_names)} "
                 f"(or 0..{len(self.class_names) - 1})")
 
     # ------------------------------------------------------------------ ROIs
@@ -95,4 +112,9 @@ class AnswerChecks:
             if x_max <= 0 or y_max <= 0 or x_min >= width or y_min >= height:
                 return (f"box {number} {[x_min, y_min, x_max, y_max]} lies entirely outside the "
                         f"{(height, width)} frame (H, W)")
+            if not (-width <= x_min and x_max <= 2 * width and -height <= y_min and y_max <= 2 * height):
+                return (f"box {number} {[x_min, y_min, x_max, y_max]} reaches further out of the "
+                        f"{(height, width)} frame (H, W) than the frame's own size: not a drawn box")
+            if x_max <= x_min or y_max <= y_min:
+                return f"box {number} {[x_min, y_min, x_max, y_max]} encloses no area (zero width or height)"
         return None

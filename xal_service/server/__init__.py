@@ -1,0 +1,14 @@
+"""The server side of the scoring service: ``xal serve``.
+
+* ``serve`` — builds and runs the ``grpc.aio`` server (``ServerConfig``, ``start_server``,
+  ``serve_forever``, ``dedicate_process``);
+* ``servicer`` — one coroutine per RPC; ``handlers`` — the method table and its deserializers;
+  ``replies`` — the reply messages built from the server's objects;
+* ``auth`` — the token interceptor; ``limits`` and ``request_caps`` — what a request, a client and
+  an upload may cost; ``health_gate`` — the health status; ``statistics`` — counters per RPC and stage;
+* ``standard_services`` — health with ``List``, and reflection as ``grpc.reflection.v1`` and ``v1alpha``;
+* ``process`` — ``LocalServer``, ``xal serve`` as a child process of the caller.
+
+It runs jobs (``xal_service.jobs``) over the models and pools of ``xal_service.registry``, and
+reads and writes the wire through ``xal_service.codec``.
+"""

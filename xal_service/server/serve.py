@@ -1,0 +1,329 @@
+"""Building and running the gRPC server: asyncio, health, reflection, auth, TLS, limits, graceful shutdown.
+
+Security defaults: the port is bound exclusively (gRPC's default ``SO_REUSEPORT`` is turned off, so
+no second server can share it and take part of its connections); without a token file the server
+binds to loopback only (unless the operator explicitly allows otherwise) and says so at start; with a token every RPC but health checks needs
+``authorization: Bearer <token>``, and a call without it is refused as soon as its headers arrive.
+Server-side paths in requests must lie under ``--model-root`` / ``--pool-root`` (default: inside
+``--state``); uploaded models are ONNX only unless ``--trust-torchscript-uploads``. See
+docs/security.md for the threat model.
+
+The server is ``grpc.aio`` on an event loop of its own thread: health checks, the token check and
+stream counting happen on the loop, and every blocking piece of work goes to a pool of worker
+threads (``--workers``), so no number of stalled or slow calls can keep health or an
+authenticated client from being answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+import xal_kernels
+from xal_core.access import is_loopback, read_token, split_listen
+
+from ..engines.ray.config import RayEngineConfig
+from ..jobs.manager import JobManager
+from ..registry.registry import Registry
+from ..registry.roots import PathRoots, Redactor
+from .auth import TokenInterceptor
+from .handlers import SERVICE_NAME, method_handlers
+from .health_gate import HealthGate
+from .limits import ServiceLimits
+from .servicer import ScoringServicer
+from .standard_services import HealthService, enable_reflection
+from .statistics import Statistics
+
+__all__ = ["ServerConfig", "RunningServer", "start_server", "serve_forever"]
+
+log = logging.getLogger("xal.service")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How to run the server.
+
+    Attributes:
+        listen: ``host:port``; port 0 picks a free one (written to ``state/server.json``).
+        state: directory for the server's state (created if missing).
+        token_file: file holding the bearer token; None = no auth (loopback only, see below).
+        allow_remote_without_token: bind a non-loopback address without a token anyway.
+        tls_cert, tls_key: PEM files to serve TLS.
+        max_message_mb: largest request/response; larger ones get RESOURCE_EXHAUSTED.
+        workers: threads that run the handlers' blocking work (scoring, loading, file I/O).
+        ray: run scoring jobs on this Ray cluster (``xal_service.engines.ray``) instead of the
+            server's own job thread; None (the default) keeps them in-process.
+        scoring_threads: threads that score inline ``ScoreBatch`` batches, shared by all calls (a
+            batch is split across them when torch runs single-threaded, as under ``xal serve``);
+            0 (the default) = one per CPU this process may run on.
+        model_roots, pool_roots: the only folders server-side paths of ``LoadModel`` /
+            ``RegisterPool`` may resolve into; empty = ``state/models`` / ``state/pools``.
+        trust_torchscript_uploads: accept uploaded TorchScript files (they run code when loaded).
+        limits: per-request, per-client and per-upload caps.
+    """
+
+    listen: str = "127.0.0.1:50051"
+    state: Path = Path("xal-state")
+    token_file: Path | None = None
+    allow_remote_without_token: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_message_mb: int = 64
+    workers: int = 16
+    ray: RayEngineConfig | None = None
+    scoring_threads: int = 0
+    model_roots: tuple[Path, ...] = ()
+    pool_roots: tuple[Path, ...] = ()
+    trust_torchscript_uploads: bool = False
+    limits: ServiceLimits = field(default_factory=ServiceLimits)
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: HealthGate
+    statistics: Statistics
+    state: Path
+    jobs: JobManager
+    loop: asyncio.AbstractEventLoop
+    loop_thread: threading.Thread
+    workers: futures.ThreadPoolExecutor
+    scoring_pool: futures.ThreadPoolExecutor | None = None
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Graceful shutdown: NOT_SERVING first (so balancers drain), then finish in-flight calls.
+        A running job stops where it is; its finished chunks are on disk and it resumes on restart."""
+        self.jobs.stop()
+
+        async def shut_down() -> None:
+            await self.health.shut_down()
+            await self.server.stop(grace)
+
+        asyncio.run_coroutine_threadsafe(shut_down(), self.loop).result()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.loop_thread.join()
+        self.workers.shutdown(wait=True)
+        if self.scoring_pool is not None:
+            self.scoring_pool.shutdown(wait=True)
+
+
+def _check(config: ServerConfig) -> tuple[str, str | None]:
+    host, _ = split_listen(config.listen)
+    token = read_token(config.token_file) if config.token_file else None
+    if token is None and not is_loopback(host) and not config.allow_remote_without_token:
+        raise ValueError(
+            f"--listen {config.listen}: refusing to serve a non-loopback address without --token-file "
+            "(pass --allow-remote-without-token to do it anyway)"
+        )
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    return host, token
+
+
+def _bind_problem(listen: str) -> str:
+    """Why ``listen`` cannot be bound, found by binding a plain socket the way gRPC does."""
+    host, port = split_listen(listen)
+    try:
+        addresses = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        return f"cannot resolve {host!r} ({error.strerror})"
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    return (f"address already in use (another process listens on port {port}; stop it, or pick "
+                            "another port, 0 for any free one)")
+                return error.strerror or type(error).__name__
+    return "gRPC refused the address (set GRPC_VERBOSITY=debug to see why)"
+
+
+def _event_loop() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="xal-grpc-loop", daemon=True)
+    thread.start()
+    return loop, thread
+
+
+def start_server(config: ServerConfig) -> RunningServer:
+    """Start serving on an event loop thread and return once the port is bound and health says SERVING."""
+    host, token = _check(config)
+    state = Path(config.state)
+    state.mkdir(parents=True, exist_ok=True)
+    if config.ray is not None:  # fail at start, not at the first job, when Ray is missing or unreachable
+        from ..engines.ray import connect
+
+        connect(config.ray.address)
+    limits = config.limits
+    model_roots = PathRoots("model", config.model_roots or (state / "models",), max_chars=limits.max_path_chars)
+    pool_roots = PathRoots("pool", config.pool_roots or (state / "pools",), max_chars=limits.max_path_chars)
+    redact = Redactor([*((r, model_roots.placeholder) for r in model_roots.roots),
+                       *((r, pool_roots.placeholder) for r in pool_roots.roots), (state, "<state>")])
+
+    loop, loop_thread = _event_loop()
+    statistics = Statistics()
+    registry = Registry(state, model_roots=model_roots, pool_roots=pool_roots,
+                        trust_torchscript_uploads=config.trust_torchscript_uploads)
+    workers = futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="xal-rpc")
+    scoring_threads = config.scoring_threads or _usable_cpus()
+    scoring_pool = futures.ThreadPoolExecutor(max_workers=scoring_threads, thread_name_prefix="xal-score")
+
+    async def build() -> tuple[grpc.aio.Server, HealthGate, int, JobManager]:
+        limit = config.max_message_mb * 1024 * 1024
+        server = grpc.aio.server(
+            interceptors=[TokenInterceptor(token)] if token else [],
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+                     ("grpc.max_concurrent_streams", 256),  # per connection, HTTP/2
+                     # gRPC sets SO_REUSEPORT by default: a second server (without a token, say)
+                     # could then bind this port too and be handed part of the new connections.
+                     ("grpc.so_reuseport", 0)],
+        )
+        health_servicer = HealthService()
+        gate = HealthGate(health_servicer, asyncio.get_running_loop(), ("", SERVICE_NAME))
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        jobs = JobManager(state, registry, statistics, ray=config.ray, on_state_writable=gate.set_state_writable,
+                          redact=redact)
+        servicer = ScoringServicer(statistics, registry, jobs, state, gate.set_serving, scoring_pool=scoring_pool,
+                                   scoring_threads=scoring_threads, workers=workers, limits=limits, redact=redact)
+        server.add_generic_rpc_handlers((method_handlers(servicer),))
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        enable_reflection(server, (SERVICE_NAME, health.SERVICE_NAME))
+        try:
+            if config.tls_cert:
+                credentials = grpc.ssl_server_credentials(
+                    [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())])
+                port = server.add_secure_port(config.listen, credentials)
+            else:
+                port = server.add_insecure_port(config.listen)
+        except RuntimeError:  # "Failed to bind to address ...": gRPC logs the reason, says none
+            port = 0
+        if port == 0:
+            raise ValueError(f"--listen {config.listen}: could not bind: {_bind_problem(config.listen)}")
+        await server.start()
+        return server, gate, port, jobs
+
+    try:
+        server, gate, port, jobs = asyncio.run_coroutine_threadsafe(build(), loop).result()
+    except BaseException:
+        loop.call_soon_threadsafe(loop.stop)
+        loop_thread.join()
+        workers.shutdown(wait=False)
+        scoring_pool.shutdown(wait=False)
+        raise
+    registry.restore(log)  # models load while health says NOT_SERVING
+    xal_kernels.warm_up()  # compile (or load) the CPU kernel now, not in the first ScoreBatch
+    jobs.start_worker()    # unfinished jobs of an earlier run resume
+    gate.set_ready(True)
+
+    address = f"{host}:{port}"
+    (state / "server.json").write_text(
+        json.dumps(
+            {"address": address, "port": port, "pid": os.getpid(), "tls": bool(config.tls_cert),
+             "auth": token is not None, "started": time.time()},
+            indent=2,
+        )
+    )
+    return RunningServer(server, port, gate, statistics, state, jobs, loop, loop_thread, workers, scoring_pool)
+
+
+def _usable_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+
+
+def dedicate_process() -> list[str]:
+    """Settings for a process that serves and does nothing else (``xal serve``); returns what it did.
+
+    * torch runs single-threaded in every thread, unless ``OMP_NUM_THREADS`` says otherwise.
+      Concurrency comes from the scoring threads (a batch split across them) and the handler
+      threads instead. Intra-op threads make every small operation a fork-join of OpenMP threads
+      that spin at a barrier: on a busy host, one descheduled thread stalls each of them for a
+      scheduler time slice (a 64-item batch, 10 ms on one free core, measured at 0.7 s on two
+      cores shared with one other busy process). A job's TorchScript forward pass on the CPU runs
+      single-threaded too (ONNX Runtime keeps its own threads): set ``OMP_NUM_THREADS`` to trade.
+    * glibc's malloc keeps freed memory for reuse (no trimming, no mmap below 32 MB). By default
+      it hands large freed blocks back to the kernel, and the next request faults its megabytes in
+      again page by page: ~2.6 µs per 4 KiB page on the 2-core VM of bench/service.py, ~4 700
+      faults (12 ms) for a 64-item ``ScoreBatch`` whose feature maps are copied. The codec and the
+      scoring path do not copy them, and keeping freed memory keeps the faults away when many
+      calls are in flight at once. The price is that the server keeps its peak memory.
+    * ... and so glibc may keep only as many malloc arenas as there are usable CPUs (at least 2).
+      By default it gives threads up to 8 arenas per core, and since none is ever trimmed, each
+      thread that touches a job's buffers (the job worker, the pool's prefetch threads, made
+      anew for every job) would leave its own peak behind: a server scoring one 3 000-item pool
+      per round would grow by some 60–90 MB a round without end. With the arenas capped the peak
+      is kept once, and the server's size levels off after a few rounds (bench/service_memory.py).
+    """
+    import torch
+
+    done = []
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+    done.append(f"torch intra-op threads {torch.get_num_threads()}")
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        return done
+    if mallopt(_M_MMAP_THRESHOLD, 32 << 20) and mallopt(_M_TRIM_THRESHOLD, -1):  # 32 MB is glibc's cap; -1: never trim
+        done.append("malloc keeps freed memory")
+    arenas = max(2, _usable_cpus())
+    if "MALLOC_ARENA_MAX" not in os.environ and mallopt(_M_ARENA_MAX, arenas):
+        done.append(f"{arenas} malloc arenas")
+    return done
+
+
+def serve_forever(config: ServerConfig, announce=print) -> None:
+    """Run until SIGINT/SIGTERM, then shut down gracefully."""
+    tuned = dedicate_process()
+    running = start_server(config)
+    host = config.listen.rpartition(":")[0]
+    scheme = "TLS" if config.tls_cert else "plaintext"
+    auth = "bearer-token auth" if config.token_file else "NO auth"
+    announce(f"xal serve: listening on {host}:{running.port} ({scheme}, {auth}); state in {running.state}")
+    if config.ray is not None:
+        announce(f"xal serve: scoring jobs run on Ray (address {config.ray.address}, {config.ray.workers} worker(s), "
+                 f"{config.ray.gpus_per_worker:g} GPU each)")
+    announce(f"xal serve: {'; '.join(tuned)}; {config.scoring_threads or _usable_cpus()} scoring thread(s)")
+    roots = running.jobs.registry
+    announce(f"xal serve: server-side paths only under --model-root {', '.join(map(str, roots.model_roots.roots))} "
+             f"and --pool-root {', '.join(map(str, roots.pool_roots.roots))}; uploaded models: "
+             + ("ONNX or TorchScript (--trust-torchscript-uploads)" if config.trust_torchscript_uploads else "ONNX only"))
+    if not config.token_file:
+        announce("xal serve: no --token-file: " + ("loopback only" if is_loopback(host) else "REMOTE CLIENTS CAN CONNECT WITHOUT A TOKEN"))
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
+    # Poll, never an untimed wait: a process-directed SIGTERM may be delivered to any thread (gRPC's,
+    # ONNX Runtime's), and Python runs the handler only when the main thread next executes bytecode,
+    # which a main thread blocked in an untimed wait never does (the server then ignored SIGTERM).
+    while not stopping.wait(timeout=0.2):
+        pass
+    announce("xal serve: shutting down (health NOT_SERVING, finishing in-flight calls)")
+    running.stop()
