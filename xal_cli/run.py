@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from xal_core.acquisition.strategies import DIVERSITY_MODES, STRATEGY_NAMES
+from xal_core.data import ROI_SOURCES
 from xal_core.loop.data_spec import DATASETS, DataSpec
 from xal_core.loop.protocol import Protocol
 from xal_core.models.export import FORMATS
@@ -41,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     is read from the dataclass or parameter the flag becomes (``xal_cli.defaults``)."""
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASETS, default=default_of(DataSpec, "dataset"))
-    data.add_argument("--data-dir", type=Path, default=None, help="the dataset's folder (not for synthetic)")
+    data.add_argument("--data-dir", type=Path, default=None,
+                      help="the dataset's folder (not for the generated synthetic and cxr-sim)")
     data.add_argument("--out", type=Path, default=None, help="the run folder (default runs/<dataset>)")
     side = default_of(DataSpec, "size")[0]
     data.add_argument("--size", type=int, default=side, help=f"model input frame, pixels per side (default {side})")
@@ -53,6 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            f"{default_of(DataSpec, 'test_fraction')})")
     data.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                       help="an adapter option, e.g. modality=t1ce (repeatable; values parsed as JSON when they can be)")
+    data.add_argument("--roi-source", choices=ROI_SOURCES, default=default_of(DataSpec, "roi_source"),
+                      help="the ROI the scorer reads for unlabelled items: expert (each item's expert ROI, the "
+                           "paper's oracle setting; a known-empty ROI then reveals a negative label), anatomy (a "
+                           "prior that needs no expert: lungs, brain, organ) or none (default "
+                           f"{default_of(DataSpec, 'roi_source')}; docs/data.md, \"ROI sources\")")
     protocol = parser.add_argument_group("protocol")
     strategies = ",".join(default_of(Protocol, "strategies"))
     protocol.add_argument("--strategies", default=strategies,
@@ -120,7 +127,8 @@ def data_spec(args: argparse.Namespace) -> DataSpec:
     """The data flags as a checked ``DataSpec``."""
     return DataSpec(dataset=args.dataset, data_dir=args.data_dir, size=(args.size, args.size),
                     pool_size=args.pool_size, val_size=args.val_size, test_size=args.test_size,
-                    test_fraction=args.test_fraction, options=parse_adapter_options(args.option))
+                    test_fraction=args.test_fraction, options=parse_adapter_options(args.option),
+                    roi_source=args.roi_source)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from xal_core.scoring import Roi
 
-__all__ = ["Annotation", "BoxRoi", "MaskRoi", "AnnotatedRoi", "utc_now", "roi_batch", "roi_to_json"]
+__all__ = ["Annotation", "BoxRoi", "MaskRoi", "AnnotatedRoi", "utc_now", "roi_batch", "roi_drawn", "roi_to_json"]
 
 
 def utc_now() -> str:
@@ -130,6 +130,17 @@ class MaskRoi:
 
 
 AnnotatedRoi = BoxRoi | MaskRoi | None
+
+
+def roi_drawn(roi: AnnotatedRoi) -> bool:
+    """Whether an answer's ROI cost the expert a drawing: at least one box, or a mask with a pixel.
+    A "no finding" answer (a known-empty ROI) and no ROI at all cost none (the ROI cost of a run,
+    counted beside its labels)."""
+    if roi is None:
+        return False
+    if isinstance(roi, BoxRoi):
+        return len(roi.boxes) > 0
+    return any(roi.packed)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from xal_core.data import ItemError, PoolStore, PoolWriter, open_dataset
+from xal_core.data import DEFAULT_ROI_SOURCE, GENERATED_KINDS, ItemError, PoolStore, PoolWriter, open_dataset
 from xal_core.data.item import Item
 from xal_core.scoring import Roi
 
@@ -118,7 +118,9 @@ def prepare_data(root: str | Path, spec: DataSpec, *,
     dataset, data_dir, size, options = spec.dataset, spec.data_dir, spec.size, dict(spec.options)
     wanted = {"dataset": dataset, "data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
               "size": list(size), "options": options}
-    if dataset == "synthetic":
+    if spec.roi_source != DEFAULT_ROI_SOURCE:  # recorded only when set, so older data folders still match
+        wanted["roi_source"] = spec.roi_source
+    if dataset in GENERATED_KINDS:
         wanted.update(pool_size=spec.pool_size, val_size=spec.val_size, test_size=spec.test_size)
     elif dataset not in NATIVE_SPLITS:
         wanted["test_fraction"] = spec.test_fraction
@@ -146,7 +148,7 @@ def prepare_data(root: str | Path, spec: DataSpec, *,
 
         pool_source = split("pool", spec.pool_size)
         channels = int(getattr(pool_source, "channels", 1))
-        _write_pool(staging / "pool", pool_source, range(len(pool_source)), progress)
+        _write_pool(staging / "pool", pool_source, range(len(pool_source)), progress, roi_source=spec.roi_source)
         test = _held_out(split("test", spec.test_size), "test", progress)
         val_source = split("val", spec.val_size)
         val = _held_out(val_source, "val", progress) if len(val_source) else None
@@ -164,7 +166,8 @@ def prepare_data(root: str | Path, spec: DataSpec, *,
             digest = hashlib.sha256(group.encode()).digest()
             return int.from_bytes(digest[:8], "little") / 2**64 < spec.test_fraction
 
-        _write_pool(staging / "pool", source, range(len(source)), progress, divert=is_test, diverted=test_items)
+        _write_pool(staging / "pool", source, range(len(source)), progress, divert=is_test, diverted=test_items,
+                    roi_source=spec.roi_source)
         test = HeldOut.from_items(test_items, size, channels)
         if not len(test):
             raise ValueError(f"{data_dir}: no item fell in the test split (test_fraction {spec.test_fraction}); "
@@ -187,8 +190,8 @@ def prepare_data(root: str | Path, spec: DataSpec, *,
 
 def _open_split(dataset: str, data_dir: str | Path | None, size: tuple[int, int], name: str, n: int,
                 options: dict[str, Any]) -> Any:
-    """One of a dataset's own splits (synthetic, generic), as the run's data is written from it."""
-    extra = {"n": n} if dataset == "synthetic" else {}
+    """One of a dataset's own splits (``NATIVE_SPLITS``), as the run's data is written from it."""
+    extra = {"n": n} if dataset in GENERATED_KINDS else {}
     return open_dataset(dataset, data_dir, size=size, split=name, **extra, **options)
 
 
@@ -202,11 +205,13 @@ def pool_source(record: dict[str, Any]) -> Any:
 
 
 def _write_pool(path: Path, source: Any, indices: range, progress: Callable[[str, int, int], None], *,
-                divert: Callable[[Item], bool] | None = None, diverted: list[Item] | None = None) -> None:
-    """Write ``source``'s items into a new pool store (corrupt items skipped with a report line)."""
+                divert: Callable[[Item], bool] | None = None, diverted: list[Item] | None = None,
+                roi_source: str = DEFAULT_ROI_SOURCE) -> None:
+    """Write ``source``'s items into a new pool store (corrupt items skipped with a report line); the
+    scorer reads the ROI of ``roi_source``, the oracle the expert's (``PoolWriter``)."""
     report = path.parent / "skipped.tsv"
     with PoolWriter(path, size=source.size, channels=int(getattr(source, "channels", 1)), classes=source.classes,
-                    roi_format=source.roi_format, source=source.describe()) as writer, \
+                    roi_format=source.roi_format, source=source.describe(), roi_source=roi_source) as writer, \
             report.open("w", encoding="utf-8") as skipped:
         for skip in getattr(source, "skipped", []):
             skipped.write(f"{skip.path}\t{skip.reason}\n")

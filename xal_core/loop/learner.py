@@ -19,7 +19,7 @@ import hashlib
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +30,20 @@ from xal_core.models import Checkpoint, ExplainableModel, build_backbone, export
 from xal_core.models.weights import load_weights
 from xal_core.train import fit
 
+from .annotations import roi_drawn
 from .experiment import ExperimentData
 from .extras import extras_for
 from .ledger import AcquisitionRow, Arm, Ledger
 from .metrics import METRIC_NAMES, RoundMetrics, evaluate
-from .metrics_file import TRAINING_COLUMN, append_metrics_csv
+from .metrics_file import (
+    ANNOTATION_COST_FILE,
+    ROIS_DRAWN,
+    TRAINING_COLUMN,
+    VAL_METRICS_FILE,
+    VAL_PREFIX,
+    append_metrics_csv,
+    write_annotation_cost,
+)
 from .oracle import FileOracle, Oracle, write_labelling_sheet
 from .protocol import INITIAL_STRATEGY, Protocol
 from .report.overlays import overlay_path, write_overlays
@@ -138,25 +147,38 @@ class ActiveLearner:
             self.run_arm(arm)
         return self.write_metrics()
 
-    def metrics_rows(self) -> list[dict]:
+    def metrics_rows(self, prefix: str = "") -> list[dict]:
+        """The rows of ``metrics.csv`` (the test split), or with ``prefix=VAL_PREFIX`` those of
+        ``metrics_val.csv`` (rounds evaluated on the validation split)."""
         rows = []
         for arm in self.arms():
             for record in self.ledger.rounds(arm):
+                if prefix and f"{prefix}{METRIC_NAMES[0]}" not in record.metrics:
+                    continue  # no validation split, or a round recorded before it was evaluated
                 rows.append({"strategy": arm.strategy, "seed": arm.seed, "round": record.round,
-                             "labels": record.labels, **{k: record.metrics.get(k, float("nan"))
+                             "labels": record.labels, **{k: record.metrics.get(f"{prefix}{k}", float("nan"))
                                                          for k in METRIC_NAMES}})
                 if self.protocol.train.label:  # the column exists only for non-default training
                     rows[-1][TRAINING_COLUMN] = self.protocol.train.label
         return rows
 
     def write_metrics(self) -> list[dict]:
-        """``metrics.csv`` rebuilt from the ledger (the source of truth), written atomically."""
+        """``metrics.csv`` (and ``metrics_val.csv``) rebuilt from the ledger (the source of truth),
+        each written atomically."""
         rows = self.metrics_rows()
-        target = self.run_dir / "metrics.csv"
-        scratch = target.with_name("metrics.csv.tmp")
-        scratch.unlink(missing_ok=True)
-        append_metrics_csv(scratch, rows)
-        os.replace(scratch, target)
+        for name, content in (("metrics.csv", rows), (VAL_METRICS_FILE, self.metrics_rows(VAL_PREFIX))):
+            if not content and name == VAL_METRICS_FILE:
+                continue
+            target = self.run_dir / name
+            scratch = target.with_name(name + ".tmp")
+            scratch.unlink(missing_ok=True)
+            append_metrics_csv(scratch, content)
+            os.replace(scratch, target)
+        costs = [{"strategy": arm.strategy, "seed": arm.seed, "round": record.round, "labels": record.labels,
+                  ROIS_DRAWN: record.metrics[ROIS_DRAWN]}
+                 for arm in self.arms() for record in self.ledger.rounds(arm) if ROIS_DRAWN in record.metrics]
+        if costs:
+            write_annotation_cost(self.run_dir / ANNOTATION_COST_FILE, costs)
         return rows
 
     # ------------------------------------------------------------------ one arm
@@ -255,7 +277,17 @@ class ActiveLearner:
                            normalise=saved.preprocessing)
         labels = len(self.ledger.labeled(arm))
         row = metrics.to_row(strategy=arm.strategy, seed=arm.seed, round=round, labels=labels)
-        self.ledger.record_round(arm, round, labels, {k: float(row[k]) for k in METRIC_NAMES}, version)
+        recorded = {k: float(row[k]) for k in METRIC_NAMES}
+        # What the labels cost beyond the labels: how many of them came with a drawn ROI.
+        recorded[ROIS_DRAWN] = float(sum(roi_drawn(answer.roi) for answer in self.ledger.annotations(arm)))
+        if self.data.val is not None and len(self.data.val):
+            # The validation split's metrics, kept beside the test's: every protocol choice (the
+            # calibration, the recipe) is made on these, never on the test split (metrics_val.csv).
+            val = self.data.val
+            val_metrics = evaluate(model, val.images, val.labels, val.roi, threshold=self.protocol.scoring.threshold,
+                                   normalise=saved.preprocessing)
+            recorded.update({f"{VAL_PREFIX}{k}": float(v) for k, v in asdict(val_metrics).items()})
+        self.ledger.record_round(arm, round, labels, recorded, version)
         self.write_metrics()
         return metrics
 

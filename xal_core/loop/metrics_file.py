@@ -19,12 +19,21 @@ import numpy as np
 
 from .metrics import METRIC_NAMES
 
-__all__ = ["KEY_COLUMNS", "METRICS_COLUMNS", "TRAINING_COLUMN", "append_metrics_csv", "read_metrics_csv"]
+__all__ = ["ANNOTATION_COST_FILE", "KEY_COLUMNS", "METRICS_COLUMNS", "ROIS_DRAWN", "TRAINING_COLUMN", "VAL_METRICS_FILE",
+           "VAL_PREFIX", "append_metrics_csv", "read_metrics_csv", "write_annotation_cost"]
 
 #: what identifies a row: the arm, the round and how many labels it had
 KEY_COLUMNS = ("strategy", "seed", "round", "labels")
 METRICS_COLUMNS = (*KEY_COLUMNS, *METRIC_NAMES)
 TRAINING_COLUMN = "training"  # optional last column: the non-default training options (TrainRecipe.label)
+#: The same rows evaluated on the validation split, in a file of the same layout beside metrics.csv;
+#: in the ledger each round's validation metrics carry this prefix.
+VAL_METRICS_FILE = "metrics_val.csv"
+VAL_PREFIX = "val_"
+#: The ROI cost of a round, recorded in the ledger beside its metrics and written to
+#: ``annotation_cost.csv``: how many of the labels so far came with a drawn ROI.
+ROIS_DRAWN = "rois_drawn"
+ANNOTATION_COST_FILE = "annotation_cost.csv"
 _KEY_TYPES = {"strategy": str, "seed": int, "round": int, "labels": int}
 
 
@@ -108,3 +117,17 @@ def _format_row(row: Mapping[str, object], index: int, with_training: bool = Fal
     if with_training:
         out.append(training)
     return out
+
+
+def write_annotation_cost(path: str | Path, rows: Iterable[Mapping[str, object]]) -> Path:
+    """``annotation_cost.csv``: per arm and round, the labels and how many of them came with a drawn
+    ROI (``KEY_COLUMNS`` + ``rois_drawn``), written whole to a scratch file and renamed into place."""
+    path = Path(path)
+    scratch = path.with_name(path.name + ".tmp")
+    with scratch.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow((*KEY_COLUMNS, ROIS_DRAWN))
+        for row in rows:
+            writer.writerow([row[name] for name in KEY_COLUMNS] + [int(row[ROIS_DRAWN])])
+    scratch.replace(path)
+    return path

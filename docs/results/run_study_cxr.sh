@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The study of issue 25 (docs/results/study-cxr.md): acquisition strategies on cxr-sim, the chest X-ray
+# benchmark on real annotation geometry, with pool ROIs a deployment can have.
+#
+# Protocol (calibrated on the validation split only: bench/calibrate_cxr.py, `calib` below):
+# cxr-sim RSNA variant at 64², pool 5 000 / val 500 / test 1 000, 50 initial labels + 13 rounds of 40
+# = 570, smallcnn width 8, 20 epochs per round with a cosine schedule, warm-started from the previous
+# round, the `intensity` augmentation (no geometric warp), the ROI swap. One process per arm, one torch
+# thread each, JOBS at a time. Arms are `<strategy>-<training>-<roi source>-s<seed>`; rerunning resumes
+# unfinished arms from their ledgers and skips finished ones.
+#
+#   bash docs/results/run_study_cxr.sh calib 0.4      # random+swap, seed 0, at opacity 0.4 (read metrics_val.csv)
+#   bash docs/results/run_study_cxr.sh main           # the key arms, seeds 0-9, interleaved by seed
+#   bash docs/results/run_study_cxr.sh vindr          # the multi-class variant: random vs the best of the rest
+#   bash docs/results/run_study_cxr.sh list < arms    # any arms, one "strategy training source seed" a line
+set -uo pipefail
+RUNS=${RUNS:-runs/study-cxr}
+JOBS=${JOBS:-2}
+OPACITY=${OPACITY:-0.4}
+VARIANT=${VARIANT:-rsna}
+EXTRA=${EXTRA:-}
+PYTHON=${PYTHON:-.venv/bin/python}
+PROTOCOL="--dataset cxr-sim --size 64 --pool-size 5000 --val-size 500 --test-size 1000 \
+  --initial 50 --rounds 13 --per-round 40 --architecture smallcnn --width 8 --epochs 20 --schedule cosine \
+  --warm-start --augment intensity --scorer inprocess --export-format torchscript --no-progress"
+
+training_flags() {  # plain | swap
+  case "$1" in
+    plain) echo "" ;;
+    swap) echo "--roi-augment swap" ;;
+    *) echo "unknown training $1" >&2; exit 2 ;;
+  esac
+}
+
+arms() {  # one line per arm: strategy training roi-source seed
+  case "$1" in
+    main) for s in 0 1 2 3 4 5 6 7 8 9; do
+            echo "random swap anatomy $s"; echo "dual swap anatomy $s"; echo "entropy swap anatomy $s"
+            echo "dual swap expert $s"; echo "random plain anatomy $s"; done ;;
+    vindr) for s in 0 1 2 3 4; do echo "random swap anatomy $s"; echo "${BEST_OF_REST:-entropy} swap anatomy $s"; done ;;
+    list) grep -v '^#' ;;
+    *) echo "usage: $0 calib OPACITY|main|vindr|list" >&2; exit 2 ;;
+  esac
+}
+
+run_arm() {  # strategy training source seed
+  local strategy=$1 training=$2 source=$3 seed=$4
+  local name="$strategy-$training-$source-s$seed"
+  [ -f "$RUNS/$name/DONE" ] && return 0
+  local started=$(date +%s)
+  # shellcheck disable=SC2046,SC2086
+  OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 $PYTHON -m xal_cli.main run $PROTOCOL $EXTRA \
+    --option opacity="$OPACITY" --option variant="$VARIANT" --roi-source "$source" \
+    --strategies "$strategy" --seed "$seed" $(training_flags "$training") \
+    --out "$RUNS/$name" > "$RUNS/$name.log" 2>&1
+  local rc=$?
+  [ $rc -eq 0 ] && date -u +%FT%TZ > "$RUNS/$name/DONE"
+  echo "$name rc=$rc $(( $(date +%s) - started )) s"
+}
+export -f run_arm training_flags
+export RUNS PROTOCOL EXTRA PYTHON OPACITY VARIANT
+
+mkdir -p "$RUNS"
+if [ "${1:-}" = calib ]; then
+  OPACITY=${2:?calib needs an opacity}; RUNS="$RUNS/calibration-opacity-$OPACITY"; mkdir -p "$RUNS"
+  export OPACITY RUNS
+  run_arm random swap anatomy 0
+  exit 0
+fi
+arms "${1:-}" | xargs -P "$JOBS" -L 1 bash -c 'run_arm "$@"' _
