@@ -19,10 +19,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from xal_core.data import KINDS, detect_kind, open_dataset
+from xal_core.data import DEFAULT_ROI_SOURCE, KINDS, ROI_SOURCES, detect_kind, open_dataset
 from xal_core.data.dicomweb import is_dicomweb
 from xal_core.data.guards import DEFAULT_MAX_PIXELS, pixel_limit
 from xal_core.data.ingest import ingest
+from xal_core.data.priors import WithPriorMasks
 
 from .adapter_options import parse_adapter_options
 
@@ -53,6 +54,11 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help=f"refuse (one report line each) images above N pixels, from their header, before "
                         f"decoding (default {DEFAULT_MAX_PIXELS:,}; kinds generic, vindr, siim)")
     parser.add_argument("--append", action="store_true", help="add the items to an existing pool")
+    parser.add_argument("--roi-source", choices=ROI_SOURCES, default=DEFAULT_ROI_SOURCE,
+                        help="the ROI the scorer reads: expert (the dataset's ROIs), anatomy (each item's prior: "
+                        "--prior-masks, or the adapter's rule) or none (default expert; docs/data.md, \"ROI sources\")")
+    parser.add_argument("--prior-masks", default=None, metavar="DIR",
+                        help="anatomy priors as DIR/<item id>.png (e.g. a lung segmentation model's output)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     web = parser.add_argument_group("DICOMweb sources (dicomweb+http://…; docs/data.md, \"DICOMweb pools\")")
     web.add_argument("--study", nargs="+", action="extend", default=[], metavar="UID",
@@ -99,13 +105,15 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--max-pixels applies to the kinds {', '.join(_DECODING_KINDS)}, not {kind}")
         options.setdefault("max_pixels", pixel_limit(args.max_pixels))
     dataset = open_dataset(kind, root, size=size, **options)
+    if args.prior_masks:
+        dataset = WithPriorMasks(dataset, args.prior_masks)
     console = Console(stderr=True, quiet=args.quiet)
     columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), ItemsPerSecond(),
                TextColumn("skipped {task.fields[skipped]}"), TimeElapsedColumn())
     with Progress(*columns, console=console, disable=args.quiet) as progress:
         task = progress.add_task("ingest", total=len(dataset), skipped=0)
         summary = ingest(dataset, args.out, chunk=args.chunk, max_boxes=args.max_boxes, append=args.append,
-                         workers=args.workers,
+                         workers=args.workers, roi_source=args.roi_source,
                          on_progress=lambda done, skipped: progress.update(task, completed=done, skipped=skipped))
     if summary.discarded_partial:
         print("an interrupted earlier ingest into this --out was discarded and started over")

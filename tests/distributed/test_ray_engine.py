@@ -309,3 +309,44 @@ def test_bad_layouts_fail_before_any_actor_starts(cluster, assets, tmp_path):
     with pytest.raises(ValueError, match=r"k: must be in \[1, 240\]"):
         score_pool_on_ray(pool_path, model_path, k=0, scores_dir=tmp_path / "s", engine=ENGINE)
     assert xal(["score", "--engine", "ray", "--pool-path", str(pool_path), "--out", str(tmp_path / "x.csv")]) == 2
+
+
+def test_ray_reads_the_anatomy_prior_never_the_expert_roi(cluster, tmp_path):
+    """The Ray engine reads what every scorer reads (``scoring/``): under the ``anatomy`` ROI source
+    the items' priors, scored to the last bit like an expert pool whose ROIs are those priors, and
+    unlike the real expert pool (tests/loop/test_roi_source_scorers.py does in process and service)."""
+    from xal_core.data.item import Item
+
+    data = open_dataset("synthetic", size=(32, 32), n=64, seed=5)
+
+    class PriorAsExpert:
+        def __getattr__(self, name):
+            return getattr(data, name)
+
+        def __len__(self):
+            return len(data)
+
+        def __getitem__(self, index):
+            item = data[index]
+            return Item(item.id, item.image, item.prior, item.label, item.meta, prior=item.prior)
+
+    ingest(data, tmp_path / "anatomy", chunk=16, workers=1, roi_source="anatomy")
+    ingest(PriorAsExpert(), tmp_path / "as-expert", chunk=16, workers=1)
+    ingest(data, tmp_path / "expert", chunk=16, workers=1)
+    torch.manual_seed(0)
+    model = ExplainableModel(build_backbone("smallcnn", in_channels=1, num_classes=2, smallcnn_width=8)).eval()
+    export(model, tmp_path / "model.onnx", "onnx", input_shape=(1, 32, 32), onnx_exporter="legacy")
+
+    def dice(pool: str) -> np.ndarray:
+        result = score_pool_on_ray(tmp_path / pool, tmp_path / "model.onnx", k=8, scores_dir=tmp_path / f"s-{pool}",
+                                   config=CONFIG, engine=ONE_WORKER)
+        parts = [pq.read_table(path, columns=["id", "dice"]) for path in sorted(result.scores_dir.glob("items-*.parquet"))]
+        ids = np.concatenate([p["id"].to_numpy() for p in parts])
+        values = np.concatenate([p["dice"].to_numpy() for p in parts])
+        return values[np.argsort(ids)]
+
+    anatomy, as_expert = dice("anatomy"), dice("as-expert")
+    np.testing.assert_array_equal(anatomy, as_expert)
+    expert = in_process_ranking(tmp_path / "expert", tmp_path / "model.onnx", 64, [])  # every item, in process
+    by_id = dict(zip(expert.selection.ids.tolist(), expert.columns["dice"].tolist(), strict=True))
+    assert np.mean(anatomy != np.array([by_id[i] for i in range(64)])) > 0.9

@@ -190,4 +190,6 @@ class BraTS(IndexedDataset):
         label = int(mask.any() or tumour[:, :, record.z].any()) if self.task == "tumour" else record.case.grade
         meta = {"case": record.case.name, "slice": record.z, "modality": list(self.modalities),
                 "path": str(record.case.images[0].parent)}
-        return Item(self.record_id(record), image, mask, label, meta)
+        # The brain (nonzero voxels in any modality) is the slice's anatomy prior: no expert needed.
+        brain = resize_mask(np.ascontiguousarray((images[:, :, :, record.z] > 0).any(axis=0).T), self.size)
+        return Item(self.record_id(record), image, mask, label, meta, prior=brain)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .item import Dataset, Item, ItemError, Skip
-from .pool_store import PoolWriter
+from .pool_store import DEFAULT_ROI_SOURCE, PoolWriter
 from .staging import ingest_target
 
 __all__ = ["IngestSummary", "ingest", "REPORT"]
@@ -82,7 +82,8 @@ def _commit_report(folder: Path) -> None:
 
 
 def ingest(dataset: Dataset, out: str | Path, *, chunk: int = 1024, max_boxes: int = 64, append: bool = False,
-           workers: int = 4, on_progress: Callable[[int, int], None] | None = None) -> IngestSummary:
+           workers: int = 4, on_progress: Callable[[int, int], None] | None = None,
+           roi_source: str = DEFAULT_ROI_SOURCE) -> IngestSummary:
     """Write every item of ``dataset`` into the pool at ``out``.
 
     Args:
@@ -92,13 +93,15 @@ def ingest(dataset: Dataset, out: str | Path, *, chunk: int = 1024, max_boxes: i
         max_boxes: box slots per item in a box pool.
         workers: loader threads (1 = load in the calling thread).
         on_progress: called with ``(done, skipped)`` after each item (drives the progress bar).
+        roi_source: what the scorer reads as each item's ROI (``pool_store.ROI_SOURCES``); the
+            expert's ROIs go to the oracle's part of the pool whatever it is.
     """
     started = time.perf_counter()
     channels = int(getattr(dataset, "channels", 1))
     with ingest_target(out, append=append) as target:
         writer = PoolWriter(target.path, size=dataset.size, channels=channels, classes=dataset.classes,
                             roi_format=dataset.roi_format, source=dataset.describe(), chunk=chunk,
-                            max_boxes=max_boxes, append=append)
+                            max_boxes=max_boxes, append=append, roi_source=roi_source)
         skips: list[Skip] = list(dataset.skipped)
         done = written = 0
         with (target.path / _SESSION_REPORT).open("w", encoding="utf-8") as lines:
