@@ -25,7 +25,7 @@ from .annotate import add_annotator_flags, default_annotator
 from .defaults import default_of
 from .scoring_flags import add_scoring_flags, scoring_config
 from .session import ORACLES, SCORERS, RunSession
-from .training_flags import add_recipe_flags, add_roi_training_flags, train_recipe
+from .training_flags import add_recipe_choice, add_recipe_flags, add_roi_training_flags, train_recipe
 
 EXIT_NEEDS_LABELS = 3  # a person must label the items in to_label.csv, then rerun
 
@@ -80,6 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     protocol.add_argument("--mc-dropout", type=float, default=dropout,
                           help=f"bald: drop probability p of those passes, on the pooled features (default {dropout})")
     train = parser.add_argument_group("training")
+    add_recipe_choice(train)
     add_recipe_flags(train)
     train.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     add_roi_training_flags(train)

@@ -12,14 +12,14 @@ import argparse
 import dataclasses
 from typing import Any
 
-from xal_core.loop.recipe import TrainRecipe
+from xal_core.loop.recipe import RECIPES, TrainRecipe, recipe_named
 from xal_core.models.backbones import ARCHITECTURES
 from xal_core.train.augment import AUGMENT_PRESETS
 from xal_core.train.roi_training import RoiTraining
 
 from .defaults import default_of
 
-__all__ = ["add_recipe_flags", "add_roi_training_flags", "roi_training", "train_recipe"]
+__all__ = ["add_recipe_choice", "add_recipe_flags", "add_roi_training_flags", "roi_training", "train_recipe"]
 
 
 def _recipe(name: str) -> Any:
@@ -78,6 +78,25 @@ def roi_training(args: argparse.Namespace) -> RoiTraining:
 
 def train_recipe(args: argparse.Namespace) -> TrainRecipe:
     """The training flags as a checked ``TrainRecipe``, the ROI settings whole (a field without a flag,
-    such as ``val_fraction``, keeps its default)."""
+    such as ``val_fraction``, keeps its default).
+
+    With ``--recipe NAME`` the named recipe (``xal_core.loop.recipe.RECIPES``) replaces the defaults:
+    a flag whose value differs from ``xal run``'s default still wins over it."""
     names = [f.name for f in dataclasses.fields(TrainRecipe) if f.name != "roi" and hasattr(args, f.name)]
-    return TrainRecipe(**{name: getattr(args, name) for name in names}, roi=roi_training(args))
+    given = {name: getattr(args, name) for name in names}
+    roi = roi_training(args)
+    name = getattr(args, "recipe", None)
+    if not name:
+        return TrainRecipe(**given, roi=roi)
+    base, plain = recipe_named(name), TrainRecipe()
+    changed = {key: value for key, value in given.items() if value != getattr(plain, key)}
+    roi_changed = {f.name: getattr(roi, f.name) for f in dataclasses.fields(RoiTraining)
+                   if getattr(roi, f.name) != getattr(plain.roi, f.name)}
+    return dataclasses.replace(base, **changed, roi=dataclasses.replace(base.roi, **roi_changed))
+
+
+def add_recipe_choice(train: argparse._ArgumentGroup) -> None:
+    """``--recipe NAME``: start from a named, calibrated recipe."""
+    train.add_argument("--recipe", default=None, choices=tuple(RECIPES),
+                       help="start from a named recipe (xal_core.loop.recipe.RECIPES; cxr-sim: the one calibrated "
+                            "on cxr-sim's validation split); other training flags given with it win")

@@ -19,7 +19,7 @@ from xal_core.train.augment import augment_preset
 from xal_core.train.config import TrainConfig, check_schedule
 from xal_core.train.roi_training import RoiTraining
 
-__all__ = ["TrainRecipe"]
+__all__ = ["RECIPES", "TrainRecipe", "recipe_named"]
 
 #: the keys every ledger records; the other fields only when they differ from their defaults, so
 #: that a ledger written before a field existed still resumes
@@ -121,3 +121,20 @@ class TrainRecipe:
 
 def _defaults() -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(TrainRecipe) if f.default is not dataclasses.MISSING}
+
+
+#: Named recipes a run can start from (``xal run --recipe NAME``): what a calibration chose, so that
+#: the README's command gives it. ``cxr-sim``: calibrated on cxr-sim's validation split
+#: (docs/results/study-cxr.md): a small CNN (an 8×8 CAM at 64²), a cosine budget per round, warm
+#: starts, intensity-only augmentation (a bilinear warp blurs fine findings) and the ROI swap.
+RECIPES: dict[str, TrainRecipe] = {
+    "cxr-sim": TrainRecipe(architecture="smallcnn", smallcnn_width=8, epochs=20, schedule="cosine", warm_start=True,
+                           augment="intensity", roi=RoiTraining(augment="swap")),
+}
+
+
+def recipe_named(name: str) -> TrainRecipe:
+    """A recipe of ``RECIPES``; ``ValueError`` naming the choices for another name."""
+    if name not in RECIPES:
+        raise ValueError(f"recipe: expected one of {', '.join(RECIPES)}, got {name!r}")
+    return RECIPES[name]
