@@ -5,8 +5,10 @@ run waits for answers and continues as soon as a batch is answered. Answers go t
 ``xal_core.loop.oracle.AnnotationDesk`` straight into the run's ledger (the file oracle's checks,
 one transaction per answer), so a reload, a restart or a second tab never loses or doubles one.
 
-Modules: ``app`` (the ASGI routes), ``auth`` (login form, cookie, request checks), ``views`` (what
-the page reads: the batch as JSON, pixels, CAM tiles), ``server`` (uvicorn on a socket, in the
+Modules: ``app`` (the ASGI routes), ``auth`` (token rule, login throttle, expiring sessions,
+same-origin rule), ``guard`` (security headers on every response, allowed host names, in-flight
+limit, deadlines for slow clients), ``views`` (what the page reads: the batch as JSON, pixels,
+CAM tiles, why an item was picked, the done state), ``server`` (uvicorn on a socket, in the
 foreground or a thread), ``oracle`` (``WebOracle`` for the loop), ``static/`` (plain HTML/CSS/JS).
 """
 

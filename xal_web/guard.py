@@ -5,17 +5,20 @@
   (same-origin requests keep their ``Origin``; with ``no-referrer`` Chromium posted the login form
   with ``Origin: null``), ``X-Frame-Options: DENY``;
 * :class:`HostCheck`: only the host names the server was started for (loopback names, the listen
-  host, ``--allowed-host``): a DNS-rebinding page, whose requests name its own host, is refused;
+  host, ``--allowed-host``; on a wildcard listen also this machine's names and any IP address): a
+  DNS-rebinding page, whose requests name its own domain, is refused;
 * :class:`InFlightLimit`: at most so many requests being answered at once (503 beyond), so
   memory stays bounded whatever a client sends;
 * :func:`guarded_h11`: uvicorn's h11 protocol with a deadline for a request's head (from the
   connection's start, or the end of the previous response) and a cap on connections waiting for
   one (the oldest is dropped): idle or byte-by-byte clients cannot hold the server. Bodies have
-  their own deadline where the app reads them.
+  their own deadline where the app reads them; a connection answered before its body arrived
+  must deliver the rest within the head deadline.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -76,17 +79,28 @@ def host_name(host_header: str) -> str:
     return host.rsplit(":", 1)[0].rstrip(".") if host.count(":") <= 1 else host
 
 
-class HostCheck:
-    """Refuses (400) a request whose ``Host`` is not one of ``allowed`` (names as :func:`host_name` gives)."""
+def _ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
-    def __init__(self, app: ASGIApp, allowed: Iterable[str]) -> None:
+
+class HostCheck:
+    """Refuses (400) a request whose ``Host`` is not one of ``allowed`` (names as :func:`host_name`
+    gives). With ``any_address`` (a wildcard listen) an IP address is accepted too: a DNS-rebinding
+    page always names its own domain, and a page whose origin is this IP and port is this server's."""
+
+    def __init__(self, app: ASGIApp, allowed: Iterable[str], *, any_address: bool = False) -> None:
         self.app = app
         self.allowed = frozenset(host_name(name) for name in allowed)
+        self.any_address = any_address
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             host = host_name(Headers(scope=scope).get("host", ""))
-            if host not in self.allowed:
+            if host not in self.allowed and not (self.any_address and _ip_literal(host)):
                 shown = host[:80] or "(none)"
                 await json_refusal(send, 400, f"host {shown!r} is not a name this annotator serves "
                                               f"({', '.join(sorted(self.allowed))}); if it is this machine's name, "
@@ -123,42 +137,52 @@ def guarded_h11(head_timeout: float = 10.0, max_waiting: int = 128) -> type[H11P
     waiting: OrderedDict[H11Protocol, None] = OrderedDict()
 
     class GuardedH11(H11Protocol):
-        _head_timer = None
+        _deadline = None  # the timer that drops the connection
+        _waiting_for = None  # "head": a request head; "rest": the body of a request already answered
 
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._await_head()
+            self._await("head")
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
-            if self.conn.their_state is not h11.IDLE:
-                self._head_arrived()
+            state = self.conn.their_state
+            if self._waiting_for == "head" and state is not h11.IDLE:
+                self._stop_waiting()
+            elif self._waiting_for == "rest" and state is h11.IDLE:  # the body is in; the next request's head now
+                self._await("head")
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-                self._await_head()
+            if self.transport.is_closing():
+                return
+            if self.conn.their_state is h11.IDLE:
+                self._await("head")
+            elif self.conn.their_state is h11.SEND_BODY:  # answered before its body came (401, 413, 429, a GET's
+                self._await("rest")  # body): the rest must come within the deadline too, else the connection goes
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._head_arrived()
+            self._stop_waiting()
             super().connection_lost(exc)
 
-        def _await_head(self) -> None:
-            self._head_arrived()
-            self._head_timer = self.loop.call_later(head_timeout, self._drop)
+        def _await(self, what: str) -> None:
+            self._stop_waiting()
+            self._waiting_for = what
+            self._deadline = self.loop.call_later(head_timeout, self._drop)
             waiting[self] = None
             while len(waiting) > max_waiting:
                 oldest, _ = waiting.popitem(last=False)
                 oldest._drop()
 
-        def _head_arrived(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
+        def _stop_waiting(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+            self._waiting_for = None
             waiting.pop(self, None)
 
         def _drop(self) -> None:
-            self._head_arrived()
+            self._stop_waiting()
             if not self.transport.is_closing():
                 self.transport.close()
 

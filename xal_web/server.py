@@ -7,8 +7,8 @@ stops on Ctrl-C / SIGTERM (``xal annotate``); ``start()`` runs in a thread besid
 (``xal run --oracle web``) until ``stop()``.
 
 Around the app (``guard``): only requests naming an allowed host (``localhost``, ``127.0.0.1``,
-``[::1]``, the listen host, and ``allowed_hosts``, e.g. ``--allowed-host annotate.example.org``
-behind a reverse proxy) are answered; at most 64 at once; a connection must send its request head
+``[::1]``, the listen host — for a wildcard listen this machine's names and any IP address — and
+``allowed_hosts``, e.g. ``--allowed-host annotate.example.org`` behind a reverse proxy) are answered; at most 64 at once; a connection must send its request head
 within ``head_timeout`` seconds and at most 128 may wait for one, so idle sockets never lock the
 page out (there is no connection cap that they could fill).
 """
@@ -81,7 +81,8 @@ class AnnotationServer:
         bound = self._socket.getsockname()
         self.host, self.port = host, int(bound[1])
         self.allowed_hosts = allowed_host_names(host, allowed_hosts)
-        guarded = HostCheck(InFlightLimit(app, max_in_flight), self.allowed_hosts)
+        wildcard = host.strip("[]") in ("0.0.0.0", "::", "")
+        guarded = HostCheck(InFlightLimit(app, max_in_flight), self.allowed_hosts, any_address=wildcard)
         config = uvicorn.Config(guarded, log_level="warning", access_log=False, timeout_keep_alive=5,
                                 http=guarded_h11(head_timeout), h11_max_incomplete_event_size=16 * 1024,
                                 proxy_headers=False, lifespan="off")

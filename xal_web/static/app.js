@@ -710,6 +710,7 @@ function renderItem() {
     return;
   }
   $("current-title").textContent = `#${item.item_id} · ${item.source_id}`;
+  camCaption(item);
   fill($("facts"), [["arm", `${item.strategy}, seed ${item.seed}`], ["round", String(item.round)],
                     ["rank", String(item.rank + 1)], ["model", item.model_version]]);
   $("reason-summary").textContent = item.reason.summary;
@@ -940,9 +941,13 @@ function applyCam() {
   $("cam-legend").hidden = !state.camShown;
   const item = currentItem();
   if (state.camShown && item && state.loadedItem === item.item_id) loadCam(item);
+  camCaption(item);
+  render();
+}
+
+function camCaption(item) {
   $("cam-caption").textContent = item && !item.initial && item.predicted_class !== null && state.batch
     ? `where the round-${item.round - 1} model looked for ${state.batch.classes[item.predicted_class]}` : "";
-  render();
 }
 
 function toggleTool() {
