@@ -25,20 +25,21 @@ def register(commands: argparse._SubParsersAction) -> None:
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run folder (holds ledger.sqlite)")
     add_annotator_flags(parser)
-    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
-                        help="a host name the page is reached by, besides localhost, 127.0.0.1, [::1] and the listen "
-                             "host (repeatable; e.g. the name behind a reverse proxy): requests naming any other host "
-                             "are refused, which stops DNS-rebinding pages")
     parser.set_defaults(run=run)
 
 
 def add_annotator_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, prefix: str = "") -> None:
-    """The page's options; ``xal run`` takes them as ``--annotate-listen`` / ``--annotate-token-file``."""
+    """The page's options; ``xal run`` takes them as ``--annotate-listen`` / ``--annotate-token-file`` /
+    ``--annotate-allowed-host``."""
     parser.add_argument(f"--{prefix}listen", default=DEFAULT_LISTEN,
                         help=f"HOST:PORT of the page (default {DEFAULT_LISTEN}; off loopback only with a token file)")
     parser.add_argument(f"--{prefix}token-file", type=Path, default=None,
                         help="file holding the token the page's login form asks for (>= 32 characters, at least 10 "
                              "different ones: python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    parser.add_argument(f"--{prefix}allowed-host", action="append", default=[], metavar="NAME",
+                        help="a host name the page is reached by, besides localhost, 127.0.0.1, [::1] and the listen "
+                             "host (repeatable; e.g. the name behind a reverse proxy): requests naming any other host "
+                             "are refused, which stops DNS-rebinding pages")
     parser.add_argument("--annotator", default=None,
                         help="the name answers carry unless the page sets one (default web:<user name>)")
 

@@ -143,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
     session = RunSession(
         out, protocol, data=data_spec(args), scorer=args.scorer, server=args.server, token_file=args.token_file,
         oracle=args.oracle, labels=args.labels, device=args.device, annotate_listen=args.annotate_listen,
-        annotate_token_file=args.annotate_token_file, annotator=default_annotator(args.annotator),
+        annotate_token_file=args.annotate_token_file, annotate_allowed_hosts=tuple(args.annotate_allowed_host),
+        annotator=default_annotator(args.annotator),
         overlay_images=args.overlay_images, console=console, progress=not args.no_progress,
     )
     started = time.perf_counter()

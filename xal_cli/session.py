@@ -61,6 +61,7 @@ class RunSession:
                  oracle: str = "simulated", labels: Path | None = None, device: str | None = None,
                  overlay_images: int = default_of(ActiveLearner, "overlay_images"), console: Console | None = None,
                  progress: bool = True, annotate_listen: str = DEFAULT_LISTEN, annotate_token_file: Path | None = None,
+                 annotate_allowed_hosts: tuple[str, ...] = (),
                  annotator: str = "web") -> None:
         if scorer not in SCORERS:
             raise ValueError(f"scorer: expected {' or '.join(map(repr, SCORERS))}, got {scorer!r}")
@@ -72,6 +73,7 @@ class RunSession:
         self.scorer_kind, self.server, self.token_file = scorer, server, token_file
         self.oracle_kind, self.labels = oracle, labels
         self.annotate_listen, self.annotate_token_file, self.annotator = annotate_listen, annotate_token_file, annotator
+        self.annotate_allowed_hosts = tuple(annotate_allowed_hosts)
         self.device, self.overlay_images = device, overlay_images
         self.console = console or Console()
         self.progress = progress
@@ -104,7 +106,8 @@ class RunSession:
 
             token = read_token(self.annotate_token_file) if self.annotate_token_file else None
             with WebOracle(AnnotationDesk(ledger, data.pool), self.run_dir, listen=self.annotate_listen,
-                           token=token, annotator=self.annotator, say=self.console.print) as oracle:
+                           token=token, annotator=self.annotator, say=self.console.print,
+                           allowed_hosts=self.annotate_allowed_hosts) as oracle:
                 self.console.print(f"the annotator page is at {oracle.url}")
                 yield oracle
 
