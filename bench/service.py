@@ -17,7 +17,15 @@ not grow with the pool because the job streams it chunk by chunk (``--pool-items
 shows it).
 
 The host's load average is recorded at the start and the end: latencies on a shared machine are
-only comparable at a similar load. Run: ``python bench/service.py`` (``--quick`` for a smoke run).
+only comparable at a similar load. Each row also gives the server's CPU time per call (``/proc``):
+on a shared host it moves far less with other processes' load than a latency, so an A/B of two
+servers can be read from it when the latencies are lost in the noise. Run: ``python
+bench/service.py`` (``--quick`` for a smoke run).
+
+A/B against another commit (how ``bench/results/service-cpu-aio-handoff-vs-threaded.json`` was
+made): ``git worktree add --detach /tmp/other COMMIT``, then alternate ``(cd /tmp/other &&
+PYTHONPATH=/tmp/other python bench/service.py --pool-items 2000 --out A_i.json)`` and the same here
+(``--out B_i.json``), A B A B ..., at least three times each, and compare medians.
 JSON: ``bench/results/service-cpu.json``.
 """
 
@@ -82,7 +90,19 @@ def handler_stats(client: ScoringClient) -> dict[str, tuple[int, float]]:
     return out
 
 
-def run_clients(target: str, batch, clients: int, requests: int) -> dict:
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of process ``pid`` so far (Linux ``/proc``), None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
+
+
+def run_clients(target: str, batch, clients: int, requests: int, server_pid: int | None = None) -> dict:
+    """``clients`` threads, each with its own channel, send ``requests`` calls after one warm-up call.
+    With ``server_pid``, the server's CPU time per call is reported too: on a shared host it moves
+    far less with the load of other processes than a latency does."""
     latencies: list[float] = []
     lock = threading.Lock()
 
@@ -100,12 +120,14 @@ def run_clients(target: str, batch, clients: int, requests: int) -> dict:
     with ScoringClient(target, timeout=120) as observer:
         threads = [threading.Thread(target=worker) for _ in range(clients)]
         before = handler_stats(observer)
+        cpu_before = cpu_seconds(server_pid)
         started = time.perf_counter()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         wall = time.perf_counter() - started
+        cpu_after = cpu_seconds(server_pid)
         after = handler_stats(observer)
     # Means per call over this run's calls (the warm-up calls included: they are the same work).
     server_ms = {}
@@ -124,6 +146,9 @@ def run_clients(target: str, batch, clients: int, requests: int) -> dict:
         "requests_per_s": len(latencies) / wall,
         "items_per_s": len(latencies) * items / wall,
         "server_mean_ms": server_ms,
+        # the warm-up calls included: the same work
+        "server_cpu_ms_per_call": ((cpu_after - cpu_before) / (clients * (requests + 1)) * 1e3
+                                   if cpu_before is not None and cpu_after is not None else None),
     }
 
 
@@ -181,15 +206,61 @@ def run_job(pool_items: int, workdir: Path) -> dict:
     }
 
 
+def _run_summary(path: Path) -> dict:
+    """The rows of one run's JSON that an A/B compares."""
+    record = json.loads(path.read_text())
+    rows = [{key: row.get(key) for key in ("clients", "p50_ms", "p99_ms", "items_per_s", "server_cpu_ms_per_call")}
+            for row in record["score_batch"]]
+    half = record["score_batch_fp16_features"]
+    return {"file": path.name, "when": record["when"], "load_start": record["load_average"]["start"][0],
+            "in_process_single_thread_median_ms": record.get("in_process_single_thread_median_ms"),
+            "rows": rows, "fp16_1_client": {"p50_ms": half["p50_ms"], "p99_ms": half["p99_ms"]}}
+
+
+def summarize_ab(a_name: str, a_files: list[Path], b_name: str, b_files: list[Path], command: str) -> dict:
+    """Medians, spreads (min–max) and B/A ratios of interleaved runs of two commits."""
+    runs = {a_name: [_run_summary(p) for p in a_files], b_name: [_run_summary(p) for p in b_files]}
+
+    def table(summaries: list[dict]) -> dict:
+        out = {}
+        for position, row in enumerate(summaries[0]["rows"]):
+            out[f"{row['clients']}_clients"] = {
+                key: {"median": statistics.median(v), "min": min(v), "max": max(v)}
+                for key in ("p50_ms", "p99_ms", "items_per_s", "server_cpu_ms_per_call")
+                if (v := [s["rows"][position][key] for s in summaries if s["rows"][position][key] is not None])
+            }
+        out["fp16_1_client"] = {key: {"median": statistics.median(v), "min": min(v), "max": max(v)}
+                                for key in ("p50_ms", "p99_ms")
+                                if (v := [s["fp16_1_client"][key] for s in summaries])}
+        return out
+
+    stats = {name: table(summaries) for name, summaries in runs.items()}
+    ratio = {row: {key: stats[b_name][row][key]["median"] / stats[a_name][row][key]["median"]
+                   for key in stats[b_name][row] if key in stats[a_name][row]} for row in stats[b_name]}
+    return {"benchmark": f"service A/B: {a_name} vs {b_name}", "command": command, "runs": runs,
+            "medians_and_spread": stats, f"ratio_{b_name}_over_{a_name}": ratio}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--ab", nargs=2, metavar=("A=FILE,FILE...", "B=FILE,FILE..."),
+                        help="no benchmark: summarize interleaved runs of two commits (their --out files) into --out")
+    parser.add_argument("--ab-command", default="", help="with --ab: how the runs were made, recorded in the JSON")
     parser.add_argument("--pool-items", type=int, default=100_000, help="items in the job's pool (default 100000)")
     parser.add_argument("--out", type=Path, default=RESULTS / "service-cpu.json")
     parser.add_argument("--calls", type=int, default=600,
                         help="ScoreBatch calls per concurrency level, shared by its clients (default 600: "
                              "a p99 from at least 600 latencies, not from the few worst of a handful)")
     args = parser.parse_args()
+    if args.ab:
+        (a_name, a_files), (b_name, b_files) = (side.split("=", 1) for side in args.ab)
+        record = summarize_ab(a_name, [Path(f) for f in a_files.split(",")], b_name,
+                              [Path(f) for f in b_files.split(",")], args.ab_command)
+        args.out.write_text(json.dumps(record, indent=1) + "\n")
+        print(json.dumps(record[f"ratio_{b_name}_over_{a_name}"], indent=1))
+        print(f"wrote {args.out}")
+        return
     items, requests = (16, 5) if args.quick else (64, 40)
     calls = 16 if args.quick else args.calls
     batch = make_batch(items, seed=0)
@@ -210,8 +281,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as state:
         server = server_process.start(Path(state))
         try:
-            rows = [run_clients(server.target, batch, clients, max(1, calls // clients)) for clients in (1, 4, 16)]
-            half_row = run_clients(server.target, half, 1, calls)
+            pid = server.process.pid
+            rows = [run_clients(server.target, batch, clients, max(1, calls // clients), pid) for clients in (1, 4, 16)]
+            half_row = run_clients(server.target, half, 1, calls, pid)
             rss = peak_rss_mb(server.process.pid)
         finally:
             server.stop()
@@ -226,12 +298,14 @@ def main() -> None:
           f"{threads} CPU threads; load average {load_start[0]:.2f} at the start, {load_after_service[0]:.2f} after")
     print(f"in-process score_batch (same batch, same run): median {baseline_ms:.1f} ms, "
           f"{single_thread_ms:.1f} ms with torch single-threaded (as in the server)")
-    header = f"{'clients':>7} {'calls':>6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'items/s':>9} {'p50 / in-process':>17}"
+    header = (f"{'clients':>7} {'calls':>6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'items/s':>9} {'p50 / in-process':>17}"
+              f" {'server CPU ms/call':>19}")
     print(header)
     print("-" * len(header))
     for row in rows:
+        cpu = row["server_cpu_ms_per_call"]
         print(f"{row['clients']:>7} {row['requests']:>6} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} {row['requests_per_s']:>8.1f} "
-              f"{row['items_per_s']:>9.0f} {row['p50_ms'] / baseline_ms:>16.2f}×")
+              f"{row['items_per_s']:>9.0f} {row['p50_ms'] / baseline_ms:>16.2f}× {cpu if cpu is None else round(cpu, 2):>19}")
     print(f"{'1, fp16':>7} {half_row['requests']:>6} {half_row['p50_ms']:>8.1f} {half_row['p99_ms']:>8.1f} {half_row['requests_per_s']:>8.1f} "
           f"{half_row['items_per_s']:>9.0f} {half_row['p50_ms'] / baseline_ms:>16.2f}×   (features sent as float16)")
     print(f"1 client, mean {rows[0]['mean_ms']:.1f} ms a call: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))

@@ -39,6 +39,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-inflight-batches", type=int, default=32,
                         help="ScoreBatch calls scored or waiting at once; more are refused with RESOURCE_EXHAUSTED "
                              "(default 32)")
+    parser.add_argument("--metrics-listen", metavar="HOST:PORT",
+                        help="serve Prometheus metrics at http://HOST:PORT/metrics (loopback only without "
+                             "--token-file; with it, scrapers send the token as a bearer header; HTTPS with "
+                             "--tls-cert); default: no metrics endpoint")
     add_ray_arguments(parser, engine_default="in-process")
     parser.set_defaults(run=run)
 
@@ -84,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         model_roots=tuple(args.model_root),
         pool_roots=tuple(args.pool_root),
         trust_torchscript_uploads=args.trust_torchscript_uploads,
+        metrics_listen=args.metrics_listen,
         limits=ServiceLimits(max_roi_side=args.max_roi_side, max_boxes_per_image=args.max_boxes_per_image,
                              max_model_bytes=args.max_model_bytes,
                              max_streams_per_client=args.max_streams_per_client, max_streams=args.max_streams,

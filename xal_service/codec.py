@@ -42,7 +42,7 @@ from .wire import scoring_pb2 as pb
 __all__ = [
     "decode_tensor", "fill_tensor", "decode_roi", "fill_roi", "roi_clipped",
     "decode_parameters", "encode_parameters", "ScoreBatchWire", "parse_score_batch_request",
-    "encode_score_batch_request",
+    "encode_score_batch_request", "encode_score_batch_response",
 ]
 
 _DTYPES: dict[int, tuple[torch.dtype, np.dtype | None]] = {
@@ -415,3 +415,63 @@ def encode_score_batch_request(
         data_record,
         payload,
     ))
+
+
+# ------------------------------------------------------------------------ ScoreBatch reply, fast path
+# The reply's repeated fields are packed (proto3's default): one record per field whose payload is
+# the values back to back, fixed-width little-endian for float/double, varints for the integers and
+# bools. So each field is written from its array in a handful of NumPy operations, never value by
+# value, and the result is the bytes protobuf's SerializeToString would give.
+_VARINT_SHIFTS = np.arange(0, 70, 7, dtype=np.uint64)  # 10 groups of 7 bits hold any 64-bit value
+_VARINT_LIMITS = np.left_shift(np.uint64(1), _VARINT_SHIFTS[1:])  # 2^7, 2^14, ..., 2^63
+
+
+def _varints(values: np.ndarray) -> bytes:
+    """Protobuf varints of ``values`` (int32/int64: negatives as their 64-bit two's complement, ten
+    bytes each, as protobuf writes them; bools: one byte each), concatenated."""
+    if values.dtype == np.bool_:
+        return values.astype(np.uint8).tobytes()
+    unsigned = values.astype(np.int64).view(np.uint64)
+    if not unsigned.size:
+        return b""
+    if int(unsigned.max()) < 0x80:
+        return unsigned.astype(np.uint8).tobytes()  # all below 128: one byte each, the value itself
+    # bytes per value: 1 + how many of 2^7, 2^14, ... 2^63 it reaches
+    used = 1 + np.searchsorted(_VARINT_LIMITS, unsigned, side="right")
+    width = int(used.max())
+    column = np.arange(width)[None, :]
+    groups = (unsigned[:, None] >> _VARINT_SHIFTS[None, :width]) & np.uint64(0x7F)  # low group first
+    more = (column < used[:, None] - 1).astype(np.uint64) << np.uint64(7)  # the continuation bit
+    return (groups | more).astype(np.uint8)[column < used[:, None]].tobytes()
+
+
+def _packed(field: int, payload: bytes) -> bytes:
+    return _length_delimited(field, len(payload)) + payload if payload else b""
+
+
+def encode_score_batch_response(
+    ids: np.ndarray, score: np.ndarray, uncertainty: np.ndarray, dice: np.ndarray, soft_dice: np.ndarray,
+    roi_energy: np.ndarray, pointing_hit: np.ndarray, predicted_class: np.ndarray, invalid: np.ndarray,
+    excluded: np.ndarray, roi_clipped: np.ndarray,
+) -> bytes:
+    """A serialized ``ScoreBatchResponse`` straight from the score arrays (the server's reply to
+    ``ScoreBatch``): the same bytes as building the message from the arrays' ``tolist()`` and
+    serializing it, without a Python object per value. ``n_invalid`` is counted here."""
+    floats = lambda array: np.ascontiguousarray(array, dtype="<f4").tobytes()  # noqa: E731
+    invalid = np.asarray(invalid, dtype=np.bool_)
+    n_invalid = int(invalid.sum())
+    records = [
+        _packed(1, _varints(np.asarray(ids, dtype=np.int64))),
+        _packed(2, np.ascontiguousarray(score, dtype="<f8").tobytes()),
+        _packed(3, floats(uncertainty)),
+        _packed(4, floats(dice)),
+        _packed(5, floats(soft_dice)),
+        _packed(6, floats(roi_energy)),
+        _packed(7, floats(pointing_hit)),
+        _packed(8, _varints(np.asarray(predicted_class, dtype=np.int64).astype(np.int32))),
+        _packed(9, _varints(invalid)),
+        _packed(10, _varints(np.asarray(excluded, dtype=np.bool_))),
+        _encode_varint(11 << 3 | _VARINT) + _varints(np.array([n_invalid], dtype=np.int64)) if n_invalid else b"",
+        _packed(12, _varints(np.asarray(roi_clipped, dtype=np.bool_))),
+    ]
+    return b"".join(records)

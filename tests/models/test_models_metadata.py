@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -50,3 +51,18 @@ def test_preprocessing_checks_its_values():
         Preprocessing((8, 8), 1, (0.0,), (0.0,))
     with pytest.raises(ValueError, match="input_size must be"):
         Preprocessing((8,), 1)
+
+
+def test_normalise_into_a_buffer_is_bit_identical_to_the_allocating_form():
+    """``score_chunks`` normalises into reused buffers; the values must be ``(x - mean) / std`` exactly."""
+    meta = ModelMetadata(("a", "b"), Preprocessing((9, 7), 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), "layer4")
+    images = torch.rand(5, 3, 9, 7, generator=torch.Generator().manual_seed(0))
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    want = (images - mean) / std
+    buffer = torch.full((8, 3, 9, 7), float("nan"))
+    got = meta.normalise(images, out=buffer[:5])
+    assert got.data_ptr() == buffer.data_ptr()
+    assert torch.equal(got, want) and torch.equal(meta.normalise(images), want)
+    with pytest.raises(ValueError, match=r"normalise: out is torch.float32 \(4, 3, 9, 7\)"):
+        meta.normalise(images, out=buffer[:4])

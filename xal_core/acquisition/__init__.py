@@ -6,9 +6,9 @@ the active-learning loop acquires (docs/strategies.md).
 """
 
 from .batch_scoring import BatchScores, ScoringConfig, score_batch
-from .pool_ranking import PoolRanking, rank_fusion, rank_pool
+from .pool_ranking import PoolRanking, rank_fusion, rank_pool, rank_stored_pool
 from .pool_scoring import keep_rows, score_chunk
 from .strategies import STRATEGY_NAMES, Acquisition, ScoreTable, Strategy, make_strategy
 
 __all__ = ["Acquisition", "BatchScores", "PoolRanking", "STRATEGY_NAMES", "ScoreTable", "ScoringConfig", "Strategy",
-           "keep_rows", "make_strategy", "rank_fusion", "rank_pool", "score_batch", "score_chunk"]
+           "keep_rows", "make_strategy", "rank_fusion", "rank_pool", "rank_stored_pool", "score_batch", "score_chunk"]

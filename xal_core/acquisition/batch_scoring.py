@@ -69,8 +69,15 @@ def score_batch(
     cam_weights: torch.Tensor,
     roi: Roi,
     config: ScoringConfig = ScoringConfig(),
+    *,
+    kernel_threads: int | None = None,
 ) -> BatchScores:
-    """Score one batch. ``ids`` int64 ``[b]``; ``logits [b, K]``; the rest as in ``cam_alignment``."""
+    """Score one batch. ``ids`` int64 ``[b]``; ``logits [b, K]``; the rest as in ``cam_alignment``.
+
+    ``kernel_threads``: threads of the compiled CPU kernel, where CPU tensors go to it (default:
+    ``torch.get_num_threads()``); a scorer that runs the kernel beside a forward pass gives it its
+    share of the cores (``xal_core.models.runtime.ThreadSplit``). Other routes ignore it.
+    """
     ids = torch.as_tensor(ids)
     if ids.dim() != 1 or ids.dtype.is_floating_point:
         raise ValueError(f"ids: expected a 1-D integer tensor, got {ids.dtype} {tuple(ids.shape)}")
@@ -78,7 +85,7 @@ def score_batch(
         raise ValueError(f"logits: expected shape [{ids.shape[0]}, K], got {tuple(logits.shape)}")
     if roi.device != features.device:  # pool ROIs are read on the host; the model may run on a GPU
         roi = roi.to(features.device)
-    alignment = xal_kernels.cam_alignment(features, cam_weights, roi, threshold=config.threshold)
+    alignment = _alignment(features, cam_weights, roi, config.threshold, kernel_threads)
     u, fused = xal_kernels.uncertainty_and_dual_score(
         logits, alignment, kind=config.uncertainty, weight=config.weight, method="weighted",
         missing_roi=config.missing_roi,
@@ -99,3 +106,14 @@ def score_batch(
         excluded=cpu(fused.excluded),
         score=cpu(score),
     )
+
+
+def _alignment(features: torch.Tensor, cam_weights: torch.Tensor, roi: Roi, threshold: float,
+               kernel_threads: int | None):
+    """``xal_kernels.cam_alignment``; with ``kernel_threads``, the compiled CPU kernel on that many
+    threads where the dispatch routes these features to it (the dispatch itself takes no threads)."""
+    if kernel_threads is not None and xal_kernels.backend_for(features) == "numba":
+        from xal_kernels import cpu_alignment
+
+        return cpu_alignment.cam_alignment(features, cam_weights, roi, threshold=threshold, threads=kernel_threads)
+    return xal_kernels.cam_alignment(features, cam_weights, roi, threshold=threshold)

@@ -1,6 +1,8 @@
 """Ranking a whole pool, chunk by chunk, in memory that does not grow with the pool (weighted
-fusion) or grows with it (rank fusion needs every item's U and M; the batches are kept, about
-50 bytes per item for 3 classes)."""
+fusion) or grows with it (rank fusion needs every item's U and M). ``rank_pool`` takes one pass
+and, for rank fusion, keeps the batches (about 50 bytes per item for 3 classes);
+``rank_stored_pool`` reads stored batches twice instead and keeps 9 bytes per item (U, Dice and the
+invalid flag) between the passes."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from xal_core.scoring import NonFiniteInputWarning, Selection, TopK, dual_score
 
 from .batch_scoring import BatchScores, ScoringConfig
 
-__all__ = ["PoolRanking", "rank_fusion", "rank_pool"]
+__all__ = ["PoolRanking", "rank_fusion", "rank_pool", "rank_stored_pool"]
 
 
 @dataclass
@@ -70,6 +72,38 @@ def rank_pool(
         top.push(merged["ids"], fused.score, columns)
         n_invalid, n_excluded = fused.n_invalid, fused.n_excluded
     return PoolRanking(top.result(), top.selected_columns(), n_scored, n_invalid, n_excluded)
+
+
+def rank_stored_pool(read: Callable[[], Iterable[BatchScores]], k: int,
+                     config: ScoringConfig = ScoringConfig()) -> PoolRanking:
+    """``rank_pool`` over batches that can be read again (a job's chunk files): the same ranking.
+
+    Weighted fusion reads them once. Rank fusion reads them twice: the first pass keeps only each
+    item's uncertainty, Dice and invalid flag, from which the whole pool's rank-fused scores are
+    computed (as ``rank_pool`` computes them); the second pushes every batch with its fused scores
+    into the top-k. ``read()`` must give the same batches in the same order each time it is called.
+    """
+    if config.fusion == "weighted":
+        return rank_pool(read(), k, config)
+    kept: dict[str, list[torch.Tensor]] = {"uncertainty": [], "dice": [], "invalid": []}
+    n_scored = 0
+    for batch in read():
+        n_scored += int(batch.ids.numel())
+        for name, values in kept.items():
+            values.append(getattr(batch, name).clone())  # not a view that keeps the batch alive
+    top = TopK(k)
+    if not n_scored:
+        return PoolRanking(top.result(), top.selected_columns(), 0, 0, 0)
+    fused = rank_fusion(*(torch.cat(values) for values in kept.values()), config)
+    del kept
+    offset = 0
+    for batch in read():
+        n = int(batch.ids.numel())
+        top.push(batch.ids, fused.score[offset:offset + n], batch.columns())
+        offset += n
+    if offset != n_scored:
+        raise RuntimeError(f"rank_stored_pool: the second read gave {offset} items, the first {n_scored}")
+    return PoolRanking(top.result(), top.selected_columns(), n_scored, fused.n_invalid, fused.n_excluded)
 
 
 def rank_fusion(uncertainty: torch.Tensor, dice: torch.Tensor, invalid: torch.Tensor, config: ScoringConfig):

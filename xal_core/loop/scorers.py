@@ -3,10 +3,11 @@
 One interface, two implementations that give identical tables (and so identical acquisitions):
 
 * :class:`InProcessScorer` (here) runs the model in this process (``xal_core.models.runtime``)
-  chunk by chunk through :func:`xal_core.acquisition.pool_scoring.score_chunk`;
+  chunk by chunk through :func:`xal_core.acquisition.pool_scoring.score_chunks` (the kernel of
+  one batch beside the forward pass of the next);
 * ``xal_service.loop_scorer.ServiceScorer`` asks a running scoring service (``xal serve``). It lives
   on the service's side of the house: the loop is a library and knows nothing of gRPC. The service
-  runs the same ``score_chunk`` steps, so the numbers are the same.
+  runs the same ``score_chunks`` steps, so the numbers are the same.
 
 Both return a :class:`ScoredPool`: the strategies' :class:`ScoreTable` (rows by ascending id:
 ``ids``, ``probabilities``, ``dice``, ``soft_dice``, ``invalid``), each item's source id, and the
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 
 from xal_core.acquisition.batch_scoring import BatchScores, ScoringConfig
-from xal_core.acquisition.pool_scoring import keep_rows, score_chunk
+from xal_core.acquisition.pool_scoring import keep_rows, score_chunks
 from xal_core.acquisition.strategies.table import ScoreTable
 from xal_core.data.pool_store import PoolStore
 
@@ -193,18 +194,6 @@ class PoolScorer(ABC):
         return self._runtime
 
 
-class _Capture:
-    """A runtime that keeps its last outputs: ``score_chunk`` runs it, the extras read its features."""
-
-    def __init__(self, runtime: Any) -> None:
-        self.runtime, self.metadata = runtime, runtime.metadata
-        self.outputs: tuple | None = None
-
-    def run(self, images: torch.Tensor):
-        self.outputs = self.runtime.run(images)
-        return self.outputs
-
-
 def empty_scored_pool(classes: int, extras: TableExtras) -> ScoredPool:
     """The table of a pool with nothing left unlabeled."""
     empty = {name: np.zeros(0) for name in ("ids", "dice", "soft_dice", *EXTRA_COLUMNS)}
@@ -260,25 +249,31 @@ class InProcessScorer(PoolScorer):
         progress: Progress | None = None,
         extras: TableExtras = TableExtras(),
     ) -> ScoredPool:
+        from xal_core.models.runtime import ThreadSplit  # with the runtime: only when a model is scored
+
         path = self._model_file(model_path)
         excluded, unlabeled = self._unlabeled(exclude)
-        runtime = _Capture(self._load(path))
+        runtime = self._load(path)
         check_shapes(self.store, runtime.metadata, path)
         if unlabeled.size == 0:
             return empty_scored_pool(len(runtime.metadata.class_names), extras)
         excluded_t = torch.from_numpy(excluded)
         batches: list[BatchScores] = []
         collector = ExtrasCollector(extras)
+
+        def add_extras(chunk, rows: slice, outputs: tuple) -> None:  # on the scoring thread, batch by batch
+            index = chunk.index[rows]
+            collector.add(index, outputs[0], outputs[1], ~torch.isin(index, excluded_t))
+
         source_ids: dict[int, str] = {}
         done, total = 0, len(self.store)
-        for chunk in self.store.chunks():
-            # The whole chunk goes through the model, as in a service job: same batches, same numbers.
-            scores = score_chunk(runtime, chunk, config)
+        # The whole pool goes through the model chunk by chunk as in a service job (same batches,
+        # same numbers), the kernel of one batch beside the forward pass of the next.
+        for chunk, scores in score_chunks(runtime, self.store.chunks(), config,
+                                          kernel_threads=ThreadSplit().kernel_threads,
+                                          on_outputs=add_extras if extras else None):
             keep = ~torch.isin(scores.ids, excluded_t)
             batches.append(keep_rows(scores, keep))
-            if extras:
-                logits, features, _ = runtime.outputs
-                collector.add(chunk.index, logits, features, keep)
             source_ids.update((i, s) for i, s, k in zip(chunk.index.tolist(), chunk.ids, keep.tolist(), strict=True) if k)
             done += len(chunk.index)
             if progress is not None:

@@ -1,17 +1,27 @@
-"""A job's files: one ``chunks/<n>.npz`` per finished pool chunk, and ``ranking.npz``.
+"""A job's files: one ``chunks/<n>.npz`` per finished pool chunk, and the ranking (``ranking/``).
 
 Why files per chunk: a chunk is the unit of resume. Each is written under a temporary name and
 renamed, so it is either wholly recorded or not at all, and the ranking and the per-item errors
 are rebuilt from the files alone — an interrupted and an uninterrupted job give the same answer.
 A chunk that failed its checksum is recorded too, as a file with no scores and the ids it skipped,
 so a resumed job does not read it again and still reports its items.
+
+Why the server's memory does not grow with the pool: the per-item results stay in the chunk
+files, in columns (one array per score), and are read back a chunk at a time (``read``,
+``item_scores``). The ranking is one ``.npy`` file per column in ``ranking/``, which the job maps
+into memory (``load_ranking``) rather than reads: pages of ``GetRanking`` come from disk, and a
+server that holds many finished jobs holds none of their rankings on its heap. The source ids of
+the ranked items are looked up in the few chunk files that can hold them (``source_ids_of``), not
+kept for every item while the job ranks. Jobs written before ``ranking/`` existed have a
+``ranking.npz``, read as before.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -86,17 +96,63 @@ class ChunkFiles:
             if batch is not None and len(batch.ids):
                 yield batch, source_ids
 
-    def save_ranking(self, ranking: PoolRanking, source_ids: list[str]) -> None:
-        arrays = {"ids": ranking.selection.ids.numpy(), "scores": ranking.selection.scores.numpy(),
-                  "source_ids": np.asarray(source_ids, dtype=np.str_)}
-        arrays.update({f"column_{name}": value.numpy() for name, value in ranking.columns.items()})
-        scratch = self.directory / "ranking.tmp.npz"
-        with state_write():
-            np.savez(scratch, **arrays)
-            os.replace(scratch, self.directory / "ranking.npz")
+    def source_ids_of(self, ids: np.ndarray, spans: Sequence[tuple[int, int, int]]) -> list[str]:
+        """The source ids of items ``ids``, in that order, from the chunk files that can hold them.
 
-    def load_ranking(self, items_total: int) -> tuple[PoolRanking, list[str]]:
-        with np.load(self.directory / "ranking.npz") as data:
-            columns = {key[len("column_"):]: torch.from_numpy(data[key]) for key in data.files if key.startswith("column_")}
-            selection = Selection(torch.from_numpy(data["ids"]), torch.from_numpy(data["scores"]))
-            return PoolRanking(selection, columns, items_total), data["source_ids"].tolist()
+        ``spans``: ``(chunk number, lowest id, highest id)`` of the chunks with scored items, as
+        ``read`` gave them; only chunks whose span holds one of ``ids`` are opened (at most one per
+        item, so a ranking of k items reads at most k chunk files).
+        """
+        wanted = np.asarray(ids, dtype=np.int64)
+        if not wanted.size:
+            return []
+        found: dict[int, str] = {}
+        for number, low, high in spans:
+            inside = wanted[(wanted >= low) & (wanted <= high)]
+            if not inside.size:
+                continue
+            with np.load(self.chunks / f"{number}.npz") as data:
+                chunk_ids = data["ids"]
+                rows = np.flatnonzero(np.isin(chunk_ids, inside))
+                sources = data["source_ids"][rows]
+                found.update(zip(chunk_ids[rows].tolist(), sources.tolist(), strict=True))
+        missing = [int(i) for i in wanted.tolist() if int(i) not in found]
+        if missing:
+            raise RuntimeError(f"ranked items {missing[:5]} are in no chunk file of {self.directory}")
+        return [found[int(i)] for i in wanted.tolist()]
+
+    def save_ranking(self, ranking: PoolRanking, source_ids: Sequence[str]) -> None:
+        """``ranking/``: one ``.npy`` per column (``load_ranking`` maps them), replaced whole."""
+        arrays = {"ids": ranking.selection.ids.numpy(), "scores": ranking.selection.scores.numpy(),
+                  "source_ids": np.asarray(list(source_ids), dtype=np.str_)}
+        arrays.update({f"column_{name}": value.numpy() for name, value in ranking.columns.items()})
+        target, scratch = self.directory / "ranking", self.directory / "ranking.tmp"
+        with state_write():
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir()
+            for name, value in arrays.items():
+                np.save(scratch / f"{name}.npy", value)
+            shutil.rmtree(target, ignore_errors=True)  # a job re-ranked after a restart replaces it
+            os.replace(scratch, target)
+
+    def load_ranking(self, items_total: int) -> tuple[PoolRanking, Sequence[str]]:
+        """The ranking and its items' source ids (best first), mapped from disk: what is not read
+        is not in memory. A job of an older server: its ``ranking.npz``, read."""
+        folder = self.directory / "ranking"
+        if not folder.is_dir():
+            with np.load(self.directory / "ranking.npz") as data:
+                arrays = {key: data[key] for key in data.files}
+        else:
+            arrays = {path.stem: _mapped(path) for path in folder.glob("*.npy")}
+        columns = {key[len("column_"):]: torch.from_numpy(value) for key, value in arrays.items()
+                   if key.startswith("column_")}
+        selection = Selection(torch.from_numpy(arrays["ids"]), torch.from_numpy(arrays["scores"]))
+        source_ids = arrays["source_ids"]
+        return PoolRanking(selection, columns, items_total), (source_ids if folder.is_dir() else source_ids.tolist())
+
+
+def _mapped(path: Path) -> np.ndarray:
+    """A ``.npy`` file mapped copy-on-write (nothing read until used; torch takes it without a
+    copy and without warning, as the array is writable to this process only)."""
+    value = np.load(path, mmap_mode="c")
+    return np.array(value) if value.size == 0 else value

@@ -30,7 +30,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -39,8 +39,10 @@ import grpc
 import numpy as np
 import torch
 
-from xal_core.acquisition import PoolRanking, ScoringConfig, rank_pool, score_chunk
+from xal_core.acquisition import PoolRanking, ScoringConfig, rank_stored_pool
+from xal_core.acquisition.pool_scoring import ScoringStopped, score_chunks
 from xal_core.data.pool_store import CorruptChunk
+from xal_core.models.runtime import ThreadSplit
 
 from ..engines.ray.config import RayEngineConfig
 from ..errors import RequestError, invalid_argument, not_found
@@ -95,7 +97,7 @@ class Job:
     started: float = 0.0
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     ranking: PoolRanking | None = None
-    source_ids: list[str] = field(default_factory=list)  # of the ranked items, best first
+    source_ids: Sequence[str] = field(default_factory=list)  # of the ranked items, best first (mapped from disk)
     pins: Pins | None = None  # the model file and pool content the job runs on (None: an older job)
 
     @property
@@ -312,34 +314,35 @@ class JobManager:
         job.items_done = min(start * store.chunk_size, len(store))
         job.save()
         resumed_done = job.items_done
-        read_started = time.perf_counter()
-        for chunk in store.chunks(start=start, verify=True):
-            if isinstance(chunk, CorruptChunk):  # reported per item, skipped; the rest goes on
-                ids = list(range(chunk.rows.start, chunk.rows.stop))
-                reason = chunk.item_reason
-                log.warning("job %s: pool %r chunk %d %s; its %d items skipped", job.id, spec.pool, chunk.number,
-                            chunk.reason, len(ids))
-                files.write_skipped(chunk.number, ids, reason)
-                job.add_item_errors([(i, reason) for i in ids])
-                job.items_done += len(ids)
+        # the forward → score steps shared with the in-process scorer (identical numbers), the
+        # kernel of one batch beside the forward pass of the next (``score_chunks``); non-finite
+        # items come back flagged ``invalid`` and are reported per item below
+        scored = score_chunks(
+            inputs.runtime, store.chunks(start=start, verify=True), spec.config,
+            kernel_threads=ThreadSplit().kernel_threads, skip=lambda chunk: isinstance(chunk, CorruptChunk),
+            should_stop=job.cancel_requested.is_set,
+            on_stage=lambda stage, seconds, items: self.statistics.record_stage(stage, seconds, items=items))
+        try:
+            for chunk, scores in scored:
+                if scores is None:  # a chunk that failed its checksum: reported per item, skipped; the rest goes on
+                    ids = list(range(chunk.rows.start, chunk.rows.stop))
+                    reason = chunk.item_reason
+                    log.warning("job %s: pool %r chunk %d %s; its %d items skipped", job.id, spec.pool, chunk.number,
+                                chunk.reason, len(ids))
+                    files.write_skipped(chunk.number, ids, reason)
+                    job.add_item_errors([(i, reason) for i in ids])
+                    job.items_done += len(ids)
+                    job.save()
+                    continue
+                files.write_scores(chunk.number, scores, chunk.ids, torch.isin(scores.ids, excluded_ids))
+                job.add_item_errors([(int(i), INVALID_REASON) for i in scores.ids[scores.invalid].tolist()])
+                job.items_done += len(chunk.index)
                 job.save()
-                read_started = time.perf_counter()
-                continue
-            self.statistics.record_stage("read", time.perf_counter() - read_started, items=len(chunk.index))
-            if job.cancel_requested.is_set():
-                job.state = CANCELLED
-                return
-            items = len(chunk.index)
-            # the one forward → score step, shared with the in-process scorer (identical numbers);
-            # non-finite items come back flagged ``invalid`` and are reported per item below
-            scores = score_chunk(inputs.runtime, chunk, spec.config,
-                                 on_stage=lambda stage, seconds, items=items: self.statistics.record_stage(
-                                     stage, seconds, items=items))
-            files.write_scores(chunk.number, scores, chunk.ids, torch.isin(scores.ids, excluded_ids))
-            job.add_item_errors([(int(i), INVALID_REASON) for i in scores.ids[scores.invalid].tolist()])
-            job.items_done += items
-            job.save()
-            read_started = time.perf_counter()
+        except ScoringStopped:
+            job.state = CANCELLED
+            return
+        finally:
+            scored.close()  # the scoring thread ends here, whatever happened
         started = time.perf_counter()
         self._rank(job)
         self.statistics.record_stage("rank", time.perf_counter() - started, items=job.items_total)
@@ -380,27 +383,38 @@ class JobManager:
         job.item_errors = errors[:MAX_ITEM_ERRORS]  # in pool order, as the in-process worker lists them
         job.n_item_errors = result.n_skipped_items + result.n_invalid_items
         job.files.save_ranking(result.ranking, result.source_ids)
-        job.ranking, job.source_ids = result.ranking, result.source_ids
+        job.ranking, job.source_ids = job.files.load_ranking(job.items_total)  # mapped from disk (files)
         job.state = SUCCEEDED
         log.info("job %s: %d items on Ray (%d workers, %d chunk(s) resumed from disk)", job.id, job.items_done,
                  len(result.workers), result.resumed_blocks)
 
     def _rank(self, job: Job) -> None:
         """The ranking and the item errors from the chunk files alone, so a resumed job ranks and
-        reports exactly like an uninterrupted one."""
-        sources: dict[int, str] = {}
-        errors: list[tuple[int, str]] = []
+        reports exactly like an uninterrupted one. Memory: the top-k and a few chunks, whatever the
+        pool (``rank_stored_pool`` reads the files again for rank fusion rather than keep them);
+        the ranked items' source ids are looked up afterwards in the chunk files that hold them."""
+        files = job.files
+        errors: list[tuple[int, str]] = []  # the first MAX_ITEM_ERRORS, in pool order; all are counted
+        n_errors = 0
+        spans: list[tuple[int, int, int]] = []  # (chunk number, lowest id, highest id) of chunks with items
 
-        def batches():
-            for batch, source_ids, chunk_errors in job.files.read():
-                errors.extend(chunk_errors)
+        def first_read():
+            nonlocal n_errors
+            for number, (batch, _, chunk_errors) in enumerate(files.read()):
+                n_errors += len(chunk_errors)
+                errors.extend(chunk_errors[: max(MAX_ITEM_ERRORS - len(errors), 0)])
                 if batch is None or not len(batch.ids):
                     continue
-                sources.update(zip(batch.ids.tolist(), source_ids.tolist(), strict=True))
+                spans.append((number, int(batch.ids.min()), int(batch.ids.max())))
                 yield batch
 
-        ranking = rank_pool(batches(), job.spec.k, job.spec.config)
-        job.item_errors, job.n_item_errors = errors[:MAX_ITEM_ERRORS], len(errors)  # one step: watchers read them
-        source_ids = [sources[i] for i in ranking.selection.ids.tolist()]
-        job.files.save_ranking(ranking, source_ids)
-        job.ranking, job.source_ids = ranking, source_ids
+        def read_again():
+            for batch, _, _ in files.read():
+                if batch is not None and len(batch.ids):
+                    yield batch
+
+        reads = iter((first_read, read_again))
+        ranking = rank_stored_pool(lambda: next(reads)(), job.spec.k, job.spec.config)
+        job.item_errors, job.n_item_errors = errors, n_errors  # one step: watchers read them
+        files.save_ranking(ranking, files.source_ids_of(ranking.selection.ids.numpy(), spans))
+        job.ranking, job.source_ids = files.load_ranking(job.items_total)

@@ -6,6 +6,7 @@
   ``replies`` — the reply messages built from the server's objects;
 * ``auth`` — the token interceptor; ``limits`` and ``request_caps`` — what a request, a client and
   an upload may cost; ``health_gate`` — the health status; ``statistics`` — counters per RPC and stage;
+* ``metrics`` — ``--metrics-listen``: Prometheus ``/metrics`` over HTTP (imported only with the flag);
 * ``standard_services`` — health with ``List``, and reflection as ``grpc.reflection.v1`` and ``v1alpha``;
 * ``process`` — ``LocalServer``, ``xal serve`` as a child process of the caller.
 

@@ -17,6 +17,7 @@ nothing more.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 
 import grpc
 import grpc.aio
@@ -39,8 +40,10 @@ _DENY_HANDLER = grpc.stream_stream_rpc_method_handler(_deny)
 class TokenInterceptor(grpc.aio.ServerInterceptor):
     """Lets a call through only with ``authorization: Bearer <token>`` (health checks always)."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, on_refused: Callable[[str, grpc.StatusCode], None] | None = None) -> None:
+        """``on_refused(method, code)`` is told of every call refused here (the metrics count them)."""
         self._expected = token.encode("utf-8")
+        self._on_refused = on_refused
 
     async def intercept_service(self, continuation, handler_call_details: grpc.HandlerCallDetails):
         if handler_call_details.method.startswith(OPEN_METHODS):
@@ -51,6 +54,8 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
                 presented = value if isinstance(value, str) else value.decode("latin-1")
         if hmac.compare_digest(bearer_credentials(presented).encode("utf-8", "replace"), self._expected):
             return await continuation(handler_call_details)
+        if self._on_refused is not None:
+            self._on_refused(handler_call_details.method, grpc.StatusCode.UNAUTHENTICATED)
         return _DENY_HANDLER
 
 

@@ -3,8 +3,12 @@
 Why not the generated ``add_ScoringServicer_to_server``: its deserializers are ``Message.FromString``,
 and gRPC turns an exception raised while deserializing into ``INTERNAL`` before any handler runs.
 A malformed body is the client's error, so here a body protobuf cannot parse becomes a
-:class:`MalformedRequest` value; the servicer answers it with ``INVALID_ARGUMENT``. ``ScoreBatch``
-keeps its fast-path deserializer (``codec.parse_score_batch_request``), wrapped the same way.
+:class:`MalformedRequest` value; the servicer answers it with ``INVALID_ARGUMENT``.
+
+``ScoreBatch`` has neither deserializer nor serializer: grpc.aio runs both on the event loop, and a
+``ScoreBatch`` request is megabytes. Its handler gets the received bytes and returns the reply's
+bytes, and a worker thread parses them (``codec.parse_score_batch_request``, wrapped the same way),
+scores and serializes the reply (``codec.encode_score_batch_response``) in one hop.
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from .. import codec
 from ..wire import scoring_pb2 as pb
 
-__all__ = ["MalformedRequest", "method_handlers", "SERVICE_NAME"]
+__all__ = ["MalformedRequest", "method_handlers", "METHODS", "RAW_METHODS", "SERVICE_NAME"]
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Scoring"]
 SERVICE_NAME = SERVICE.full_name
+METHODS = tuple(method.name for method in SERVICE.methods)
+RAW_METHODS = frozenset({"ScoreBatch"})  # handlers that take and return serialized messages
 
 
 @dataclass(frozen=True)
@@ -54,9 +59,11 @@ def method_handlers(servicer: object) -> grpc.GenericRpcHandler:
     for method in SERVICE.methods:
         request_type = getattr(pb, method.input_type.name)
         response_type = getattr(pb, method.output_type.name)
-        parse = codec.parse_score_batch_request if method.name == "ScoreBatch" else request_type.FromString
-        kwargs = dict(request_deserializer=tolerant(parse, method.input_type.name),
-                      response_serializer=response_type.SerializeToString)
+        if method.name in RAW_METHODS:  # bytes in, bytes out: the servicer parses and serializes off the loop
+            kwargs = dict(request_deserializer=None, response_serializer=None)
+        else:
+            kwargs = dict(request_deserializer=tolerant(request_type.FromString, method.input_type.name),
+                          response_serializer=response_type.SerializeToString)
         behaviour = getattr(servicer, method.name)
         if method.client_streaming and method.server_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(behaviour, **kwargs)

@@ -54,6 +54,16 @@ class HealthGate:
             self._state_writable = writable
         self._publish()
 
+    @property
+    def serving(self) -> bool:
+        return self.status() == SERVING
+
+    @property
+    def loading(self) -> int:
+        """Model loads in progress."""
+        with self._lock:
+            return self._loading
+
     def status(self) -> int:
         with self._lock:
             return SERVING if self._ready and not self._loading and self._state_writable else NOT_SERVING

@@ -104,6 +104,11 @@ class StreamLimiter:
             self._open[client] += 1
         return client
 
+    def open_count(self) -> int:
+        """Streams open now, all clients together."""
+        with self._lock:
+            return sum(self._open.values())
+
     def release(self, client: str) -> None:
         with self._lock:
             self._open[client] -= 1

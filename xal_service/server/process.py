@@ -64,6 +64,14 @@ class LocalServer:
     def pid(self) -> int:
         return self.process.pid
 
+    @property
+    def metrics_port(self) -> int | None:
+        """The port of its ``/metrics`` endpoint (``--metrics-listen``), None without one."""
+        try:
+            return json.loads((self.state / "server.json").read_text()).get("metrics_port")
+        except (OSError, json.JSONDecodeError):
+            return None
+
     @classmethod
     def start(
         cls,

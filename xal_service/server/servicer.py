@@ -21,6 +21,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import sys
 import time
 import warnings
 from collections.abc import Awaitable, Callable
@@ -42,7 +43,7 @@ from ..registry.registry import Registry, check_name
 from ..registry.uploads import UploadWriter
 from ..wire import scoring_pb2 as pb
 from . import replies
-from .handlers import MalformedRequest
+from .handlers import MalformedRequest, tolerant
 from .limits import ServiceLimits, StreamLimiter
 from .request_caps import check_score_batch_sizes
 from .statistics import Statistics
@@ -92,6 +93,12 @@ class ScoringServicer:
         self.redact = redact
         self.streams = StreamLimiter(limits.max_streams_per_client, limits.max_streams)
         self._batches_in_flight = 0  # touched on the event loop only
+        self.model_loads = {"loaded": 0, "failed": 0}  # LoadModel calls that reached the load itself
+
+    @property
+    def batches_in_flight(self) -> int:
+        """``ScoreBatch`` calls being scored or waiting for a thread now."""
+        return self._batches_in_flight
 
     # ------------------------------------------------------------------ plumbing
     async def _run(self, function: Callable[..., Response], *args: Any) -> Response:
@@ -105,15 +112,16 @@ class ScoringServicer:
         work: Callable[[], Awaitable[Response]],
         items: Callable[[Response], int] | None = None,
         *,
-        record: bool = True,
+        stream: _StreamCall | None = None,
     ) -> Response:
         """``await work()``; a ``RequestError`` becomes its status code, anything else INTERNAL.
-        ``record=False``: the caller records the call (a stream, whose time is the whole stream's)."""
+        With ``stream``, the stream records the call when it ends (its time is the whole stream's);
+        a refusal here is its status code."""
         started = time.perf_counter()
-        failed, n_items = True, 0
+        failed, n_items, code = True, 0, grpc.StatusCode.UNKNOWN
         try:
             response = await work()
-            failed = False
+            failed, code = False, grpc.StatusCode.OK
             n_items = items(response) if items is not None else 0
             return response
         except RequestError as error:
@@ -122,8 +130,10 @@ class ScoringServicer:
             log.exception("%s failed", name)
             code, message = grpc.StatusCode.INTERNAL, f"{name}: internal error (see the server log)"
         finally:
-            if record:
-                self.statistics.record_rpc(name, time.perf_counter() - started, failed=failed, items=n_items)
+            if stream is not None:
+                stream.code = code
+            else:
+                self.statistics.record_rpc(name, time.perf_counter() - started, failed=failed, items=n_items, code=code)
         await context.abort(code, message)
 
     def _stream_call(self, name: str) -> _StreamCall:
@@ -137,35 +147,45 @@ class ScoringServicer:
         try:
             return self.streams.acquire(context.peer(), name)
         except RequestError as error:
-            self.statistics.record_rpc(name, 0.0, failed=True)
+            self.statistics.record_rpc(name, 0.0, failed=True, code=error.code)
             await context.abort(error.code, error.message)
             raise  # not reached: abort raises
 
     # ------------------------------------------------------------------ inline scoring
-    async def ScoreBatch(self, request, context: grpc.aio.ServicerContext) -> pb.ScoreBatchResponse:
-        """``request`` is what ``codec.parse_score_batch_request`` (the deserializer ``handlers``
-        registers) returns, a plain message, or a ``MalformedRequest``. At most
-        ``limits.max_inflight_batches`` are scored or wait for a thread; one more is refused at once."""
+    async def ScoreBatch(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """``request`` is the serialized ``ScoreBatchRequest`` and the reply a serialized
+        ``ScoreBatchResponse`` (``handlers`` registers neither deserializer nor serializer): the
+        event loop only counts the call and hands its bytes to a worker thread, which parses,
+        checks, scores and serializes the reply in one go (``_score_batch``), one hop for the
+        whole call. At most ``limits.max_inflight_batches`` are scored or wait for a thread; one
+        more is refused at once."""
         cap = self.limits.max_inflight_batches
         if self._batches_in_flight >= cap:
-            self.statistics.record_rpc("ScoreBatch", 0.0, failed=True)
+            self.statistics.record_rpc("ScoreBatch", 0.0, failed=True, code=grpc.StatusCode.RESOURCE_EXHAUSTED)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"{cap} ScoreBatch calls are already being scored or waiting "
                                 "(--max-inflight-batches); retry shortly")
         self._batches_in_flight += 1
         try:
-            return await self._sync("ScoreBatch", context, lambda: self._score_batch(request),
-                                    items=lambda r: len(r.ids))
+            reply, _ = await self._sync("ScoreBatch", context, lambda: self._score_batch(request), items=lambda r: r[1])
+            return reply
         finally:
             self._batches_in_flight -= 1
 
-    def _score_batch(self, request: pb.ScoreBatchRequest | codec.ScoreBatchWire) -> pb.ScoreBatchResponse:
+    def _score_batch(self, request: bytes | pb.ScoreBatchRequest | codec.ScoreBatchWire) -> tuple[bytes, int]:
+        """The serialized reply to ``request`` and its number of items. ``request``: the received
+        bytes (parsed here, the feature maps left where they are: ``codec.parse_score_batch_request``),
+        or a message already parsed."""
         started = time.perf_counter()
-        features_data = None
+        features_data, request_bytes = None, None
+        if isinstance(request, bytes | bytearray | memoryview):
+            request_bytes = len(request)
+            request = _parse_score_batch(request)
         request = _well_formed(request)
         if isinstance(request, codec.ScoreBatchWire):
             request, features_data = request.message, request.features_data
-        request_bytes = request.ByteSize() + (len(features_data) if features_data is not None else 0)
+        if request_bytes is None:  # a message handed over parsed (upb's ByteSize serializes it: avoided above)
+            request_bytes = request.ByteSize() + (len(features_data) if features_data is not None else 0)
         logits = codec.decode_tensor(request.logits, "logits", dtypes=codec.FLOATS, ndim=2)
         batch = logits.shape[0]
         if batch == 0:
@@ -202,48 +222,54 @@ class ScoringServicer:
             if config.fusion == "rank":  # ranks relative to this batch (docs/service.md)
                 score = rank_fusion(scores.uncertainty, scores.dice, scores.invalid, config).score
         scored = time.perf_counter()
-        reply = pb.ScoreBatchResponse(
-            ids=scores.ids.tolist(),
-            score=score.tolist(),
-            uncertainty=scores.uncertainty.tolist(),
-            dice=scores.dice.tolist(),
-            soft_dice=scores.soft_dice.tolist(),
-            roi_energy=scores.roi_energy.tolist(),
-            pointing_hit=scores.pointing_hit.tolist(),
-            predicted_class=scores.predicted_class.tolist(),
-            invalid=scores.invalid.tolist(),
-            excluded=scores.excluded.tolist(),
-            n_invalid=int(scores.invalid.sum()),
-            roi_clipped=clipped.tolist(),
+        reply = codec.encode_score_batch_response(
+            ids=_numpy(scores.ids, torch.int64), score=_numpy(score, torch.float64),
+            uncertainty=_numpy(scores.uncertainty, torch.float32), dice=_numpy(scores.dice, torch.float32),
+            soft_dice=_numpy(scores.soft_dice, torch.float32), roi_energy=_numpy(scores.roi_energy, torch.float32),
+            pointing_hit=_numpy(scores.pointing_hit, torch.float32),
+            predicted_class=_numpy(scores.predicted_class, torch.int64), invalid=_numpy(scores.invalid, torch.bool),
+            excluded=_numpy(scores.excluded, torch.bool), roi_clipped=_numpy(clipped, torch.bool),
         )
         # Where a call's time goes inside the handler (the rest of a client's latency is gRPC, the
         # transport and the client itself): Statistics reports these next to the job stages.
         for stage, seconds in (("decode", decoded - started), ("score", scored - decoded), ("reply", time.perf_counter() - scored)):
             self.statistics.record_stage(f"ScoreBatch.{stage}", seconds, items=batch)
-        return reply
+        return reply, batch
 
     def _score(self, ids, logits, features, cam_weights, roi, config) -> BatchScores:
-        """``score_batch`` of the whole batch, split across the scoring threads when there are any.
+        """``score_batch`` of the whole batch, split across the scoring threads while they have room.
 
         Every per-item score depends on that item alone, so the parts concatenate to exactly the
-        scores of the whole batch. The threads are shared by all calls: however many clients there
-        are, no more than that many parts run at once. Splitting needs single-threaded torch
-        (``xal serve`` sets it, see ``serve.dedicate_process``); with intra-op threads, torch
-        parallelises each operation itself and the parts would only compete for the same cores.
+        scores of the whole batch. The scoring threads are shared by all calls, first come first
+        served, so however many clients there are, no more parts run at once than there are
+        threads. How a batch is scored depends on how many are in flight:
+
+        * alone (one client): split across the threads, the first part (a batch too small to
+          split: all of it) scored by this worker thread itself while the scoring threads take
+          the others (a hand-off saved);
+        * with others: split only as far as threads are left over (one per other batch in
+          flight); with as many batches as threads, each is scored whole by one scoring thread,
+          since parts would only add hand-offs and per-part costs (~0.4 ms per 64-item call).
+
+        Splitting needs single-threaded torch (``xal serve`` sets it, see
+        ``serve.dedicate_process``); with intra-op threads, torch parallelises each operation
+        itself and the parts would only compete for the same cores.
         """
-        batch = ids.shape[0]
-        parts = 1
-        if self.scoring_pool is not None and torch.get_num_threads() == 1:
-            parts = max(1, min(self.scoring_threads, batch // MIN_ITEMS_PER_PART))
-        if parts == 1:
+        if self.scoring_pool is None or torch.get_num_threads() != 1:
             return score_batch(ids, logits, features, cam_weights, roi, config)
+        batch = ids.shape[0]
+        others = max(self._batches_in_flight - 1, 0)  # read off the loop: a hint, never a guarantee
+        parts = max(1, min(self.scoring_threads - others, batch // MIN_ITEMS_PER_PART))
         bounds = [batch * i // parts for i in range(parts + 1)]
         pieces = [slice(start, end) for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
-        futures = [
-            self.scoring_pool.submit(_score_part, ids[p], logits[p], features[p], cam_weights[p], roi[p], config)
-            for p in pieces
-        ]
-        results = [future.result() for future in futures]
+        inline = pieces.pop(0) if others == 0 else None  # alone: this thread takes a part (or the whole batch)
+        futures = [self.scoring_pool.submit(_score_part, ids[p], logits[p], features[p], cam_weights[p], roi[p], config)
+                   for p in pieces]
+        results = [] if inline is None else [
+            score_batch(ids[inline], logits[inline], features[inline], cam_weights[inline], roi[inline], config)]
+        results += [future.result() for future in futures]
+        if len(results) == 1:
+            return results[0]
         return BatchScores(**{
             field.name: torch.cat([getattr(r, field.name) for r in results]) for field in dataclasses.fields(BatchScores)
         })
@@ -296,10 +322,13 @@ class ScoringServicer:
                 writer.discard()
             raise
         self.set_serving(False)  # NOT_SERVING while a model loads
+        outcome = "failed"
         try:
             model = await self._run(load)
+            outcome = "loaded"
         finally:
             self.set_serving(True)
+            self.model_loads[outcome] += 1
         return replies.model_info(model)
 
     async def ListModels(self, request, context):
@@ -347,7 +376,7 @@ class ScoringServicer:
         client = await self._open_stream("WatchJob", context)
         call = self._stream_call("WatchJob")
         try:
-            job = await self._handle("WatchJob", context, lambda: self._lookup(request), record=False)
+            job = await self._handle("WatchJob", context, lambda: self._lookup(request), stream=call)
             call.ok = True
             last = None
             while True:
@@ -379,7 +408,7 @@ class ScoringServicer:
                     raise invalid_argument(f"page_size: must be >= 0, got {message.page_size}")
                 return replies.ranking_pages(job, message.page_size or 1000)
 
-            made = await self._handle("GetRanking", context, lambda: self._run(pages), record=False)
+            made = await self._handle("GetRanking", context, lambda: self._run(pages), stream=call)
             call.ok = True
             for page in made:
                 yield page
@@ -401,7 +430,7 @@ class ScoringServicer:
                     raise invalid_argument(f"page_size: must be >= 0, got {message.page_size}")
                 return replies.item_score_pages(job, message.page_size or 1000)
 
-            pages = await self._handle("GetItemScores", context, lambda: self._run(start), record=False)
+            pages = await self._handle("GetItemScores", context, lambda: self._run(start), stream=call)
             call.ok = True
             while (page := await self._run(next, pages, None)) is not None:
                 yield page
@@ -434,16 +463,39 @@ class ScoringServicer:
 
 class _StreamCall:
     """The statistics of one server-streaming call: from its start to the end of its stream (the
-    client's reading included), failed when it was refused before its first message."""
+    client's reading included), failed when it was refused before its first message.
+
+    Its status code: the refusal's (``_handle`` sets it), OK for a stream that ran to its end,
+    CANCELLED for one the client left (the handler is cancelled or closed mid-stream), UNKNOWN for
+    one an error ended (gRPC answers that)."""
 
     def __init__(self, statistics: Statistics, name: str) -> None:
         self.statistics, self.name = statistics, name
         self.started = time.perf_counter()
         self.ok = False
         self.items = 0
+        self.code = grpc.StatusCode.OK
 
     def done(self) -> None:
-        self.statistics.record_rpc(self.name, time.perf_counter() - self.started, failed=not self.ok, items=self.items)
+        """Record the call; called in the handler's ``finally``, where ``sys.exc_info`` names what
+        ended the stream early, if anything did."""
+        code = self.code
+        if self.ok:
+            ended = sys.exc_info()[1]
+            if isinstance(ended, asyncio.CancelledError | GeneratorExit):
+                code = grpc.StatusCode.CANCELLED
+            elif ended is not None and not isinstance(ended, grpc.aio.AbortError):
+                code = grpc.StatusCode.UNKNOWN
+        self.statistics.record_rpc(self.name, time.perf_counter() - self.started, failed=not self.ok, items=self.items,
+                                   code=code)
+
+
+_parse_score_batch = tolerant(codec.parse_score_batch_request, "ScoreBatchRequest")
+
+
+def _numpy(tensor: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """``tensor`` as a NumPy array of ``dtype`` (no copy when it already is one)."""
+    return tensor.detach().to(dtype).numpy()
 
 
 def _check_unique(ids: torch.Tensor) -> None:
@@ -468,5 +520,3 @@ def _score_part(ids, logits, features, cam_weights, roi, config) -> BatchScores:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NonFiniteInputWarning)  # reported per item by the caller
         return score_batch(ids, logits, features, cam_weights, roi, config)
-
-

@@ -19,11 +19,13 @@ from pathlib import Path
 
 from .base import Runtime, RuntimeOutputs, check_images
 from .onnx_runtime import OnnxRuntime
+from .threads import ThreadSplit, usable_cores
 from .torchscript_runtime import TorchScriptRuntime
 
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript")
 
-__all__ = ["OnnxRuntime", "Runtime", "RuntimeOutputs", "TorchScriptRuntime", "check_images", "load"]
+__all__ = ["OnnxRuntime", "Runtime", "RuntimeOutputs", "ThreadSplit", "TorchScriptRuntime", "check_images", "load",
+           "usable_cores"]
 
 
 def load(path: str | Path, **options) -> OnnxRuntime | TorchScriptRuntime:

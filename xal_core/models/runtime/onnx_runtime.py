@@ -27,6 +27,7 @@ import torch
 
 from ..metadata import INPUT_NAME, OUTPUT_NAMES, ModelMetadata
 from .base import RuntimeOutputs, check_images
+from .threads import ThreadSplit
 
 CPU_MAX_BATCH = 64  # images per run on the CPU provider (bounds a run's buffers; see the module doc)
 
@@ -47,7 +48,8 @@ class OnnxRuntime:
     Args:
         path: the ``.onnx`` file written by ``xal_core.models.export``.
         providers: ONNX Runtime execution providers (default: CUDA when usable, else CPU).
-        threads: intra-op threads (default: ONNX Runtime's choice, one per core).
+        threads: intra-op threads (default on the CPU provider: ``ThreadSplit().runtime()``, the
+            runtime's share of the cores beside the alignment kernel; on CUDA: ONNX Runtime's choice).
         io_binding: write outputs into torch tensors on the session's device (default: on CUDA).
         max_batch: images per ONNX Runtime run (default: 64 on the CPU provider, all on CUDA).
         memory_arena: keep ONNX Runtime's memory arena (default: only on CUDA, see the module doc).
@@ -71,8 +73,11 @@ class OnnxRuntime:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.enable_cpu_mem_arena = (not on_cpu) if memory_arena is None else bool(memory_arena)
+        if threads is None and on_cpu:
+            threads = ThreadSplit().runtime()
         if threads is not None:
             options.intra_op_num_threads = threads
+        self.threads = threads
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch: must be >= 1, got {max_batch}")
         self.max_batch = max_batch if max_batch is not None else (CPU_MAX_BATCH if on_cpu else None)
