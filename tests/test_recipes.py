@@ -30,3 +30,21 @@ def test_flags_given_with_a_recipe_win_and_no_recipe_changes_nothing():
     assert _recipe() == TrainRecipe()
     with pytest.raises(ValueError, match="recipe: expected one of cxr-sim, got 'x'"):
         recipe_named("x")
+
+
+def test_a_flag_given_at_its_plain_default_still_wins_over_the_recipe():
+    """Before, a flag was applied over a recipe only when its value differed from ``xal run``'s
+    default, so ``--recipe cxr-sim --augment default`` silently kept the recipe's ``intensity``."""
+    recipe = _recipe("--recipe", "cxr-sim", "--augment", "default", "--no-warm-start", "--roi-augment", "none",
+                     "--architecture", "resnet18", "--schedule", "constant")
+    plain = TrainRecipe()
+    assert (recipe.augment, recipe.warm_start, recipe.roi.augment, recipe.architecture, recipe.schedule) == (
+        plain.augment, False, plain.roi.augment, plain.architecture, plain.schedule)
+    assert recipe.epochs == RECIPES["cxr-sim"].epochs  # what was not given comes from the recipe
+    assert _recipe("--warm-start").warm_start is True and _recipe("--no-warm-start") == TrainRecipe()
+
+
+def test_bad_values_are_refused_by_the_dataclasses_with_or_without_a_recipe():
+    for argv in (("--augment", "x"), ("--recipe", "cxr-sim", "--roi-loss", "x"), ("--recipe", "cxr-sim", "--epochs", "0")):
+        with pytest.raises(ValueError):
+            _recipe(*argv)

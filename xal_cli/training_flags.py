@@ -4,6 +4,11 @@ help, with every default read from ``TrainRecipe`` and ``RoiTraining`` (``xal_cl
 Modes and ranges are checked by those dataclasses, not by argparse ``choices``, so a bad value is
 one line (``xal run: error: roi_loss: expected one of none, dice, outside, got 'x'``) before
 anything runs.
+
+Every flag's argparse default is ``None`` ("not given"), the recipe's default shown in its help:
+``train_recipe`` starts from ``TrainRecipe()`` or the named recipe and applies only the flags the
+user typed, so a flag wins over a recipe even when its value is the plain default
+(``--recipe cxr-sim --augment default --no-warm-start``).
 """
 
 from __future__ import annotations
@@ -32,67 +37,66 @@ def _roi(name: str) -> Any:
 
 def add_recipe_flags(train: argparse._ArgumentGroup) -> None:
     """The architecture and the optimisation budget."""
-    train.add_argument("--architecture", choices=ARCHITECTURES, default=_recipe("architecture"))
-    train.add_argument("--output-stride", type=int, choices=(32, 16), default=_recipe("output_stride"),
+    train.add_argument("--architecture", choices=ARCHITECTURES, default=None,
+                       help=f"the backbone (default {_recipe('architecture')})")
+    train.add_argument("--output-stride", type=int, choices=(32, 16), default=None,
                        help=f"input pixels per Grad-CAM cell: 32 or 16 (ResNets without the stem's max-pool; a 4×4 "
                             f"CAM at 64×64 instead of 2×2; default {_recipe('output_stride')})")
     for name, kind in (("epochs", int), ("patience", int), ("batch_size", int), ("lr", float)):
-        train.add_argument(f"--{name.replace('_', '-')}", type=kind, default=_recipe(name))
+        train.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=f"default {_recipe(name)}")
 
 
 def add_roi_training_flags(train: argparse._ArgumentGroup) -> None:
     """Training with the expert's ROIs (``RoiTraining``) and the stable-round options."""
     key = RoiTraining.key
-    train.add_argument("--roi-loss", dest=key("loss"), default=_roi("loss"), metavar="none|dice|outside",
+    train.add_argument("--roi-loss", dest=key("loss"), default=None, metavar="none|dice|outside",
                        help=f"CAM–ROI loss term on the labelled items' ROIs (default {_roi('loss')})")
-    train.add_argument("--roi-weight", dest=key("weight"), type=float, default=_roi("weight"),
+    train.add_argument("--roi-weight", dest=key("weight"), type=float, default=None,
                        help=f"its weight α >= 0 (default {_roi('weight')})")
-    train.add_argument("--roi-augment", dest=key("augment"), default=_roi("augment"), metavar="none|swap",
+    train.add_argument("--roi-augment", dest=key("augment"), default=None, metavar="none|swap",
                        help="swap: ROI-guided background swap of labelled items with an ROI "
                             f"(default {_roi('augment')})")
-    train.add_argument("--roi-swap-prob", dest=key("swap_prob"), type=float, default=_roi("swap_prob"),
+    train.add_argument("--roi-swap-prob", dest=key("swap_prob"), type=float, default=None,
                        help=f"probability an item is swapped (default {_roi('swap_prob')})")
-    train.add_argument("--roi-dilate", dest=key("dilate"), type=int, default=_roi("dilate"),
+    train.add_argument("--roi-dilate", dest=key("dilate"), type=int, default=None,
                        help=f"pixels the kept ROI is grown by (default {_roi('dilate')})")
-    train.add_argument("--roi-swap-source", dest=key("swap_source"), default=_roi("swap_source"), metavar="any|other",
+    train.add_argument("--roi-swap-source", dest=key("swap_source"), default=None, metavar="any|other",
                        help="the outside comes from another labelled image of any class or of another class "
                             f"(default {_roi('swap_source')})")
-    train.add_argument("--schedule", default=_recipe("schedule"), metavar="constant|cosine",
+    train.add_argument("--schedule", default=None, metavar="constant|cosine",
                        help="constant: early stopping on the validation loss; cosine: a cosine-annealed learning rate "
                             f"over all --epochs, last epoch kept, no hold-out (default {_recipe('schedule')})")
-    train.add_argument("--augment", default=_recipe("augment"), metavar="|".join(AUGMENT_PRESETS),
+    train.add_argument("--augment", default=None, metavar="|".join(AUGMENT_PRESETS),
                        help="augmentation preset (xal_core.train.augment.AUGMENT_PRESETS): default (flip, small "
                             "affine, intensity), noflip (the same without the left-right flip), intensity (contrast "
                             f"and brightness only, no warp), none (default {_recipe('augment')})")
-    train.add_argument("--width", type=int, default=_recipe("smallcnn_width"), dest="smallcnn_width",
+    train.add_argument("--width", type=int, default=None, dest="smallcnn_width",
                        help=f"smallcnn's first-stage channels (default {_recipe('smallcnn_width')}; cost grows as "
                             "its square)")
-    train.add_argument("--warm-start", action="store_true",
-                       help="start each round from the previous round's weights instead of from scratch")
+    train.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=None,
+                       help="start each round from the previous round's weights instead of from scratch "
+                            f"(default {'on' if _recipe('warm_start') else 'off'}; --no-warm-start turns a recipe's off)")
 
 
-def roi_training(args: argparse.Namespace) -> RoiTraining:
-    """The ROI flags as a checked ``RoiTraining``."""
-    return RoiTraining(**{f.name: getattr(args, RoiTraining.key(f.name)) for f in dataclasses.fields(RoiTraining)})
+def roi_training(args: argparse.Namespace, base: RoiTraining | None = None) -> RoiTraining:
+    """The ROI flags as a checked ``RoiTraining``: ``base`` (default ``RoiTraining()``) with the flags
+    that were given applied."""
+    given = {f.name: getattr(args, RoiTraining.key(f.name), None) for f in dataclasses.fields(RoiTraining)}
+    return dataclasses.replace(base or RoiTraining(), **{k: v for k, v in given.items() if v is not None})
 
 
 def train_recipe(args: argparse.Namespace) -> TrainRecipe:
     """The training flags as a checked ``TrainRecipe``, the ROI settings whole (a field without a flag,
     such as ``val_fraction``, keeps its default).
 
-    With ``--recipe NAME`` the named recipe (``xal_core.loop.recipe.RECIPES``) replaces the defaults:
-    a flag whose value differs from ``xal run``'s default still wins over it."""
-    names = [f.name for f in dataclasses.fields(TrainRecipe) if f.name != "roi" and hasattr(args, f.name)]
-    given = {name: getattr(args, name) for name in names}
-    roi = roi_training(args)
+    The base is ``TrainRecipe()``, or with ``--recipe NAME`` the named recipe
+    (``xal_core.loop.recipe.RECIPES``); every flag that was given replaces the base's value, whatever
+    that value is."""
     name = getattr(args, "recipe", None)
-    if not name:
-        return TrainRecipe(**given, roi=roi)
-    base, plain = recipe_named(name), TrainRecipe()
-    changed = {key: value for key, value in given.items() if value != getattr(plain, key)}
-    roi_changed = {f.name: getattr(roi, f.name) for f in dataclasses.fields(RoiTraining)
-                   if getattr(roi, f.name) != getattr(plain.roi, f.name)}
-    return dataclasses.replace(base, **changed, roi=dataclasses.replace(base.roi, **roi_changed))
+    base = recipe_named(name) if name else TrainRecipe()
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainRecipe)
+             if f.name != "roi" and getattr(args, f.name, None) is not None}
+    return dataclasses.replace(base, **given, roi=roi_training(args, base.roi))
 
 
 def add_recipe_choice(train: argparse._ArgumentGroup) -> None:
