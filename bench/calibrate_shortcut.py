@@ -27,6 +27,11 @@ one epoch, JSON to ``shortcut_calibration-quick.json``; its numbers mean nothing
     .venv/bin/python bench/calibrate_shortcut.py --quick    # smoke run, seconds
     .venv/bin/python bench/calibrate_shortcut.py --pairs 0.12:0.05,0.13:0.05 --shortcuts 0.98,0.99 \
         --out bench/results/shortcut_calibration-round3.json      # another grid
+    .venv/bin/python bench/calibrate_shortcut.py --reread bench/results/shortcut_calibration-h200-round5.json \
+        --without-seeds 0   # a finished grid judged again without some seeds (no training)
+
+``--without-seeds 0`` answers issue 25's question: the grid was judged on the test split of benchmark
+seed 0, the study's own test set; judged on the other seeds alone, is the same cell chosen?
 """
 
 from __future__ import annotations
@@ -177,7 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--marker-scales", default=None, help="marker glyph scales to try, e.g. 1,1.5 (default 1)")
     parser.add_argument("--epochs", type=int, default=None, help="epoch bound of the random-label runs")
     parser.add_argument("--marker-free-epochs", type=int, default=None, help="epoch bound of the marker-free runs")
+    parser.add_argument("--reread", type=Path, default=None, help="judge the runs of this finished grid's JSON again")
+    parser.add_argument("--without-seeds", default="", help="with --reread: leave these seeds' runs out, e.g. 0")
     args = parser.parse_args(argv)
+    if args.reread is not None:
+        return reread(args.reread, {int(v) for v in args.without_seeds.split(",") if v}, args.out)
     plan = dict(QUICK if args.quick else FULL)
     if args.pairs:
         plan["pairs"] = tuple(tuple(float(v) for v in pair.split(":")) for pair in args.pairs.split(","))
@@ -256,6 +265,59 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(report, indent=2) + "\n")
     partial.unlink()
     print(f"wrote {out}")
+    return 0
+
+
+def print_settings(settings: list[dict], plan: dict) -> None:
+    """The summary table, one line per setting, and each setting's worst-seed margin to both bounds."""
+    low, high = plan["budgets"]
+    print(f"{'marker':>6} {'shortcut':>8} {'contrast':>8} {'noise':>6} {f'test@{low}':>17} {f'test@{high}':>17} "
+          f"{'marker-free':>17}  meets  worst-seed margin")
+
+    def cell(spread: dict) -> str:
+        return f"{spread['mean']:.3f} ({spread['min']:.2f}–{spread['max']:.2f})"
+
+    for s in settings:
+        print(f"{s['marker_scale']:>6} {s['shortcut']:>8} {s['contrast']:>8} {s['noise']:>6} "
+              f"{cell(s[f'test_accuracy_{low}']):>17} {cell(s[f'test_accuracy_{high}']):>17} "
+              f"{cell(s['marker_free_test_accuracy']):>17}  {s['meets_both']!s:5}  {s['worst_seed_margin']:+.3f}")
+
+
+def worst_seed_margin(setting: dict, plan: dict) -> float:
+    """How far the worst seed stays inside both bounds (docs/data.md picks the widest): the smaller of
+    ``bound − highest 570-label accuracy`` and ``lowest marker-free accuracy − bound``."""
+    high = plan["budgets"][1]
+    return round(min(SHORTCUT_MAX_ACCURACY - setting[f"test_accuracy_{high}"]["max"],
+                     setting["marker_free_test_accuracy"]["min"] - MARKER_FREE_MIN_ACCURACY), 4)
+
+
+def reread(path: Path, without: set[int], out: Path | None) -> int:
+    """Judge a finished grid again from its JSON, leaving the runs of ``without`` out (no training)."""
+    report = json.loads(path.read_text())
+    plan = dict(report["plan"])
+    plan["budgets"] = tuple(plan["budgets"])
+    plan["pairs"] = tuple(tuple(pair) for pair in plan["pairs"])
+    runs = [run for run in report["runs"] if run["seed"] not in without]
+    seeds = sorted({run["seed"] for run in runs})
+    if not runs:
+        raise SystemExit(f"{path}: no runs left without seeds {sorted(without)}")
+    settings = summarise(plan, runs)
+    for setting in settings:
+        setting["worst_seed_margin"] = worst_seed_margin(setting, plan)
+    print(f"{path}: seeds {seeds} (left out: {sorted(without)}); mean over seeds (min–max)")
+    print_settings(settings, plan)
+    meeting = sorted((s for s in settings if s["meets_both"]), key=lambda s: -s["worst_seed_margin"])
+    if meeting:
+        best = meeting[0]["worst_seed_margin"]
+        widest = [s for s in meeting if s["worst_seed_margin"] == best]
+        print("widest worst-seed margin: " + "; ".join(
+            f"marker {s['marker_scale']}, shortcut {s['shortcut']}, contrast {s['contrast']}, noise {s['noise']}"
+            for s in widest) + f" ({best:+.3f})")
+    if out is not None:
+        out.write_text(json.dumps({"benchmark": "shortcut_calibration (reread)", "source": str(path),
+                                   "seeds": seeds, "left_out": sorted(without), "plan": report["plan"],
+                                   "settings": settings, "meeting_both": meeting}, indent=2) + "\n")
+        print(f"wrote {out}")
     return 0
 
 

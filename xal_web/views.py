@@ -226,7 +226,7 @@ def _dicom_values(path: Path, max_pixels: int) -> tuple[np.ndarray, dict[str, An
     import pydicom
     from pydicom.pixels import apply_modality_lut
 
-    from xal_core.data.dicom import _declared_shape
+    from xal_core.data.dicom import declared_shape
     from xal_core.data.guards import check_pixels
 
     with warnings.catch_warnings():
@@ -234,7 +234,7 @@ def _dicom_values(path: Path, max_pixels: int) -> tuple[np.ndarray, dict[str, An
         dataset = pydicom.dcmread(path)
     if "VOILUTSequence" in dataset and "WindowCenter" not in dataset:
         return None
-    check_pixels(path, _declared_shape(dataset), max_pixels)
+    check_pixels(path, declared_shape(dataset), max_pixels)
     stored = dataset.pixel_array
     if int(getattr(dataset, "NumberOfFrames", 1) or 1) > 1:
         stored = stored[0]
@@ -316,19 +316,13 @@ class SourceImages:
     def _read(self, source_id: str, info: dict[str, Any]) -> tuple[np.ndarray | None, dict[str, Any]]:
         from xal_core.data.guards import DEFAULT_MAX_PIXELS
 
-        index = getattr(self._dataset, "_by_id", None)  # source id → record, built by the first source_image
-        image = None
-        if index is None:
-            image = self._dataset.source_image(source_id)
-            index = getattr(self._dataset, "_by_id", None) or {}
-        path = getattr(index.get(source_id), "path", None)
+        record_for = getattr(self._dataset, "record_for", None)  # adapters over files (IndexedDataset)
+        path = getattr(record_for(source_id), "path", None) if record_for is not None else None
         if isinstance(path, Path) and path.suffix.lower() in (".dcm", ".dicom"):
             read = _dicom_values(path, getattr(self._dataset, "max_pixels", DEFAULT_MAX_PIXELS))
             if read is not None:
                 return read
-        if image is None:
-            image = self._dataset.source_image(source_id)
-        return image, info
+        return self._dataset.source_image(source_id), info
 
 
 class CamTiles:

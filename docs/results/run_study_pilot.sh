@@ -8,6 +8,8 @@
 #
 #   bash docs/results/run_study_pilot.sh calibration   # 570 random labels (and 2 000 marker-free), one training
 #   bash docs/results/run_study_pilot.sh pilot         # full 14-round random arms, cold vs warm, plain vs swap
+#   BENCH_SEED=1 bash docs/results/run_study_pilot.sh recheck  # the calibration's choices on another benchmark
+#       seed (issue 25): its test split is not the study's (benchmark seed 0), so nothing is read from that
 set -uo pipefail
 RUNS=${RUNS:-runs/study-pilot}
 WIDTH=${WIDTH:-8}
@@ -29,5 +31,12 @@ case "${1:-}" in
       flags=$([ "$training" = swap ] && echo "--roi-augment swap")$([ "$start" = warm ] && echo " --warm-start")
       # shellcheck disable=SC2086
       run "$training-$start-s$seed" --augment noflip --seed "$seed" $flags; done; done; done ;;
-  *) echo "usage: $0 calibration|pilot" >&2; exit 2 ;;
+  recheck)
+    bench="--option seed=${BENCH_SEED:-1}"
+    # shellcheck disable=SC2086
+    { run "recheck-b${BENCH_SEED:-1}-default-plain" --rounds 0 --initial 570 --augment default $bench
+      run "recheck-b${BENCH_SEED:-1}-noflip-plain" --rounds 0 --initial 570 --augment noflip $bench
+      run "recheck-b${BENCH_SEED:-1}-noflip-swap" --rounds 0 --initial 570 --augment noflip --roi-augment swap $bench
+      run "recheck-b${BENCH_SEED:-1}-free-noflip" --rounds 0 --initial 2000 --augment noflip $bench --option shortcut=0.5; } ;;
+  *) echo "usage: $0 calibration|pilot|recheck" >&2; exit 2 ;;
 esac

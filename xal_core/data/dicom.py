@@ -28,7 +28,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from .guards import DEFAULT_MAX_PIXELS, check_pixels
 from .item import ItemError
 
-__all__ = ["DicomImage", "read_dicom", "decode_dicom", "parse_dicom", "JPEG_HINT"]
+__all__ = ["DicomImage", "JPEG_HINT", "declared_shape", "decode_dicom", "parse_dicom", "read_dicom"]
 
 JPEG_HINT = ("install the jpeg extra to decode it: pip install 'xal-ml[jpeg]' (pylibjpeg, pylibjpeg-libjpeg; "
              "pylibjpeg-openjpeg for JPEG 2000)")
@@ -83,7 +83,7 @@ def decode_dicom(dataset: pydicom.Dataset, where: str, *, max_pixels: int = DEFA
     if frames > 1 and multiframe == "refuse":
         raise ItemError(str(path), f"multi-frame instance ({frames} frames): a pool item is one 2D image; "
                         "multi-frame instances are refused, not split")
-    check_pixels(path, _declared_shape(dataset), max_pixels)
+    check_pixels(path, declared_shape(dataset), max_pixels)
     try:
         stored = dataset.pixel_array
     except (RuntimeError, NotImplementedError) as error:
@@ -114,9 +114,10 @@ def decode_dicom(dataset: pydicom.Dataset, where: str, *, max_pixels: int = DEFA
     return DicomImage(scaled.astype(np.float32), (int(values.shape[0]), int(values.shape[1])), photometric, bits)
 
 
-def _declared_shape(dataset: pydicom.Dataset) -> tuple[int, ...]:
+def declared_shape(dataset: pydicom.Dataset) -> tuple[int, ...]:
     """Rows, columns (and frames, samples when above 1) as the header declares them: what
-    ``pixel_array`` allocates."""
+    ``pixel_array`` allocates, so a caller can refuse a decompression bomb before decoding
+    (``guards.check_pixels``; the annotator's viewer does too)."""
     def number(keyword: str, default: int) -> int:
         try:
             return int(getattr(dataset, keyword, default) or default)

@@ -187,10 +187,15 @@ class IndexedDataset:
         is not one of its records. Reading is guarded like ingest (paths, pixel counts)."""
         if type(self).native_pixels is IndexedDataset.native_pixels:
             return None
+        record = self.record_for(source_id)
+        return None if record is None else np.asarray(self.native_pixels(record), dtype=np.float32)
+
+    def record_for(self, source_id: str) -> Any | None:
+        """The record whose item id is ``source_id`` (``None`` if none is): the annotator's viewer
+        reads a DICOM record's own file through it, for its modality values and windows."""
         if self._by_id is None:
             self._by_id = {self.record_id(record): record for record in self.records}
-        record = self._by_id.get(source_id)
-        return None if record is None else np.asarray(self.native_pixels(record), dtype=np.float32)
+        return self._by_id.get(source_id)
 
     def describe(self) -> dict[str, Any]:
         """Everything needed to reproduce the preprocessing (written into the pool manifest)."""
