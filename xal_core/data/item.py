@@ -192,7 +192,10 @@ class IndexedDataset:
 
     def record_for(self, source_id: str) -> Any | None:
         """The record whose item id is ``source_id`` (``None`` if none is): the annotator's viewer
-        reads a DICOM record's own file through it, for its modality values and windows."""
+        reads a DICOM record's own file through it, for its modality values and windows. Generated
+        data, whose records have no source id, have none."""
+        if type(self).record_id is IndexedDataset.record_id:
+            return None
         if self._by_id is None:
             self._by_id = {self.record_id(record): record for record in self.records}
         return self._by_id.get(source_id)
