@@ -46,6 +46,7 @@ from xal_core.models.runtime import ThreadSplit
 
 from ..engines.ray.config import RayEngineConfig
 from ..errors import RequestError, invalid_argument, not_found
+from ..process_memory import release_freed_memory
 from ..registry.registry import Registry
 from . import pins as job_pins
 from .files import INVALID_REASON, ChunkFiles
@@ -291,6 +292,7 @@ class JobManager:
             job.state, job.error = FAILED, self.redact(f"{type(error).__name__}: {error}")
         self._save_quietly(job)
         self.registry.collect_uploads()  # the job's pinned upload may be unreferenced now
+        release_freed_memory()  # the job's peak (its batches, a runtime evicted while it ran) goes back
 
     def _save_quietly(self, job: Job) -> None:
         """Record the job's final state; if the folder is unwritable the state stays in memory."""

@@ -27,6 +27,7 @@ from pathlib import Path
 from xal_core.data.pool_store import PoolStore
 
 from ..errors import RequestError, invalid_argument, not_found
+from ..process_memory import release_freed_memory
 from .pool_checks import manifest_digest, open_checked_pool
 from .roots import PathRoots
 from .uploads import uploaded_models_dir
@@ -240,8 +241,11 @@ class Registry:
     def _evict(self) -> None:
         """Unload the runtimes of all but the ``max_loaded`` most recently used models."""
         live = [m for m in self.models.values() if m.loaded]
-        for model in live[: max(0, len(live) - self.max_loaded)]:
+        evicted = live[: max(0, len(live) - self.max_loaded)]
+        for model in evicted:
             model.unload()
+        if evicted:  # the session's memory is a hole in the heap now: give it back (process_memory)
+            release_freed_memory()
 
     # ------------------------------------------------------------------ pools
     def register_pool(self, name: str, path: Path) -> RegisteredPool:

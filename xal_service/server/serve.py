@@ -44,6 +44,7 @@ from xal_core.access import is_loopback, read_token, split_listen
 
 from ..engines.ray.config import RayEngineConfig
 from ..jobs.manager import JobManager
+from ..process_memory import keep_freed_memory, usable_cpus
 from ..registry.registry import Registry
 from ..registry.roots import PathRoots, Redactor
 from .auth import TokenInterceptor
@@ -225,7 +226,7 @@ def _start(config: ServerConfig, state: Path, token: str | None, host: str, limi
     registry = Registry(state, model_roots=model_roots, pool_roots=pool_roots,
                         trust_torchscript_uploads=config.trust_torchscript_uploads)
     workers = futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="xal-rpc")
-    scoring_threads = config.scoring_threads or _usable_cpus()
+    scoring_threads = config.scoring_threads or usable_cpus()
     scoring_pool = futures.ThreadPoolExecutor(max_workers=scoring_threads, thread_name_prefix="xal-score")
 
     async def build() -> tuple[grpc.aio.Server, HealthGate, int, JobManager, ScoringServicer]:
@@ -292,17 +293,6 @@ def _start(config: ServerConfig, state: Path, token: str | None, host: str, limi
                          metrics_server)
 
 
-def _usable_cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-# glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
-
-
 def dedicate_process() -> list[str]:
     """Settings for a process that serves and does nothing else (``xal serve``); returns what it did.
 
@@ -313,18 +303,9 @@ def dedicate_process() -> list[str]:
       scheduler time slice (a 64-item batch, 10 ms on one free core, measured at 0.7 s on two
       cores shared with one other busy process). A job's TorchScript forward pass on the CPU runs
       single-threaded too (ONNX Runtime keeps its own threads): set ``OMP_NUM_THREADS`` to trade.
-    * glibc's malloc keeps freed memory for reuse (no trimming, no mmap below 32 MB). By default
-      it hands large freed blocks back to the kernel, and the next request faults its megabytes in
-      again page by page: ~2.6 µs per 4 KiB page on the 2-core VM of bench/service.py, ~4 700
-      faults (12 ms) for a 64-item ``ScoreBatch`` whose feature maps are copied. The codec and the
-      scoring path do not copy them, and keeping freed memory keeps the faults away when many
-      calls are in flight at once. The price is that the server keeps its peak memory.
-    * ... and so glibc may keep only as many malloc arenas as there are usable CPUs (at least 2).
-      By default it gives threads up to 8 arenas per core, and since none is ever trimmed, each
-      thread that touches a job's buffers (the job worker, the pool's prefetch threads, made
-      anew for every job) would leave its own peak behind: a server scoring one 3 000-item pool
-      per round would grow by some 60–90 MB a round without end. With the arenas capped the peak
-      is kept once, and the server's size levels off after a few rounds (bench/service_memory.py).
+    * glibc's malloc keeps freed memory while calls run, with its arenas capped at the usable
+      CPUs, and gives it back once a round, when a model is evicted or a job ends
+      (``xal_service.process_memory``, which says why and what was measured).
     """
     import torch
 
@@ -332,19 +313,7 @@ def dedicate_process() -> list[str]:
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
     done.append(f"torch intra-op threads {torch.get_num_threads()}")
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        return done
-    if mallopt(_M_MMAP_THRESHOLD, 32 << 20) and mallopt(_M_TRIM_THRESHOLD, -1):  # 32 MB is glibc's cap; -1: never trim
-        done.append("malloc keeps freed memory")
-    arenas = max(2, _usable_cpus())
-    if "MALLOC_ARENA_MAX" not in os.environ and mallopt(_M_ARENA_MAX, arenas):
-        done.append(f"{arenas} malloc arenas")
-    return done
+    return done + keep_freed_memory()
 
 
 def serve_forever(config: ServerConfig, announce=print) -> None:
@@ -363,7 +332,7 @@ def serve_forever(config: ServerConfig, announce=print) -> None:
     if config.ray is not None:
         announce(f"xal serve: scoring jobs run on Ray (address {config.ray.address}, {config.ray.workers} worker(s), "
                  f"{config.ray.gpus_per_worker:g} GPU each)")
-    announce(f"xal serve: {'; '.join(tuned)}; {config.scoring_threads or _usable_cpus()} scoring thread(s)")
+    announce(f"xal serve: {'; '.join(tuned)}; {config.scoring_threads or usable_cpus()} scoring thread(s)")
     roots = running.jobs.registry
     announce(f"xal serve: server-side paths only under --model-root {', '.join(map(str, roots.model_roots.roots))} "
              f"and --pool-root {', '.join(map(str, roots.pool_roots.roots))}; uploaded models: "
