@@ -45,10 +45,13 @@ FULL = dict(size=64, pool=5000, val=1000, budgets=(570, 5000), seed=0)
 QUICK = dict(size=32, pool=120, val=60, budgets=(40,), seed=0)
 
 
-def _split(split: str, n: int, size: int, seed: int, variant: str, opacity: float = 1.0):
+def _split(split: str, n: int, size: int, seed: int, variant: str, opacity: float = 1.0,
+           density_floor: float | None = None):
     from xal_core.data import open_dataset
 
     extra = {"opacity": opacity} if opacity != 1.0 else {}
+    if density_floor is not None:
+        extra["density_floor"] = density_floor
     return open_dataset("cxr-sim", size=(size, size), n=n, split=split, seed=seed, variant=variant, **extra)
 
 
@@ -76,8 +79,8 @@ def run_one(job: dict) -> dict:
 
     started = time.time()
     architecture, width, augment, epochs = job["candidate"].split(":")
-    pool = _split("pool", job["pool"], job["size"], job["seed"], job["variant"], job["opacity"])
-    val = _split("val", job["val"], job["size"], job["seed"], job["variant"], job["opacity"])
+    pool = _split("pool", job["pool"], job["size"], job["seed"], job["variant"], job["opacity"], job.get("density_floor"))
+    val = _split("val", job["val"], job["size"], job["seed"], job["variant"], job["opacity"], job.get("density_floor"))
     images, labels, rois = _arrays(pool)
     chosen = np.random.default_rng([job["seed"], job["budget"], 7]).permutation(len(labels))[: job["budget"]]
     chosen = torch.from_numpy(np.sort(chosen))
@@ -123,15 +126,23 @@ def main() -> int:
     parser.add_argument("--trainings", default="swap,plain")
     parser.add_argument("--variant", default="rsna", choices=("rsna", "vindr"))
     parser.add_argument("--opacities", default="1.0", help="finding density factors to try, e.g. 0.3,0.5")
+    parser.add_argument("--density-floors", default=None,
+                        help="RSNA variant: faintest finding densities before the opacity, e.g. 0.25 (default 0.10)")
+    parser.add_argument("--size", type=int, default=None, help="frame side (default 64)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    setting = QUICK if args.quick else FULL
+    setting = dict(QUICK if args.quick else FULL)
+    if args.size:
+        setting["size"] = args.size
     budgets = tuple(int(b) for b in args.budgets.split(",")) if args.budgets else setting["budgets"]
     out = args.out or ROOT / "bench" / "results" / ("cxr_calibration-quick.json" if args.quick else "cxr_calibration.json")
     jobs = [dict(candidate=c, budget=b, training=t, variant=args.variant, size=setting["size"], pool=setting["pool"],
-                 val=setting["val"], seed=setting["seed"], opacity=float(o))
-            for o in args.opacities.split(",") for c in args.candidates.split(",") for b in budgets
+                 val=setting["val"], seed=setting["seed"], opacity=float(o),
+                 **({"density_floor": float(f)} if f is not None else {}))
+            for f in (args.density_floors.split(",") if args.density_floors else [None])
+            for o in args.opacities.split(",") for c in args.candidates.split(",")
+            for b in sorted(budgets, reverse=True)  # the longest runs first: the workers end together
             for t in args.trainings.split(",")]
     if args.quick:
         jobs = [dict(job, candidate=job["candidate"].rsplit(":", 1)[0] + ":1") for job in jobs]
@@ -142,7 +153,8 @@ def main() -> int:
         for future in as_completed(futures):
             row = future.result()
             results.append(row)
-            print(f"opacity {row['opacity']:.2f} {row['candidate']:26s} {row['training']:5s} {row['budget']:5d} labels: balanced accuracy "
+            floor = f" floor {row['density_floor']:.2f}" if "density_floor" in row else ""
+            print(f"opacity {row['opacity']:.2f}{floor} {row['candidate']:26s} {row['training']:5s} {row['budget']:5d} labels: balanced accuracy "
                   f"{row['balanced_accuracy']:.3f}  AUROC {row['auroc']:.3f}  ({row['seconds']} s)", flush=True)
     record = {"benchmark": f"cxr-sim-{args.variant}", "split_scored": "val", "when": datetime.now(UTC).isoformat(),
               "machine": platform.processor() or platform.machine(), "criteria": {"headroom_570": HEADROOM,

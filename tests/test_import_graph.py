@@ -55,13 +55,16 @@ PRIVATE = {"xal_service.wire": "xal_service"}
 SERVICE_PARTS: dict[str, set[str]] = {
     "xal_service.wire": set(),  # the generated stubs
     "xal_service.errors": set(),  # request errors as gRPC status codes
+    "xal_service.process_memory": set(),  # glibc malloc: keep freed memory, hand it back once a round
     "xal_service.codec": {"xal_service.errors", "xal_service.wire"},  # wire ⇄ domain, both sides
     "xal_service.client": {"xal_service.codec", "xal_service.wire"},  # ScoringClient, ServiceScorer
     "xal_service.engines": set(),  # Ray Data: xal_core only
-    "xal_service.registry": {"xal_service.errors"},  # models and pools by name, uploads, roots
-    "xal_service.jobs": {"xal_service.registry", "xal_service.engines", "xal_service.errors"},
+    "xal_service.registry": {"xal_service.errors", "xal_service.process_memory"},  # models and pools by name
+    "xal_service.jobs": {"xal_service.registry", "xal_service.engines", "xal_service.errors",
+                         "xal_service.process_memory"},
     "xal_service.server": {"xal_service.jobs", "xal_service.registry", "xal_service.engines",
-                           "xal_service.codec", "xal_service.errors", "xal_service.wire"},
+                           "xal_service.codec", "xal_service.errors", "xal_service.wire",
+                           "xal_service.process_memory"},
 }
 
 

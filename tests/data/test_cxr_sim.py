@@ -192,8 +192,26 @@ def test_heldout_prevalence_is_a_knob():
     assert abs(data.labels.mean() - 0.5) < 0.02 and abs(data.labels[ap].mean() - data.labels[~ap].mean()) < 0.05
 
 
+@needs_tables
+def test_the_density_floor_lifts_the_faintest_findings_and_nothing_else():
+    """Each finding's density is ``opacity × U[floor, 0.30]``: the finding an image receives is its
+    difference from the same drawing at a vanishing opacity (every random draw is the same)."""
+    def findings(**options):
+        kept = rsna_sim("pool", 256, size=32, seed=2, **options)
+        bare = rsna_sim("pool", 256, size=32, seed=2, **{**options, "opacity": 1e-6})
+        positive = kept.labels == 1
+        return kept, (kept.images - bare.images)[positive].reshape(int(positive.sum()), -1).max(1)
+
+    default, faint = findings(opacity=0.4)
+    floored, lifted = findings(opacity=0.4, density_floor=0.25)
+    assert np.array_equal(default.labels, floored.labels) and np.array_equal(default.roi, floored.roi)
+    assert np.array_equal(default.images[default.labels == 0], floored.images[floored.labels == 0])
+    assert (lifted >= faint - 1e-6).all() and np.percentile(lifted, 10) > 1.3 * np.percentile(faint, 10)
+    assert floored.info["density_range"] == [0.25, 0.30] and default.info["density_range"] == [0.10, 0.30]
+
+
 @pytest.mark.parametrize("bad", [dict(split="train"), dict(size=16), dict(heldout_ap=1.5), dict(ap_marker=-0.1),
-                                 dict(n=-1)])
+                                 dict(n=-1), dict(density_floor=0.31), dict(density_floor=-0.1)])
 def test_bad_rsna_arguments(bad):
     with pytest.raises(ValueError):
         rsna_sim(**{"n": 2, **bad})
@@ -281,3 +299,14 @@ def test_the_vindr_variant_gives_one_readers_roi_in_the_pool_and_the_consensus_i
     assert pool.roi_format == "mask" and len(pool.classes) == 5
     assert all(bool((pool[i].roi.numpy() == pool.data.roi[i]).all()) for i in range(20))
     assert all(bool((test[i].roi.numpy() == test.data.consensus[i]).all()) for i in range(20))
+
+
+@needs_tables
+def test_the_density_floor_is_a_recorded_option_of_the_rsna_variant_only():
+    from xal_core.data import open_dataset
+
+    floored = open_dataset("cxr-sim", size=(32, 32), n=8, split="val", seed=3, opacity=0.3, density_floor="0.25")
+    assert floored.describe()["options"]["density_floor"] == 0.25  # recorded: a data folder says how it was drawn
+    assert "density_floor" not in open_dataset("cxr-sim", size=(32, 32), n=8, seed=3).describe()["options"]
+    with pytest.raises(ValueError, match="density_floor: only the rsna variant"):
+        open_dataset("cxr-sim", size=(32, 32), n=8, seed=3, variant="vindr", density_floor=0.25)

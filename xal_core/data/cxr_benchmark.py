@@ -42,28 +42,34 @@ class CxrSimBenchmark(IndexedDataset):
         seed: the benchmark's identity (the patient split and every drawing).
         variant: ``rsna`` or ``vindr``.
         opacity: the RSNA variant's finding density factor (``cxr_sim.rsna_sim``), the difficulty.
+        density_floor: the RSNA variant's faintest finding density before ``opacity``.
     """
 
     kind = "cxr-sim"
 
     def __init__(self, size: tuple[int, int] = (64, 64), *, n: int = 1000, split: str = "pool", seed: int = 0,
-                 variant: str = "rsna", opacity: float = 1.0) -> None:
+                 variant: str = "rsna", opacity: float = 1.0,
+                 density_floor: float = cxr_sim.DENSITY_RANGE[0]) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"variant: expected one of {', '.join(VARIANTS)}, got {variant!r}")
         if split not in cxr_sim.SPLITS:
             raise ValueError(f"split: expected one of {', '.join(cxr_sim.SPLITS)}, got {split!r}")
         n, seed = int(n), int(seed)
-        opacity = float(opacity)
+        opacity, density_floor = float(opacity), float(density_floor)
+        custom_density = density_floor != cxr_sim.DENSITY_RANGE[0]
         if variant == "rsna":
-            self.data = cxr_sim.rsna_sim(split, n, size=tuple(size), seed=seed, opacity=opacity)
-        elif opacity != 1.0:
-            raise ValueError("opacity: only the rsna variant takes it")
+            self.data = cxr_sim.rsna_sim(split, n, size=tuple(size), seed=seed, opacity=opacity,
+                                         density_floor=density_floor)
+        elif opacity != 1.0 or custom_density:
+            raise ValueError(f"{'opacity' if opacity != 1.0 else 'density_floor'}: only the rsna variant takes it")
         else:
             self.data = cxr_sim.vindr_sim(split, n, size=tuple(size), seed=seed)
         roi_format = "boxes" if variant == "rsna" else "mask"
         options = dict(n=n, split=split, seed=seed, variant=variant)
         if opacity != 1.0:  # recorded only when set
             options["opacity"] = opacity
+        if custom_density:
+            options["density_floor"] = density_floor
         super().__init__(size, self.data.classes, roi_format, options)
         self.split, self.variant = split, variant
         self.records = range(len(self.data))  # type: ignore[assignment]
