@@ -46,12 +46,16 @@ QUICK = dict(size=32, pool=120, val=60, budgets=(40,), seed=0)
 
 
 def _split(split: str, n: int, size: int, seed: int, variant: str, opacity: float = 1.0,
-           density_floor: float | None = None):
+           density_floor: float | None = None, size_compensation: float | None = None, mimics: float | None = None):
     from xal_core.data import open_dataset
 
     extra = {"opacity": opacity} if opacity != 1.0 else {}
     if density_floor is not None:
         extra["density_floor"] = density_floor
+    if size_compensation is not None:
+        extra["size_compensation"] = size_compensation
+    if mimics is not None:
+        extra["mimics"] = mimics
     return open_dataset("cxr-sim", size=(size, size), n=n, split=split, seed=seed, variant=variant, **extra)
 
 
@@ -79,8 +83,9 @@ def run_one(job: dict) -> dict:
 
     started = time.time()
     architecture, width, augment, epochs = job["candidate"].split(":")
-    pool = _split("pool", job["pool"], job["size"], job["seed"], job["variant"], job["opacity"], job.get("density_floor"))
-    val = _split("val", job["val"], job["size"], job["seed"], job["variant"], job["opacity"], job.get("density_floor"))
+    drawing = (job["opacity"], job.get("density_floor"), job.get("size_compensation"), job.get("mimics"))
+    pool = _split("pool", job["pool"], job["size"], job["seed"], job["variant"], *drawing)
+    val = _split("val", job["val"], job["size"], job["seed"], job["variant"], *drawing)
     images, labels, rois = _arrays(pool)
     chosen = np.random.default_rng([job["seed"], job["budget"], 7]).permutation(len(labels))[: job["budget"]]
     chosen = torch.from_numpy(np.sort(chosen))
@@ -128,6 +133,10 @@ def main() -> int:
     parser.add_argument("--opacities", default="1.0", help="finding density factors to try, e.g. 0.3,0.5")
     parser.add_argument("--density-floors", default=None,
                         help="RSNA variant: faintest finding densities before the opacity, e.g. 0.25 (default 0.10)")
+    parser.add_argument("--size-compensations", default=None,
+                        help="RSNA variant: density boosts of small findings to try, e.g. 0.5,1 (default 0: none)")
+    parser.add_argument("--mimics", default=None,
+                        help="RSNA variant: mean finding mimics per image to try, e.g. 1,2 (default 0: none)")
     parser.add_argument("--size", type=int, default=None, help="frame side (default 64)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
@@ -139,7 +148,11 @@ def main() -> int:
     out = args.out or ROOT / "bench" / "results" / ("cxr_calibration-quick.json" if args.quick else "cxr_calibration.json")
     jobs = [dict(candidate=c, budget=b, training=t, variant=args.variant, size=setting["size"], pool=setting["pool"],
                  val=setting["val"], seed=setting["seed"], opacity=float(o),
-                 **({"density_floor": float(f)} if f is not None else {}))
+                 **({"density_floor": float(f)} if f is not None else {}),
+                 **({"size_compensation": float(g)} if g is not None else {}),
+                 **({"mimics": float(m)} if m is not None else {}))
+            for m in (args.mimics.split(",") if args.mimics else [None])
+            for g in (args.size_compensations.split(",") if args.size_compensations else [None])
             for f in (args.density_floors.split(",") if args.density_floors else [None])
             for o in args.opacities.split(",") for c in args.candidates.split(",")
             for b in sorted(budgets, reverse=True)  # the longest runs first: the workers end together
@@ -154,6 +167,8 @@ def main() -> int:
             row = future.result()
             results.append(row)
             floor = f" floor {row['density_floor']:.2f}" if "density_floor" in row else ""
+            floor += f" γ {row['size_compensation']:.2f}" if "size_compensation" in row else ""
+            floor += f" mimics {row['mimics']:.1f}" if "mimics" in row else ""
             print(f"opacity {row['opacity']:.2f}{floor} {row['candidate']:26s} {row['training']:5s} {row['budget']:5d} labels: balanced accuracy "
                   f"{row['balanced_accuracy']:.3f}  AUROC {row['auroc']:.3f}  ({row['seconds']} s)", flush=True)
     record = {"benchmark": f"cxr-sim-{args.variant}", "split_scored": "val", "when": datetime.now(UTC).isoformat(),

@@ -53,6 +53,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--opacity", type=float, default=0.4)
     parser.add_argument("--density-floor", type=float, default=None)
+    parser.add_argument("--size-compensation", type=float, default=None)
+    parser.add_argument("--mimics", type=float, default=None)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--n", type=int, default=5000, help="training items (the whole pool by default)")
     parser.add_argument("--train-split", choices=("pool", "test"), default="pool")
@@ -69,7 +71,8 @@ def main() -> int:
     from xal_core.train.roi_training import RoiTraining
 
     def split(name: str, n: int, opacity: float):
-        return calibrate_cxr._split(name, n, args.size, 0, "rsna", opacity, args.density_floor)
+        return calibrate_cxr._split(name, n, args.size, 0, "rsna", opacity, args.density_floor,
+                                    args.size_compensation, args.mimics)
 
     train, val = split(args.train_split, args.n, args.opacity), split("val", 1000, args.opacity)
     images, labels, rois = calibrate_cxr._arrays(train)

@@ -12,6 +12,8 @@
 #   bash docs/results/run_study_cxr.sh calib 0.4      # random+swap, seed 0, at opacity 0.4 (read metrics_val.csv)
 #   bash docs/results/run_study_cxr.sh main           # the key arms, seeds 0-9, interleaved by seed
 #   bash docs/results/run_study_cxr.sh vindr          # the multi-class variant: random vs the best of the rest
+#   bash docs/results/run_study_cxr.sh learnable      # the learnable drawing (opacity 0.7, size compensation 1):
+#                                                     # random vs dual(anatomy) seeds 0-9, then entropy
 #   bash docs/results/run_study_cxr.sh list < arms    # any arms, one "strategy training source seed" a line
 set -uo pipefail
 RUNS=${RUNS:-runs/study-cxr}
@@ -40,9 +42,12 @@ arms() {  # one line per arm: strategy training roi-source seed
           for s in 0 1 2 3 4 5 6 7 8 9; do echo "random swap anatomy $s"; echo "dual swap anatomy $s"; done
           for s in 0 1 2 3 4 5 6 7 8 9; do echo "entropy swap anatomy $s"; done
           for s in 0 1 2 3 4 5 6 7 8 9; do echo "dual swap expert $s"; echo "random plain anatomy $s"; done ;;
+    learnable)
+          for s in 0 1 2 3 4 5 6 7 8 9; do echo "random swap anatomy $s"; echo "dual swap anatomy $s"; done
+          for s in 0 1 2 3 4 5 6 7 8 9; do echo "entropy swap anatomy $s"; done ;;
     vindr) for s in 0 1 2 3 4; do echo "random swap anatomy $s"; echo "${BEST_OF_REST:-entropy} swap anatomy $s"; done ;;
     list) grep -v '^#' ;;
-    *) echo "usage: $0 calib OPACITY|main|vindr|list" >&2; exit 2 ;;
+    *) echo "usage: $0 calib OPACITY|main|learnable|vindr|list" >&2; exit 2 ;;
   esac
 }
 
@@ -55,7 +60,7 @@ run_arm() {  # strategy training source seed
   # picks the initial labels): every arm of one source gets a copy of the first one's instead of
   # regenerating 6 500 items (about as long as the loop itself). prepare_data checks data.json
   # against the arm's own configuration, so a mismatched copy is refused, not used.
-  local template="$RUNS/.data-$source-$VARIANT-$OPACITY"
+  local template="$RUNS/.data-$source-$VARIANT-$OPACITY-$(printf %s "$EXTRA" | cksum | cut -d' ' -f1)"
   if [ ! -d "$RUNS/$name/data" ] && [ -f "$template/data.json" ]; then
     mkdir -p "$RUNS/$name" && cp -r "$template" "$RUNS/$name/data"
   fi
@@ -72,6 +77,10 @@ run_arm() {  # strategy training source seed
 export -f run_arm training_flags
 export RUNS PROTOCOL EXTRA PYTHON OPACITY VARIANT
 
+if [ "${1:-}" = learnable ]; then  # the drawing calibrated for learnability (docs/results/study-cxr.md)
+  OPACITY=0.7; EXTRA="$EXTRA --option size_compensation=1"; RUNS="$RUNS-learnable"
+  export OPACITY EXTRA RUNS
+fi
 mkdir -p "$RUNS"
 if [ "${1:-}" = calib ]; then
   OPACITY=${2:?calib needs an opacity}; RUNS="$RUNS/calibration-opacity-$OPACITY"; mkdir -p "$RUNS"

@@ -210,8 +210,59 @@ def test_the_density_floor_lifts_the_faintest_findings_and_nothing_else():
     assert floored.info["density_range"] == [0.25, 0.30] and default.info["density_range"] == [0.10, 0.30]
 
 
+@needs_tables
+def test_size_compensation_makes_small_findings_denser_and_leaves_the_rest_alone():
+    """``γ = 1`` scales a finding smaller than the reference area by ``√(reference / area)`` (at most
+    4×): its peak rises by that factor over the uncompensated drawing (same random draws); findings
+    at or above the reference area, and every negative image, are unchanged bit for bit."""
+    from xal_core.data.cxr_sim import MAX_COMPENSATION, REFERENCE_AREA
+
+    def drawn(**options):
+        kept = rsna_sim("pool", 256, size=32, seed=2, opacity=0.4, **options)
+        bare = rsna_sim("pool", 256, size=32, seed=2, **{**options, "opacity": 1e-6})
+        return kept, (kept.images - bare.images).reshape(len(kept.images), -1).max(1)
+
+    plain, plain_peak = drawn()
+    compensated, peak = drawn(size_compensation=1.0)
+    positive = plain.labels == 1
+    area = plain.roi.sum((1, 2)) / (32 * 32)
+    expected = np.clip(np.sqrt(REFERENCE_AREA / np.maximum(area, 1 / 1024)), 1.0, MAX_COMPENSATION)
+    small = positive & (expected > 1.2) & (plain_peak > 0.02)  # a peak the clip to [0, 1] leaves alone
+    large = positive & (area >= REFERENCE_AREA)
+    assert small.sum() > 10 and large.sum() > 10
+    assert np.array_equal(plain.images[~positive], compensated.images[~positive])
+    assert np.array_equal(plain.images[large], compensated.images[large])
+    ratio = peak[small] / plain_peak[small]
+    assert np.median(np.abs(ratio / expected[small] - 1)) < 0.05  # blur and the clip move a few peaks
+    assert compensated.info["size_compensation"] == 1.0 and plain.info["size_compensation"] == 0.0
+
+
+@needs_tables
+def test_mimics_are_small_lung_densities_in_both_classes_that_move_no_label_or_roi():
+    """Finding mimics go into negatives as often as positives, inside the lungs, as small blobs;
+    labels, ROIs and anatomy are the drawing's own (the mimics are not findings)."""
+    from xal_core.data.cxr_sim import MIMIC_RADIUS, _Chest, tables
+
+    plain = rsna_sim("pool", 256, size=64, seed=2, opacity=0.7)
+    mimicked = rsna_sim("pool", 256, size=64, seed=2, opacity=0.7, mimics=2.0)
+    for field_ in ("labels", "roi", "anatomy", "view"):
+        assert np.array_equal(getattr(plain, field_), getattr(mimicked, field_))
+    assert mimicked.info["mimics"] == 2.0 and plain.info["mimics"] == 0.0
+
+    chest = _Chest(np.random.default_rng(0), tables.load_lung_shapes(128), np.zeros(400, dtype=bool), (64, 64))
+    layer = chest.mimics(2.0, (0.1, 0.2))
+    drawn = layer > 0.05
+    assert not (drawn & ~chest.anatomy).sum() > 0.1 * drawn.sum()  # centred in the lungs (edges may spill)
+    per_image = drawn.sum((1, 2))
+    largest = np.pi * (MIMIC_RADIUS[1] * 64 + 1) ** 2
+    assert 0.75 < (per_image > 0).mean() < 0.95  # P(Poisson(2) > 0) = 0.86
+    assert per_image.max() <= 4 * largest and layer.max() <= 0.2 + 1e-6
+
+
 @pytest.mark.parametrize("bad", [dict(split="train"), dict(size=16), dict(heldout_ap=1.5), dict(ap_marker=-0.1),
-                                 dict(n=-1), dict(density_floor=0.31), dict(density_floor=-0.1)])
+                                 dict(n=-1), dict(density_floor=0.31), dict(density_floor=-0.1),
+                                 dict(size_compensation=-0.5), dict(size_compensation=1.5), dict(mimics=-1),
+                                 dict(mimics=5)])
 def test_bad_rsna_arguments(bad):
     with pytest.raises(ValueError):
         rsna_sim(**{"n": 2, **bad})
@@ -310,3 +361,7 @@ def test_the_density_floor_is_a_recorded_option_of_the_rsna_variant_only():
     assert "density_floor" not in open_dataset("cxr-sim", size=(32, 32), n=8, seed=3).describe()["options"]
     with pytest.raises(ValueError, match="density_floor: only the rsna variant"):
         open_dataset("cxr-sim", size=(32, 32), n=8, seed=3, variant="vindr", density_floor=0.25)
+    compensated = open_dataset("cxr-sim", size=(32, 32), n=8, seed=3, size_compensation="1")
+    assert compensated.describe()["options"]["size_compensation"] == 1.0
+    with pytest.raises(ValueError, match="size_compensation: only the rsna variant"):
+        open_dataset("cxr-sim", size=(32, 32), n=8, seed=3, variant="vindr", size_compensation=1.0)

@@ -43,33 +43,38 @@ class CxrSimBenchmark(IndexedDataset):
         variant: ``rsna`` or ``vindr``.
         opacity: the RSNA variant's finding density factor (``cxr_sim.rsna_sim``), the difficulty.
         density_floor: the RSNA variant's faintest finding density before ``opacity``.
+        size_compensation: the RSNA variant's density boost of small findings (``cxr_sim.rsna_sim``).
+        mimics: the RSNA variant's mean number of finding mimics per image (``cxr_sim.rsna_sim``).
     """
 
     kind = "cxr-sim"
 
     def __init__(self, size: tuple[int, int] = (64, 64), *, n: int = 1000, split: str = "pool", seed: int = 0,
                  variant: str = "rsna", opacity: float = 1.0,
-                 density_floor: float = cxr_sim.DENSITY_RANGE[0]) -> None:
+                 density_floor: float = cxr_sim.DENSITY_RANGE[0], size_compensation: float = 0.0,
+                 mimics: float = 0.0) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"variant: expected one of {', '.join(VARIANTS)}, got {variant!r}")
         if split not in cxr_sim.SPLITS:
             raise ValueError(f"split: expected one of {', '.join(cxr_sim.SPLITS)}, got {split!r}")
         n, seed = int(n), int(seed)
         opacity, density_floor = float(opacity), float(density_floor)
-        custom_density = density_floor != cxr_sim.DENSITY_RANGE[0]
+        size_compensation, mimics = float(size_compensation), float(mimics)
+        custom = {"opacity": opacity != 1.0, "density_floor": density_floor != cxr_sim.DENSITY_RANGE[0],
+                  "size_compensation": size_compensation != 0.0, "mimics": mimics != 0.0}
         if variant == "rsna":
             self.data = cxr_sim.rsna_sim(split, n, size=tuple(size), seed=seed, opacity=opacity,
-                                         density_floor=density_floor)
-        elif opacity != 1.0 or custom_density:
-            raise ValueError(f"{'opacity' if opacity != 1.0 else 'density_floor'}: only the rsna variant takes it")
+                                         density_floor=density_floor, size_compensation=size_compensation,
+                                         mimics=mimics)
+        elif any(custom.values()):
+            raise ValueError(f"{next(k for k, v in custom.items() if v)}: only the rsna variant takes it")
         else:
             self.data = cxr_sim.vindr_sim(split, n, size=tuple(size), seed=seed)
         roi_format = "boxes" if variant == "rsna" else "mask"
         options = dict(n=n, split=split, seed=seed, variant=variant)
-        if opacity != 1.0:  # recorded only when set
-            options["opacity"] = opacity
-        if custom_density:
-            options["density_floor"] = density_floor
+        values = {"opacity": opacity, "density_floor": density_floor, "size_compensation": size_compensation,
+                  "mimics": mimics}
+        options.update({k: values[k] for k, v in custom.items() if v})  # recorded only when set
         super().__init__(size, self.data.classes, roi_format, options)
         self.split, self.variant = split, variant
         self.records = range(len(self.data))  # type: ignore[assignment]
