@@ -12,6 +12,7 @@
 #   bash docs/results/run_study_cxr.sh calib 0.4      # random+swap, seed 0, at opacity 0.4 (read metrics_val.csv)
 #   bash docs/results/run_study_cxr.sh main           # the key arms, seeds 0-9, interleaved by seed
 #   bash docs/results/run_study_cxr.sh vindr          # the multi-class variant: random vs the best of the rest
+#                                                     # (entropy on the RSNA study), then dual, seeds 0-4
 #   bash docs/results/run_study_cxr.sh learnable      # the learnable drawing (opacity 0.7, size compensation 1):
 #                                                     # random vs dual(anatomy) seeds 0-9, then entropy
 #   bash docs/results/run_study_cxr.sh list < arms    # any arms, one "strategy training source seed" a line
@@ -45,7 +46,8 @@ arms() {  # one line per arm: strategy training roi-source seed
     learnable)
           for s in 0 1 2 3 4 5 6 7 8 9; do echo "random swap anatomy $s"; echo "dual swap anatomy $s"; done
           for s in 0 1 2 3 4 5 6 7 8 9; do echo "entropy swap anatomy $s"; done ;;
-    vindr) for s in 0 1 2 3 4; do echo "random swap anatomy $s"; echo "${BEST_OF_REST:-entropy} swap anatomy $s"; done ;;
+    vindr) for s in 0 1 2 3 4; do echo "random swap anatomy $s"; echo "${BEST_OF_REST:-entropy} swap anatomy $s"; done
+           for s in 0 1 2 3 4; do echo "dual swap anatomy $s"; done ;;
     list) grep -v '^#' ;;
     *) echo "usage: $0 calib OPACITY|main|learnable|vindr|list" >&2; exit 2 ;;
   esac
@@ -77,6 +79,10 @@ run_arm() {  # strategy training source seed
 export -f run_arm training_flags
 export RUNS PROTOCOL EXTRA PYTHON OPACITY VARIANT
 
+if [ "${1:-}" = vindr ]; then  # the multi-class variant, as drawn (it has no difficulty option)
+  OPACITY=1.0; VARIANT=vindr; RUNS="$RUNS-vindr"
+  export OPACITY VARIANT RUNS
+fi
 if [ "${1:-}" = learnable ]; then  # the drawing calibrated for learnability (docs/results/study-cxr.md)
   OPACITY=0.7; EXTRA="$EXTRA --option size_compensation=1"; RUNS="$RUNS-learnable"
   export OPACITY EXTRA RUNS
