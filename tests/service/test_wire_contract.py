@@ -248,15 +248,28 @@ def test_streaming_rpcs_count_the_whole_stream(server, client, assets):
     gate = ChunkGate(gated, 3)  # the job waits at chunk 3 until released
     before = client.statistics().rpcs["WatchJob"]
     job_id = client.start_scoring(pb.StartScoringRequest(model="m", pool="gated", k=5)).job_id
-    watched = []
-    watcher = threading.Thread(target=lambda: watched.extend(client.watch_job(job_id)))
-    started = time.monotonic()
+    watched, first_seen, times = [], threading.Event(), {}
+
+    def watch() -> None:
+        times["called"] = time.monotonic()
+        for status in client.watch_job(job_id):
+            watched.append(status)
+            if not first_seen.is_set():
+                times["first"] = time.monotonic()
+                first_seen.set()
+        times["ended"] = time.monotonic()
+
+    watcher = threading.Thread(target=watch)
     watcher.start()
-    time.sleep(1.5)
+    assert first_seen.wait(60), "WatchJob sent no first status"
+    time.sleep(1.0)
+    released = time.monotonic()
     gate.release()
     watcher.join(timeout=120)
-    elapsed = time.monotonic() - started
     assert watched and watched[-1].state == pb.JOB_SUCCEEDED, watched
     after = client.statistics().rpcs["WatchJob"]
     assert after.count == before.count + 1
-    assert 1.4 <= after.seconds - before.seconds <= elapsed + 0.5, (after.seconds - before.seconds, elapsed)
+    counted = after.seconds - before.seconds
+    # causal bounds, no allowance: the server's stream was open from before the first status reached
+    # the client until after the gate opened, and it lived inside the client's call
+    assert released - times["first"] <= counted <= times["ended"] - times["called"], (counted, times, released)
