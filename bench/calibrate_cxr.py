@@ -23,6 +23,7 @@ each. JSON to ``bench/results/cxr_calibration.json``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -36,6 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+# RSNA drawing options a calibration may vary besides the opacity: each has a plural flag of values
+DRAWING = {"density_floor": "density_floors", "size_compensation": "size_compensations", "mimics": "mimics"}
 HEADROOM = (0.60, 0.80)  # balanced accuracy of random + swap at 570 labels, on val
 LEARNABLE = 0.90  # balanced accuracy with the whole pool labelled, on val
 # architecture:width:augment:epochs
@@ -46,16 +49,12 @@ QUICK = dict(size=32, pool=120, val=60, budgets=(40,), seed=0)
 
 
 def _split(split: str, n: int, size: int, seed: int, variant: str, opacity: float = 1.0,
-           density_floor: float | None = None, size_compensation: float | None = None, mimics: float | None = None):
+           **drawing: float | None):
+    """One split of the benchmark; ``drawing``: the RSNA options of ``DRAWING`` (None: the default)."""
     from xal_core.data import open_dataset
 
     extra = {"opacity": opacity} if opacity != 1.0 else {}
-    if density_floor is not None:
-        extra["density_floor"] = density_floor
-    if size_compensation is not None:
-        extra["size_compensation"] = size_compensation
-    if mimics is not None:
-        extra["mimics"] = mimics
+    extra.update({name: value for name, value in drawing.items() if value is not None})
     return open_dataset("cxr-sim", size=(size, size), n=n, split=split, seed=seed, variant=variant, **extra)
 
 
@@ -83,9 +82,9 @@ def run_one(job: dict) -> dict:
 
     started = time.time()
     architecture, width, augment, epochs = job["candidate"].split(":")
-    drawing = (job["opacity"], job.get("density_floor"), job.get("size_compensation"), job.get("mimics"))
-    pool = _split("pool", job["pool"], job["size"], job["seed"], job["variant"], *drawing)
-    val = _split("val", job["val"], job["size"], job["seed"], job["variant"], *drawing)
+    drawing = {name: job[name] for name in DRAWING if name in job}
+    pool = _split("pool", job["pool"], job["size"], job["seed"], job["variant"], job["opacity"], **drawing)
+    val = _split("val", job["val"], job["size"], job["seed"], job["variant"], job["opacity"], **drawing)
     images, labels, rois = _arrays(pool)
     chosen = np.random.default_rng([job["seed"], job["budget"], 7]).permutation(len(labels))[: job["budget"]]
     chosen = torch.from_numpy(np.sort(chosen))
@@ -146,14 +145,11 @@ def main() -> int:
         setting["size"] = args.size
     budgets = tuple(int(b) for b in args.budgets.split(",")) if args.budgets else setting["budgets"]
     out = args.out or ROOT / "bench" / "results" / ("cxr_calibration-quick.json" if args.quick else "cxr_calibration.json")
+    grids = [[(name, float(v)) for v in getattr(args, flag).split(",")] if getattr(args, flag) else [()]
+             for name, flag in DRAWING.items()]
     jobs = [dict(candidate=c, budget=b, training=t, variant=args.variant, size=setting["size"], pool=setting["pool"],
-                 val=setting["val"], seed=setting["seed"], opacity=float(o),
-                 **({"density_floor": float(f)} if f is not None else {}),
-                 **({"size_compensation": float(g)} if g is not None else {}),
-                 **({"mimics": float(m)} if m is not None else {}))
-            for m in (args.mimics.split(",") if args.mimics else [None])
-            for g in (args.size_compensations.split(",") if args.size_compensations else [None])
-            for f in (args.density_floors.split(",") if args.density_floors else [None])
+                 val=setting["val"], seed=setting["seed"], opacity=float(o), **dict(p for p in picked if p))
+            for picked in itertools.product(*grids)
             for o in args.opacities.split(",") for c in args.candidates.split(",")
             for b in sorted(budgets, reverse=True)  # the longest runs first: the workers end together
             for t in args.trainings.split(",")]
@@ -166,9 +162,7 @@ def main() -> int:
         for future in as_completed(futures):
             row = future.result()
             results.append(row)
-            floor = f" floor {row['density_floor']:.2f}" if "density_floor" in row else ""
-            floor += f" γ {row['size_compensation']:.2f}" if "size_compensation" in row else ""
-            floor += f" mimics {row['mimics']:.1f}" if "mimics" in row else ""
+            floor = "".join(f" {name} {row[name]:g}" for name in DRAWING if name in row)
             print(f"opacity {row['opacity']:.2f}{floor} {row['candidate']:26s} {row['training']:5s} {row['budget']:5d} labels: balanced accuracy "
                   f"{row['balanced_accuracy']:.3f}  AUROC {row['auroc']:.3f}  ({row['seconds']} s)", flush=True)
     record = {"benchmark": f"cxr-sim-{args.variant}", "split_scored": "val", "when": datetime.now(UTC).isoformat(),

@@ -71,8 +71,8 @@ def main() -> int:
     from xal_core.train.roi_training import RoiTraining
 
     def split(name: str, n: int, opacity: float):
-        return calibrate_cxr._split(name, n, args.size, 0, "rsna", opacity, args.density_floor,
-                                    args.size_compensation, args.mimics)
+        return calibrate_cxr._split(name, n, args.size, 0, "rsna", opacity, density_floor=args.density_floor,
+                                    size_compensation=args.size_compensation, mimics=args.mimics)
 
     train, val = split(args.train_split, args.n, args.opacity), split("val", 1000, args.opacity)
     images, labels, rois = calibrate_cxr._arrays(train)

@@ -19,6 +19,7 @@ plus four findings on VinDr-CXR boxes by three readers).
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,9 @@ from .item import IndexedDataset, Item
 __all__ = ["CxrSimBenchmark", "VARIANTS"]
 
 VARIANTS = ("rsna", "vindr")
+# the RSNA variant's drawing options and their defaults, read from the generator's own signature
+_RSNA_DRAWING = {name: parameter.default for name, parameter in inspect.signature(cxr_sim.rsna_sim).parameters.items()
+                 if name in ("opacity", "density_floor", "size_compensation", "mimics")}
 
 
 class CxrSimBenchmark(IndexedDataset):
@@ -58,23 +62,18 @@ class CxrSimBenchmark(IndexedDataset):
         if split not in cxr_sim.SPLITS:
             raise ValueError(f"split: expected one of {', '.join(cxr_sim.SPLITS)}, got {split!r}")
         n, seed = int(n), int(seed)
-        opacity, density_floor = float(opacity), float(density_floor)
-        size_compensation, mimics = float(size_compensation), float(mimics)
-        custom = {"opacity": opacity != 1.0, "density_floor": density_floor != cxr_sim.DENSITY_RANGE[0],
-                  "size_compensation": size_compensation != 0.0, "mimics": mimics != 0.0}
+        drawing = {"opacity": float(opacity), "density_floor": float(density_floor),
+                   "size_compensation": float(size_compensation), "mimics": float(mimics)}
+        custom = [name for name, value in drawing.items() if value != _RSNA_DRAWING[name]]
         if variant == "rsna":
-            self.data = cxr_sim.rsna_sim(split, n, size=tuple(size), seed=seed, opacity=opacity,
-                                         density_floor=density_floor, size_compensation=size_compensation,
-                                         mimics=mimics)
-        elif any(custom.values()):
-            raise ValueError(f"{next(k for k, v in custom.items() if v)}: only the rsna variant takes it")
+            self.data = cxr_sim.rsna_sim(split, n, size=tuple(size), seed=seed, **drawing)
+        elif custom:
+            raise ValueError(f"{custom[0]}: only the rsna variant takes it")
         else:
             self.data = cxr_sim.vindr_sim(split, n, size=tuple(size), seed=seed)
         roi_format = "boxes" if variant == "rsna" else "mask"
         options = dict(n=n, split=split, seed=seed, variant=variant)
-        values = {"opacity": opacity, "density_floor": density_floor, "size_compensation": size_compensation,
-                  "mimics": mimics}
-        options.update({k: values[k] for k, v in custom.items() if v})  # recorded only when set
+        options.update({name: drawing[name] for name in custom})  # recorded only when set
         super().__init__(size, self.data.classes, roi_format, options)
         self.split, self.variant = split, variant
         self.records = range(len(self.data))  # type: ignore[assignment]

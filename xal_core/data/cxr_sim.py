@@ -314,7 +314,7 @@ def rsna_sim(split: str = "pool", n: int = 1000, *, size: int | tuple[int, int] 
 
 def _render_rsna(rng: np.random.Generator, shapes: tables.LungShapes, extent: np.ndarray, view: np.ndarray,
                  boxes: list[np.ndarray], shape: tuple[int, int], ap_marker: float, opacity: float,
-                 density_floor: float, size_compensation: float = 0.0, mimics: float = 0.0) -> dict[str, Any]:
+                 density_floor: float, size_compensation: float, mimics: float) -> dict[str, Any]:
     b = len(view)
     chest = _Chest(rng, shapes, view.astype(bool), shape)
     k = max(1, max(len(x) for x in boxes))
