@@ -18,6 +18,7 @@ each. JSON to ``bench/results/cxr_calibration.json``.
     .venv/bin/python bench/calibrate_cxr.py                  # the grid below
     .venv/bin/python bench/calibrate_cxr.py --quick          # smoke run (numbers mean nothing)
     .venv/bin/python bench/calibrate_cxr.py --candidates smallcnn:16:intensity:20 --budgets 570
+    .venv/bin/python bench/calibrate_cxr.py --pool 18000 --budgets 570,5000,18000   # a larger pool
 """
 
 from __future__ import annotations
@@ -137,13 +138,21 @@ def main() -> int:
     parser.add_argument("--mimics", default=None,
                         help="RSNA variant: mean finding mimics per image to try, e.g. 1,2 (default 0: none)")
     parser.add_argument("--size", type=int, default=None, help="frame side (default 64)")
+    parser.add_argument("--pool", type=int, default=None,
+                        help="pool items (default 5000; the RSNA pool holds ~18 700 patients, more repeat them); "
+                             "the default budgets become 570 and the whole pool")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     setting = dict(QUICK if args.quick else FULL)
     if args.size:
         setting["size"] = args.size
+    if args.pool:
+        setting["pool"] = args.pool
+        setting["budgets"] = (*[b for b in setting["budgets"] if b < args.pool], args.pool)
     budgets = tuple(int(b) for b in args.budgets.split(",")) if args.budgets else setting["budgets"]
+    if max(budgets) > setting["pool"]:
+        parser.error(f"--budgets: {max(budgets)} labels exceed the pool of {setting['pool']} items (--pool)")
     out = args.out or ROOT / "bench" / "results" / ("cxr_calibration-quick.json" if args.quick else "cxr_calibration.json")
     grids = [[(name, float(v)) for v in getattr(args, flag).split(",")] if getattr(args, flag) else [()]
              for name, flag in DRAWING.items()]

@@ -17,6 +17,9 @@ best round is recorded too: on a shared host it is the least disturbed):
 * ``forward-other-split`` / ``pipelined-other-split`` — the same two with the other split: a core
   of its own for the scoring side (ONNX Runtime on every core but one) where the default shares
   the cores (hosts of fewer than 8 cores), every core where the default gives one away;
+* ``forward-nospin`` / ``pipelined-nospin`` — the default split with ONNX Runtime's intra-op
+  threads blocking instead of spinning while they wait (``OnnxRuntime(spin=False)``): the gaps
+  between and inside its parallel loops are left to the scoring side's thread;
 * ``captum`` — the usual way without xal: torch eager forward for the predicted class, Captum's
   ``LayerGradCam`` on the same target layer (forward + backward), ``LayerAttribution.interpolate``
   to the ROI frame, min-max, threshold and torch Dice (every core to torch).
@@ -184,13 +187,14 @@ def main(argv: list[str] | None = None) -> int:
             split_rt = all_rt = load(path, providers=cuda, max_batch=args.batch)
             if split_rt.device != "cuda":
                 raise SystemExit("ONNX Runtime's CUDA provider did not load (is onnxruntime-gpu installed?)")
-            other_threads, other_rt = None, None
+            other_threads, other_rt, nospin_rt = None, None, None
         else:
             split_rt = load(path, threads=runtime_threads, max_batch=args.batch)
             all_rt = split_rt if runtime_threads == cores else load(path, threads=cores, max_batch=args.batch)
             other_threads = cores - split.kernel_threads if runtime_threads == cores else cores
             other_rt = load(path, threads=other_threads, max_batch=args.batch) if 1 <= other_threads != runtime_threads \
                 else None
+            nospin_rt = load(path, threads=runtime_threads, max_batch=args.batch, spin=False)
     torch_threads = torch.get_num_threads()
     kernel_threads = split.kernel_threads
     normalised = [split_rt.metadata.normalise(images) for images, _ in inputs]
@@ -223,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     if other_rt is not None:
         variants["forward-other-split"] = forward(other_rt)
         variants["pipelined-other-split"] = pipelined(other_rt, "pipelined-other-split")
+    if nospin_rt is not None:
+        variants["forward-nospin"] = forward(nospin_rt)
+        variants["pipelined-nospin"] = pipelined(nospin_rt, "pipelined-nospin")
     skipped = {}
     if not args.no_captum:
         try:
@@ -239,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     for fn in variants.values():  # warm-up: sessions, kernel compilation, allocator
         fn()
     reference = concat_scores(results["serial"])
-    for name in ("pipelined", "pipelined-other-split"):
+    for name in ("pipelined", "pipelined-other-split", "pipelined-nospin"):
         if name in results and not same_scores(concat_scores(results[name]), reference):
             raise AssertionError(f"{name}: scores differ from the serial path's")
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -270,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
         if "pipelined-other-split" in ips:
             out["other_split_pipelined_vs_its_forward"] = ips["pipelined-other-split"] / ips["forward-other-split"]
             out["other_split_pipelined_vs_pipelined"] = ips["pipelined-other-split"] / ips["pipelined"]
+        if "pipelined-nospin" in ips:
+            out["nospin_pipelined_vs_forward"] = ips["pipelined-nospin"] / ips["forward"]
+            out["nospin_pipelined_vs_its_forward"] = ips["pipelined-nospin"] / ips["forward-nospin"]
+            out["nospin_forward_vs_forward"] = ips["forward-nospin"] / ips["forward"]
         if "captum" in ips:
             out["pipelined_vs_captum"] = ips["pipelined"] / ips["captum"]
         return out

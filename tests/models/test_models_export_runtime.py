@@ -40,7 +40,10 @@ def test_runtimes_agree_with_eager_torch(exported, batch):
     with torch.no_grad():
         expected = ExplainableModel(model)(x)
     bound = OnnxRuntime(onnx_result.path, io_binding=True)  # outputs written into torch-owned tensors
-    for runtime in (load(onnx_result.path), bound, load(ts_result.path)):
+    blocking = OnnxRuntime(onnx_result.path, threads=2, spin=False)  # intra-op threads that wait without spinning
+    options = blocking.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    for runtime in (load(onnx_result.path), bound, blocking, load(ts_result.path)):
         for images in (x, x.numpy()):
             outputs = runtime.run(images)
             assert outputs.logits.shape == (batch, 3)

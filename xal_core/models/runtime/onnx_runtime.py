@@ -53,6 +53,10 @@ class OnnxRuntime:
         io_binding: write outputs into torch tensors on the session's device (default: on CUDA).
         max_batch: images per ONNX Runtime run (default: 64 on the CPU provider, all on CUDA).
         memory_arena: keep ONNX Runtime's memory arena (default: only on CUDA, see the module doc).
+        spin: let the intra-op threads spin while they wait for work (ONNX Runtime's
+            ``session.intra_op.allow_spinning``; default: ONNX Runtime's own, spinning). A spinning
+            thread holds its core between operations, where a scoring thread that shares the cores
+            could have run.
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class OnnxRuntime:
         io_binding: bool | None = None,
         max_batch: int | None = None,
         memory_arena: bool | None = None,
+        spin: bool | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -78,6 +83,9 @@ class OnnxRuntime:
         if threads is not None:
             options.intra_op_num_threads = threads
         self.threads = threads
+        if spin is not None:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        self.spin = spin
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch: must be >= 1, got {max_batch}")
         self.max_batch = max_batch if max_batch is not None else (CPU_MAX_BATCH if on_cpu else None)
