@@ -15,6 +15,9 @@
 #                                                     # (entropy on the RSNA study), then dual, seeds 0-4
 #   bash docs/results/run_study_cxr.sh learnable      # the learnable drawing (opacity 0.7, size compensation 1):
 #                                                     # random vs dual(anatomy) seeds 0-9, then entropy
+#   bash docs/results/run_study_cxr.sh headroom       # the drawing and pool that meet both calibration windows
+#                                                     # (opacity 0.5, size compensation 1, pool 18 000): random vs
+#                                                     # dual(anatomy), then entropy, then dual(expert) and random plain
 #   bash docs/results/run_study_cxr.sh list < arms    # any arms, one "strategy training source seed" a line
 set -uo pipefail
 RUNS=${RUNS:-runs/study-cxr}
@@ -23,7 +26,9 @@ OPACITY=${OPACITY:-0.4}
 VARIANT=${VARIANT:-rsna}
 EXTRA=${EXTRA:-}
 PYTHON=${PYTHON:-.venv/bin/python}
-PROTOCOL="--dataset cxr-sim --size 64 --pool-size 5000 --val-size 500 --test-size 1000 \
+POOL=${POOL:-5000}
+if [ "${1:-}" = headroom ]; then POOL=18000; fi  # the pool is part of the protocol string below
+PROTOCOL="--dataset cxr-sim --size 64 --pool-size $POOL --val-size 500 --test-size 1000 \
   --initial 50 --rounds 13 --per-round 40 --architecture smallcnn --width 8 --epochs 20 --schedule cosine \
   --warm-start --augment intensity --scorer inprocess --export-format torchscript --no-progress"
 
@@ -46,10 +51,14 @@ arms() {  # one line per arm: strategy training roi-source seed
     learnable)
           for s in 0 1 2 3 4 5 6 7 8 9; do echo "random swap anatomy $s"; echo "dual swap anatomy $s"; done
           for s in 0 1 2 3 4 5 6 7 8 9; do echo "entropy swap anatomy $s"; done ;;
+    headroom) # the order of main: the paired key comparison first
+          for s in 0 1 2 3 4 5 6 7 8 9; do echo "random swap anatomy $s"; echo "dual swap anatomy $s"; done
+          for s in 0 1 2 3 4 5 6 7 8 9; do echo "entropy swap anatomy $s"; done
+          for s in 0 1 2 3 4 5 6 7 8 9; do echo "dual swap expert $s"; echo "random plain anatomy $s"; done ;;
     vindr) for s in 0 1 2 3 4; do echo "random swap anatomy $s"; echo "${BEST_OF_REST:-entropy} swap anatomy $s"; done
            for s in 0 1 2 3 4; do echo "dual swap anatomy $s"; done ;;
     list) grep -v '^#' ;;
-    *) echo "usage: $0 calib OPACITY|main|learnable|vindr|list" >&2; exit 2 ;;
+    *) echo "usage: $0 calib OPACITY|main|learnable|headroom|vindr|list" >&2; exit 2 ;;
   esac
 }
 
@@ -62,7 +71,7 @@ run_arm() {  # strategy training source seed
   # picks the initial labels): every arm of one source gets a copy of the first one's instead of
   # regenerating 6 500 items (about as long as the loop itself). prepare_data checks data.json
   # against the arm's own configuration, so a mismatched copy is refused, not used.
-  local template="$RUNS/.data-$source-$VARIANT-$OPACITY-$(printf %s "$EXTRA" | cksum | cut -d' ' -f1)"
+  local template="$RUNS/.data-$source-$VARIANT-$OPACITY-$POOL-$(printf %s "$EXTRA" | cksum | cut -d' ' -f1)"
   if [ ! -d "$RUNS/$name/data" ] && [ -f "$template/data.json" ]; then
     mkdir -p "$RUNS/$name" && cp -r "$template" "$RUNS/$name/data"
   fi
@@ -77,7 +86,7 @@ run_arm() {  # strategy training source seed
   echo "$name rc=$rc $(( $(date +%s) - started )) s"
 }
 export -f run_arm training_flags
-export RUNS PROTOCOL EXTRA PYTHON OPACITY VARIANT
+export RUNS PROTOCOL EXTRA PYTHON OPACITY VARIANT POOL
 
 if [ "${1:-}" = vindr ]; then  # the multi-class variant, as drawn (it has no difficulty option)
   OPACITY=1.0; VARIANT=vindr; RUNS="$RUNS-vindr"
@@ -85,6 +94,10 @@ if [ "${1:-}" = vindr ]; then  # the multi-class variant, as drawn (it has no di
 fi
 if [ "${1:-}" = learnable ]; then  # the drawing calibrated for learnability (docs/results/study-cxr.md)
   OPACITY=0.7; EXTRA="$EXTRA --option size_compensation=1"; RUNS="$RUNS-learnable"
+  export OPACITY EXTRA RUNS
+fi
+if [ "${1:-}" = headroom ]; then  # calibrated on val (bench/results/cxr_calibration-pool18000.json)
+  OPACITY=0.5; EXTRA="$EXTRA --option size_compensation=1"; RUNS="$RUNS-headroom"
   export OPACITY EXTRA RUNS
 fi
 mkdir -p "$RUNS"
