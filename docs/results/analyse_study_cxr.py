@@ -10,7 +10,8 @@ Reads every arm folder of ``run_study_cxr.sh`` (``<strategy>-<training>-<roi sou
   at 90, 170, 330 and 570 labels, and the AULC of balanced accuracy over 50–570 labels (the
   curve's mean height); the same balanced accuracy on validation; the ROIs drawn at 570 labels;
 * paired differences over the seeds two arms share (same initial labels and weights): balanced
-  accuracy at 170 and 570 labels, AULC and ROIs drawn, with how many seeds favour the first arm.
+  accuracy at 170 and 570 labels, AULC, AUROC at 570 labels and ROIs drawn, with how many seeds
+  favour the first arm.
 
 Balanced accuracy, not accuracy: a fifth of the images are positive. An arm that has not reached
 570 labels is left out of every statistic and listed; so is a pair with fewer than two shared seeds.
@@ -123,6 +124,7 @@ def analyse(arms: dict) -> dict:
             "at_170": diff(a[s]["test"][MIDDLE]["balanced_accuracy"] - b[s]["test"][MIDDLE]["balanced_accuracy"] for s in shared),
             "at_570": diff(a[s]["test"][LAST]["balanced_accuracy"] - b[s]["test"][LAST]["balanced_accuracy"] for s in shared),
             "aulc": diff(aulc(a[s]["test"]) - aulc(b[s]["test"]) for s in shared),
+            "auroc_570": diff(a[s]["test"][LAST]["auroc"] - b[s]["test"][LAST]["auroc"] for s in shared),
             "rois_570": diff(a[s]["cost"].get(LAST, {}).get("rois_drawn", math.nan)
                              - b[s]["cost"].get(LAST, {}).get("rois_drawn", math.nan) for s in shared),
         })
@@ -144,13 +146,13 @@ def tables(result: dict) -> str:
         lines.append(f"| {arm} | {len(e['seeds'])} | {fmt(e['aulc'])} | {fmt(e['val_at_570'])} | {fmt(e['rois_at_570'], 0)} |")
     lines += ["", "**Paired differences** (same seeds; first − second; test balanced accuracy; 95 % t-interval; "
               "ahead = seeds favouring the first)", "",
-              "| first − second | seeds | at 170 | ahead | at 570 | ahead | AULC | ahead | ROIs drawn |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| first − second | seeds | at 170 | ahead | at 570 | ahead | AULC | ahead | AUROC at 570 | ahead | ROIs drawn |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for p in result["pairs"]:
         n = len(p["seeds"])
         lines.append(f"| {p['first']} − {p['second']} | {n} | {fmt(p['at_170'])} | {p['at_170']['ahead']}/{n} | "
                      f"{fmt(p['at_570'])} | {p['at_570']['ahead']}/{n} | {fmt(p['aulc'])} | {p['aulc']['ahead']}/{n} | "
-                     f"{fmt(p['rois_570'], 0)} |")
+                     f"{fmt(p['auroc_570'])} | {p['auroc_570']['ahead']}/{n} | {fmt(p['rois_570'], 0)} |")
     return "\n".join(lines) + "\n"
 
 
