@@ -1,8 +1,12 @@
-"""Forward-pass throughput of the explainable model per runtime and backbone, at 224² on this host.
+"""Forward-pass throughput of the explainable model per runtime and backbone on this host.
 
-Providers, measured in the same run on the same inputs and weights:
+The ResNets and DenseNet at 224² with 3 channels; ``smallcnn8``, the cxr-sim study's model (SmallCNN
+of width 8), at its own 64² with 1 channel. Providers, measured in the same run on the same inputs
+and weights:
 
 * ``torch-eager`` — ``xal_core.models.ExplainableModel`` under ``torch.inference_mode`` (the baseline);
+* ``torch-eager-channels-last`` — the same with model and input in channels-last memory format
+  (oneDNN's convolutions; for small channel counts they are much faster than the default layout's);
 * ``onnxruntime-cpu`` — the file written by ``xal_core.models.export(format="onnx")``, run by
   ``xal_core.models.runtime`` on ONNX Runtime's CPU provider;
 * ``torchscript`` — the ``format="torchscript"`` file, run by ``xal_core.models.runtime``.
@@ -25,6 +29,7 @@ the start is recorded with the results.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -39,33 +44,43 @@ from rich.console import Console
 from rich.table import Table
 from timing import time_calls  # bench/timing.py (scripts run with bench/ on sys.path)
 
-from xal_core.models import ExplainableModel, build_backbone, export
+from xal_core.models import BackboneConfig, ExplainableModel, build_backbone, export
 from xal_core.models.runtime import load
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZE = 224
 # backbone → (batch, repeats): smaller batches and fewer repeats for the expensive ones
-PLAN = {"resnet18": (8, 5), "resnet34": (8, 3), "resnet50": (4, 3), "densenet121": (4, 3)}
+PLAN = {"resnet18": (8, 5), "resnet34": (8, 3), "resnet50": (4, 3), "densenet121": (4, 3), "smallcnn8": (256, 5)}
 QUICK_PLAN = {"resnet18": (2, 2)}
+# backbones timed at another input than 3 × 224²: name → (BackboneConfig name, options, channels, side)
+SMALL = {"smallcnn8": ("smallcnn", {"smallcnn_width": 8}, 1, 64)}
 
 
 def run_backbone(name: str, batch: int, repeats: int, folder: Path, threads: int) -> dict:
     torch.manual_seed(0)
-    model = ExplainableModel(build_backbone(name, in_channels=3, num_classes=2)).eval()
+    architecture, options, channels, side = SMALL.get(name, (name, {}, 3, SIZE))
+    model = ExplainableModel(build_backbone(BackboneConfig(architecture, channels, 2, **options))).eval()
     started = time.perf_counter()
-    onnx_file = export(model, folder / f"{name}.onnx", "onnx", (3, SIZE, SIZE))
-    export(model, folder / f"{name}.ts", "torchscript", (3, SIZE, SIZE))
+    onnx_file = export(model, folder / f"{name}.onnx", "onnx", (channels, side, side))
+    export(model, folder / f"{name}.ts", "torchscript", (channels, side, side))
     export_s = time.perf_counter() - started
     onnx_runtime = load(onnx_file.path, threads=threads)
     ts_runtime = load(folder / f"{name}.ts")
-    x = torch.randn(batch, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(batch, channels, side, side, generator=torch.Generator().manual_seed(1))
     x_numpy = x.numpy()
+    channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x_last = x.contiguous(memory_format=torch.channels_last)
 
     def eager():
         with torch.inference_mode():
             return model(x)
 
-    providers = {"torch-eager": eager, "onnxruntime-cpu": lambda: onnx_runtime.run(x_numpy), "torchscript": lambda: ts_runtime.run(x)}
+    def eager_channels_last():
+        with torch.inference_mode():
+            return channels_last(x_last)
+
+    providers = {"torch-eager": eager, "torch-eager-channels-last": eager_channels_last,
+                 "onnxruntime-cpu": lambda: onnx_runtime.run(x_numpy), "torchscript": lambda: ts_runtime.run(x)}
     expected = eager()
     for provider, fn in providers.items():
         for got, want in zip(fn(), expected, strict=True):
@@ -75,6 +90,7 @@ def run_backbone(name: str, batch: int, repeats: int, folder: Path, threads: int
     median = {provider: statistics.median(values) for provider, values in times.items()}
     return {
         "backbone": name,
+        "input": [channels, side, side],
         "batch": batch,
         "repeats": repeats,
         "onnx_exporter": onnx_file.exporter,
@@ -105,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     load_average = os.getloadavg()
     console = Console(width=120)
     console.print(
-        f"[bold]forward pass at {SIZE}²[/bold], 3 channels, 2 classes, {threads} CPU thread(s) "
+        f"[bold]forward pass[/bold] (3 × {SIZE}², smallcnn8 1 × 64²), 2 classes, {threads} CPU thread(s) "
         f"(torch and ONNX Runtime intra-op) of {os.cpu_count()} cores, load average {load_average[0]:.2f}; batches and repeats per backbone: "
         + ", ".join(f"{name} B={b}×{r}" for name, (b, r) in plan.items())
         + (" (smaller for the big backbones, to keep the run short)" if not args.quick else " (quick)")
@@ -114,14 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         cases = [run_backbone(name, batch, repeats, Path(folder), threads) for name, (batch, repeats) in plan.items()]
     table = Table(title=f"Forward pass (logits + features + CAM weights), images/s, median; {platform.machine()}, {threads} thread(s)")
-    for column in ("backbone", "batch×repeats", "torch eager", "ONNX Runtime CPU", "TorchScript", "ORT / eager", "TS / eager"):
+    for column in ("backbone", "input", "batch×repeats", "torch eager", "channels-last", "ONNX Runtime CPU", "TorchScript",
+                   "CL / eager", "ORT / eager", "TS / eager"):
         table.add_column(column, justify="left" if column == "backbone" else "right")
     for case in cases:
         ips, ratio = case["images_per_s"], case["ratio_vs_torch_eager"]
         table.add_row(
-            case["backbone"], f"{case['batch']}×{case['repeats']}",
-            f"{ips['torch-eager']:.1f}", f"{ips['onnxruntime-cpu']:.1f}", f"{ips['torchscript']:.1f}",
-            f"{ratio['onnxruntime-cpu']:.2f}×", f"{ratio['torchscript']:.2f}×",
+            case["backbone"], "×".join(map(str, case["input"])), f"{case['batch']}×{case['repeats']}",
+            f"{ips['torch-eager']:.1f}", f"{ips['torch-eager-channels-last']:.1f}", f"{ips['onnxruntime-cpu']:.1f}",
+            f"{ips['torchscript']:.1f}", f"{ratio['torch-eager-channels-last']:.2f}×", f"{ratio['onnxruntime-cpu']:.2f}×",
+            f"{ratio['torchscript']:.2f}×",
         )
     console.print(table)
     total = time.perf_counter() - started
@@ -134,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"processor": platform.machine(), "cpu_count": os.cpu_count(), "threads": threads, "load_average_at_start": load_average,
                     "torch": torch.__version__, "python": platform.python_version(),
                     "onnxruntime": __import__("onnxruntime").__version__},
-        "input": {"size": [SIZE, SIZE], "channels": 3, "classes": 2},
+        "input": {"size": [SIZE, SIZE], "channels": 3, "classes": 2, "other_inputs": {k: [c, n, n] for k, (_, _, c, n) in SMALL.items()}},
         "quick": args.quick,
         "total_s": total,
         "cases": cases,
