@@ -29,9 +29,9 @@ PYTHON=${PYTHON:-.venv/bin/python}
 POOL=${POOL:-5000}
 EXPORT=${EXPORT:-torchscript}
 # headroom: the pool of 18 000 and ONNX Runtime as the scorer. At 64² on one thread the SmallCNN's
-# forward pass takes 1.67 s per 1 024 images in TorchScript and 0.34 s in ONNX Runtime (0.60 s in
-# eager torch with channels_last): scoring 17 500 unlabelled items a round cost ~28 s in TorchScript,
-# ~6 s in ONNX Runtime plus ~4 s to export, which keeps an arm near 7 min on one core.
+# forward pass runs 961 images/s in TorchScript and 3 177 in ONNX Runtime (`python bench/forward.py`,
+# bench/results/forward-cpu.json): scoring 17 500 unlabelled items a round takes ~18 s in TorchScript
+# (~28 s beside another arm) and ~6 s in ONNX Runtime plus a few seconds to export; an arm ~6 min.
 if [ "${1:-}" = headroom ]; then POOL=18000; EXPORT=onnx; fi  # both are part of the protocol string below
 PROTOCOL="--dataset cxr-sim --size 64 --pool-size $POOL --val-size 500 --test-size 1000 \
   --initial 50 --rounds 13 --per-round 40 --architecture smallcnn --width 8 --epochs 20 --schedule cosine \

@@ -119,6 +119,28 @@ def test_a_batch_is_split_only_while_the_scoring_threads_have_room(in_flight, th
     assert torch.equal(got.ids, want.ids) and torch.allclose(got.score, want.score, equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_features_the_kernel_widens_are_scored_wholly_on_the_scoring_threads(dtype):
+    """Alone, a float16 or bfloat16 batch gives this thread no part: both parts go to the pool
+    (measured faster in the server; ``ScoringServicer._score``), and the scores are those of the whole batch."""
+    logits, features, weights, roi = _inputs(batch=64)
+    features = features.to(dtype)
+    ids = torch.arange(64)
+    config = ScoringConfig()
+    with ThreadPoolExecutor(2) as pool:
+        servicer = ScoringServicer(Statistics(), None, None, None, lambda serving: None, scoring_pool=pool,
+                                   scoring_threads=2)
+        servicer._batches_in_flight = 1
+        where = []
+        with mock.patch("xal_service.server.servicer.torch.get_num_threads", return_value=1), \
+             mock.patch("xal_service.server.servicer.score_batch",
+                        side_effect=lambda *a: (where.append(threading.current_thread()), score_batch(*a))[1]):
+            got = servicer._score(ids, logits, features, weights, roi, config)
+    assert len(where) == 2 and threading.current_thread() not in where
+    want = score_batch(ids, logits, features, weights, roi, config)
+    assert torch.equal(got.ids, want.ids) and torch.allclose(got.score, want.score, equal_nan=True)
+
+
 def test_parse_score_and_reply_run_off_the_event_loop(tmp_path):
     seen: dict[str, set[str]] = {"parse": set(), "reply": set()}
     parse, encode = servicer_module._parse_score_batch, codec.encode_score_batch_response

@@ -254,6 +254,13 @@ class ScoringServicer:
         Splitting needs single-threaded torch (``xal serve`` sets it, see
         ``serve.dedicate_process``); with intra-op threads, torch parallelises each operation
         itself and the parts would only compete for the same cores.
+
+        Feature maps the kernel must widen first (float16, bfloat16) are never scored inline: every
+        part goes to the scoring threads. Measured in the server (``bench/service.py``, one
+        client, medians of 3 interleaved runs; ``bench/results/service-cpu-fp16-split.json``):
+        float16 scored 5.25 ms a call with an inline part against 4.37 ms with both parts on the
+        scoring threads, while float32 went the other way (4.21 against 4.63 ms). The cause was not
+        isolated: in a single process, without gRPC, the two splits score float16 alike.
         """
         if self.scoring_pool is None or torch.get_num_threads() != 1:
             return score_batch(ids, logits, features, cam_weights, roi, config)
@@ -262,7 +269,8 @@ class ScoringServicer:
         parts = max(1, min(self.scoring_threads - others, batch // MIN_ITEMS_PER_PART))
         bounds = [batch * i // parts for i in range(parts + 1)]
         pieces = [slice(start, end) for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
-        inline = pieces.pop(0) if others == 0 else None  # alone: this thread takes a part (or the whole batch)
+        widened = features.dtype in (torch.float16, torch.bfloat16)
+        inline = pieces.pop(0) if others == 0 and not widened else None  # alone: this thread takes a part
         futures = [self.scoring_pool.submit(_score_part, ids[p], logits[p], features[p], cam_weights[p], roi[p], config)
                    for p in pieces]
         results = [] if inline is None else [
