@@ -93,15 +93,18 @@ def test_the_worker_thread_answers_raw_bytes_with_the_librarys_scores():
     assert malformed.value.message.startswith("request: not a valid xal.v1.ScoreBatchRequest")
 
 
-@pytest.mark.parametrize(("in_flight", "threads", "pool_parts", "inline"), [
-    (1, 2, 1, True),    # alone: one part here, one on a scoring thread
-    (1, 3, 2, True),
-    (2, 3, 2, False),   # one other batch: two threads left over, both on the pool
-    (2, 2, 1, False),   # as many batches as threads: whole, on one scoring thread
-    (9, 2, 1, False),
+@pytest.mark.parametrize(("in_flight", "threads", "pool_parts", "inline", "dtype"), [
+    (1, 2, 1, True, torch.float32),    # alone: one part here, one on a scoring thread
+    (1, 3, 2, True, torch.float32),
+    (2, 3, 2, False, torch.float32),   # one other batch: two threads left over, both on the pool
+    (2, 2, 1, False, torch.float32),   # as many batches as threads: whole, on one scoring thread
+    (9, 2, 1, False, torch.float32),
+    (1, 2, 2, False, torch.float16),   # features the kernel widens: every part on the pool (measured faster)
+    (1, 2, 2, False, torch.bfloat16),
 ])
-def test_a_batch_is_split_only_while_the_scoring_threads_have_room(in_flight, threads, pool_parts, inline):
+def test_a_batch_is_split_only_while_the_scoring_threads_have_room(in_flight, threads, pool_parts, inline, dtype):
     logits, features, weights, roi = _inputs(batch=64)
+    features = features.to(dtype)
     ids = torch.arange(64)
     config = ScoringConfig()
     with ThreadPoolExecutor(threads) as pool:
@@ -115,28 +118,6 @@ def test_a_batch_is_split_only_while_the_scoring_threads_have_room(in_flight, th
             got = servicer._score(ids, logits, features, weights, roi, config)
     here = [thread for thread in where if thread is threading.current_thread()]
     assert len(here) == int(inline) and len(where) - len(here) == pool_parts
-    want = score_batch(ids, logits, features, weights, roi, config)
-    assert torch.equal(got.ids, want.ids) and torch.allclose(got.score, want.score, equal_nan=True)
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_features_the_kernel_widens_are_scored_wholly_on_the_scoring_threads(dtype):
-    """Alone, a float16 or bfloat16 batch gives this thread no part: both parts go to the pool
-    (measured faster in the server; ``ScoringServicer._score``), and the scores are those of the whole batch."""
-    logits, features, weights, roi = _inputs(batch=64)
-    features = features.to(dtype)
-    ids = torch.arange(64)
-    config = ScoringConfig()
-    with ThreadPoolExecutor(2) as pool:
-        servicer = ScoringServicer(Statistics(), None, None, None, lambda serving: None, scoring_pool=pool,
-                                   scoring_threads=2)
-        servicer._batches_in_flight = 1
-        where = []
-        with mock.patch("xal_service.server.servicer.torch.get_num_threads", return_value=1), \
-             mock.patch("xal_service.server.servicer.score_batch",
-                        side_effect=lambda *a: (where.append(threading.current_thread()), score_batch(*a))[1]):
-            got = servicer._score(ids, logits, features, weights, roi, config)
-    assert len(where) == 2 and threading.current_thread() not in where
     want = score_batch(ids, logits, features, weights, roi, config)
     assert torch.equal(got.ids, want.ids) and torch.allclose(got.score, want.score, equal_nan=True)
 
