@@ -28,11 +28,22 @@ EXTRA=${EXTRA:-}
 PYTHON=${PYTHON:-.venv/bin/python}
 POOL=${POOL:-5000}
 EXPORT=${EXPORT:-torchscript}
-# headroom: the pool of 18 000 and ONNX Runtime as the scorer. At 64² on one thread the SmallCNN's
-# forward pass runs 961 images/s in TorchScript and 3 177 in ONNX Runtime (`python bench/forward.py`,
-# bench/results/forward-cpu.json): scoring 17 500 unlabelled items a round takes ~18 s in TorchScript
-# (~28 s beside another arm) and ~6 s in ONNX Runtime plus a few seconds to export; an arm ~6 min.
-if [ "${1:-}" = headroom ]; then POOL=18000; EXPORT=onnx; fi  # both are part of the protocol string below
+# Each mode's benchmark settings, in one place (the pool size and the export are part of PROTOCOL).
+case "${1:-}" in
+  vindr) # the multi-class variant, as drawn (it has no difficulty option)
+    OPACITY=1.0; VARIANT=vindr; RUNS="$RUNS-vindr" ;;
+  learnable) # the drawing calibrated for learnability (docs/results/study-cxr.md)
+    OPACITY=0.7; EXTRA="$EXTRA --option size_compensation=1"; RUNS="$RUNS-learnable" ;;
+  headroom) # calibrated on val (bench/results/cxr_calibration-pool18000.json) on a pool of 18 000,
+    # scored with ONNX Runtime: at 64² on one thread the SmallCNN's forward pass runs 961 images/s in
+    # TorchScript and 3 177 in ONNX Runtime (`python bench/forward.py`, bench/results/forward-cpu.json):
+    # scoring 17 500 unlabelled items a round takes ~18 s in TorchScript (~28 s beside another arm)
+    # and ~6 s in ONNX Runtime plus a few seconds to export; an arm ~6 min.
+    OPACITY=0.5; EXTRA="$EXTRA --option size_compensation=1"; RUNS="$RUNS-headroom"
+    POOL=18000; EXPORT=onnx ;;
+  calib)
+    OPACITY=${2:?calib needs an opacity}; RUNS="$RUNS/calibration-opacity-$OPACITY" ;;
+esac
 PROTOCOL="--dataset cxr-sim --size 64 --pool-size $POOL --val-size 500 --test-size 1000 \
   --initial 50 --rounds 13 --per-round 40 --architecture smallcnn --width 8 --epochs 20 --schedule cosine \
   --warm-start --augment intensity --scorer inprocess --export-format $EXPORT --no-progress"
@@ -47,18 +58,13 @@ training_flags() {  # plain | swap
 
 arms() {  # one line per arm: strategy training roi-source seed
   case "$1" in
-    main) # the paired comparison the claim rests on first (random vs dual with anatomy ROIs, ten
+    main|headroom|learnable)
+          # the paired comparison the claim rests on first (random vs dual with anatomy ROIs, ten
           # seeds), then entropy (does misalignment add anything to uncertainty?), then the
-          # expert-ROI and plain arms
+          # expert-ROI and plain arms (not run on the learnable drawing)
           for s in 0 1 2 3 4 5 6 7 8 9; do echo "random swap anatomy $s"; echo "dual swap anatomy $s"; done
           for s in 0 1 2 3 4 5 6 7 8 9; do echo "entropy swap anatomy $s"; done
-          for s in 0 1 2 3 4 5 6 7 8 9; do echo "dual swap expert $s"; echo "random plain anatomy $s"; done ;;
-    learnable)
-          for s in 0 1 2 3 4 5 6 7 8 9; do echo "random swap anatomy $s"; echo "dual swap anatomy $s"; done
-          for s in 0 1 2 3 4 5 6 7 8 9; do echo "entropy swap anatomy $s"; done ;;
-    headroom) # the order of main: the paired key comparison first
-          for s in 0 1 2 3 4 5 6 7 8 9; do echo "random swap anatomy $s"; echo "dual swap anatomy $s"; done
-          for s in 0 1 2 3 4 5 6 7 8 9; do echo "entropy swap anatomy $s"; done
+          [ "$1" = learnable ] && return 0
           for s in 0 1 2 3 4 5 6 7 8 9; do echo "dual swap expert $s"; echo "random plain anatomy $s"; done ;;
     vindr) for s in 0 1 2 3 4; do echo "random swap anatomy $s"; echo "${BEST_OF_REST:-entropy} swap anatomy $s"; done
            for s in 0 1 2 3 4; do echo "dual swap anatomy $s"; done ;;
@@ -97,23 +103,6 @@ run_arm() {  # strategy training source seed
 export -f run_arm training_flags
 export RUNS PROTOCOL EXTRA PYTHON OPACITY VARIANT POOL JOBS
 
-if [ "${1:-}" = vindr ]; then  # the multi-class variant, as drawn (it has no difficulty option)
-  OPACITY=1.0; VARIANT=vindr; RUNS="$RUNS-vindr"
-  export OPACITY VARIANT RUNS
-fi
-if [ "${1:-}" = learnable ]; then  # the drawing calibrated for learnability (docs/results/study-cxr.md)
-  OPACITY=0.7; EXTRA="$EXTRA --option size_compensation=1"; RUNS="$RUNS-learnable"
-  export OPACITY EXTRA RUNS
-fi
-if [ "${1:-}" = headroom ]; then  # calibrated on val (bench/results/cxr_calibration-pool18000.json)
-  OPACITY=0.5; EXTRA="$EXTRA --option size_compensation=1"; RUNS="$RUNS-headroom"
-  export OPACITY EXTRA RUNS
-fi
 mkdir -p "$RUNS"
-if [ "${1:-}" = calib ]; then
-  OPACITY=${2:?calib needs an opacity}; RUNS="$RUNS/calibration-opacity-$OPACITY"; mkdir -p "$RUNS"
-  export OPACITY RUNS
-  run_arm random swap anatomy 0
-  exit 0
-fi
+if [ "${1:-}" = calib ]; then run_arm random swap anatomy 0; exit 0; fi
 arms "${1:-}" | xargs -P "$JOBS" --process-slot-var=SLOT -L 1 bash -c 'run_arm "$@"' _
