@@ -27,7 +27,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -37,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
+from timing import cpu_name  # noqa: E402 - bench/timing.py (scripts run with bench/ on sys.path)
 
 # RSNA drawing options a calibration may vary besides the opacity: each has a plural flag of values
 DRAWING = {"density_floor": "density_floors", "size_compensation": "size_compensations", "mimics": "mimics"}
@@ -175,7 +175,7 @@ def main() -> int:
             print(f"opacity {row['opacity']:.2f}{floor} {row['candidate']:26s} {row['training']:5s} {row['budget']:5d} labels: balanced accuracy "
                   f"{row['balanced_accuracy']:.3f}  AUROC {row['auroc']:.3f}  ({row['seconds']} s)", flush=True)
     record = {"benchmark": f"cxr-sim-{args.variant}", "split_scored": "val", "when": datetime.now(UTC).isoformat(),
-              "machine": platform.processor() or platform.machine(), "criteria": {"headroom_570": HEADROOM,
+              "machine": cpu_name(), "criteria": {"headroom_570": HEADROOM,
               "learnable_full_pool": LEARNABLE}, "setting": {k: v for k, v in setting.items() if k != "budgets"},
               "view_reader": view_reader(setting["size"], setting["pool"], setting["val"], setting["seed"])
               if args.variant == "rsna" else None,

@@ -59,6 +59,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from timing import cpu_name  # noqa: E402 - bench/timing.py (scripts run with bench/ on sys.path)
+
 from xal_core.acquisition import ScoringConfig, score_batch  # noqa: E402
 from xal_core.acquisition.pool_scoring import concat_scores, score_chunk, score_chunks  # noqa: E402
 from xal_core.models import ExplainableModel, build_backbone, export  # noqa: E402
@@ -303,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  profile, {name}: " + ", ".join(f"{step} {v['wall_ms']:.1f} ms ({v['cpu_ms']:.1f} ms CPU)"
                                                   for step, v in steps.items()))
     print(f"total {total:.0f} s; load average {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end")
-    card = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or platform.machine()
+    card = torch.cuda.get_device_name(0) if device.type == "cuda" else cpu_name()
     out = args.out or RESULTS / f"end_to_end-{args.device}{'-quick' if args.quick else ''}.json"
     record = {
         "benchmark": "bench/end_to_end.py",

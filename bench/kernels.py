@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from timing import time_calls  # bench/timing.py (scripts run with bench/ on sys.path)
+from timing import cpu_name, time_calls  # bench/timing.py (scripts run with bench/ on sys.path)
 
 from xal_core.scoring import Roi, cam_alignment
 from xal_core.scoring.parameters import DEFAULT_THRESHOLD
@@ -188,7 +188,7 @@ def agreement(features, weights, roi, packed, device) -> dict:
 def device_label(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({cpu_name()}, {torch.get_num_threads()} threads)"
 
 
 def main() -> None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
@@ -39,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import cpu_name  # noqa: E402 - bench/timing.py (scripts run with bench/ on sys.path)
 
 MEASURES = ("dice", "energy", "pointing")
 
@@ -130,7 +130,7 @@ def main() -> int:
             print(f"    {name:8s} AUROC(error) {m['auroc_error']:.3f}  Spearman(expert) {m['spearman_expert']:+.3f}  "
                   f"AUROC(marker peak) {m['auroc_marker']}")
     record = {"benchmark": "cxr-sim-rsna", "split_scored": "val", "when": datetime.now(UTC).isoformat(),
-              "machine": platform.processor() or platform.machine(),
+              "machine": cpu_name(),
               "command": " ".join(["python", "bench/misalignment_measures.py", *sys.argv[1:]]), "results": results}
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from timing import time_calls  # bench/timing.py (scripts run with bench/ on sys.path)
+from timing import cpu_name, time_calls  # bench/timing.py (scripts run with bench/ on sys.path)
 
 from xal_core.scoring import Roi, cam_alignment
 from xal_core.scoring.reference import cam_alignment_dense
@@ -120,7 +120,7 @@ def main() -> None:
         "benchmark": "scoring_cpu",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
-            "processor": platform.processor() or platform.machine(),
+            "processor": cpu_name(),
             "cpu_count": torch.get_num_threads(),
             "torch": torch.__version__,
             "python": platform.python_version(),

@@ -35,6 +35,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from timing import cpu_name  # noqa: E402 - bench/timing.py (scripts run with bench/ on sys.path)
+
 from tests.service import server_process  # noqa: E402 - the same launcher the tests use
 from xal_core.data.pool_store import PoolStore  # noqa: E402
 from xal_core.models import ExplainableModel, build_backbone, export  # noqa: E402
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "benchmark": "bench/service_scale.py", "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-                 "processor": platform.processor() or platform.machine(),
+                 "processor": cpu_name(),
                  "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "load_average_start": [round(v, 2) for v in load_start], "image": [1, SIZE, SIZE],
         "model": "smallcnn, ONNX (the server's runtime per size: model_runtime)", "sizes": [],

@@ -6,8 +6,10 @@ its launch. Benchmarks report medians of what this returns, never a single run.
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -26,3 +28,16 @@ def time_calls(fn: Callable[[], object], repeats: int, device: torch.device | st
         synchronize(device)
         times.append(time.perf_counter() - started)
     return times
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows. Results name it
+    because the same benchmark's ratios differ between hosts (Intel and AMD sum and schedule
+    differently): ``platform.processor()`` says only ``x86_64`` on Linux."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
