@@ -38,27 +38,41 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from rich.console import Console
 from rich.table import Table
-from timing import time_calls  # bench/timing.py (scripts run with bench/ on sys.path)
+from timing import cpu_name, time_calls  # bench/timing.py (scripts run with bench/ on sys.path)
 
 from xal_core.models import BackboneConfig, ExplainableModel, build_backbone, export
 from xal_core.models.runtime import load
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZE = 224
-# backbone → (batch, repeats): smaller batches and fewer repeats for the expensive ones
-PLAN = {"resnet18": (8, 5), "resnet34": (8, 3), "resnet50": (4, 3), "densenet121": (4, 3), "smallcnn8": (256, 5)}
-QUICK_PLAN = {"resnet18": (2, 2)}
-# backbones timed at another input than 3 × 224²: name → (BackboneConfig name, options, channels, side)
-SMALL = {"smallcnn8": ("smallcnn", {"smallcnn_width": 8}, 1, 64)}
 
 
-def run_backbone(name: str, batch: int, repeats: int, folder: Path, threads: int) -> dict:
+class Plan(NamedTuple):
+    """How one backbone is timed: smaller batches and fewer repeats for the expensive ones; the
+    SmallCNN at the cxr-sim study's input (1 × 64²) rather than 3 × 224²."""
+
+    batch: int
+    repeats: int
+    architecture: str  # the ``BackboneConfig`` name
+    options: dict = {}
+    channels: int = 3
+    side: int = SIZE
+
+
+PLAN = {"resnet18": Plan(8, 5, "resnet18"), "resnet34": Plan(8, 3, "resnet34"), "resnet50": Plan(4, 3, "resnet50"),
+        "densenet121": Plan(4, 3, "densenet121"),
+        "smallcnn8": Plan(256, 5, "smallcnn", {"smallcnn_width": 8}, channels=1, side=64)}
+QUICK_BATCH, QUICK_REPEATS = 2, 2  # --quick: ResNet-18 unless --backbones names others
+
+
+def run_backbone(name: str, plan: Plan, folder: Path, threads: int) -> dict:
     torch.manual_seed(0)
-    architecture, options, channels, side = SMALL.get(name, (name, {}, 3, SIZE))
+    batch, repeats, architecture, options, channels, side = plan
     model = ExplainableModel(build_backbone(BackboneConfig(architecture, channels, 2, **options))).eval()
     started = time.perf_counter()
     onnx_file = export(model, folder / f"{name}.onnx", "onnx", (channels, side, side))
@@ -108,12 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbones", nargs="*", default=None, help="subset of " + ", ".join(PLAN))
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads for every provider (default 1)")
     args = parser.parse_args(argv)
-    plan = QUICK_PLAN if args.quick else PLAN
+    names = args.backbones or (["resnet18"] if args.quick else list(PLAN))
     if args.backbones:
         unknown = sorted(set(args.backbones) - set(PLAN))
         if unknown:
             parser.error(f"unknown backbones {unknown}; choose from {list(PLAN)}")
-        plan = {name: PLAN[name] if not args.quick else QUICK_PLAN.get(name, (2, 2)) for name in args.backbones}
+    plan = {name: PLAN[name]._replace(batch=QUICK_BATCH, repeats=QUICK_REPEATS) if args.quick else PLAN[name]
+            for name in names}
     threads = args.threads
     if threads < 1:
         parser.error(f"--threads must be >= 1, got {threads}")
@@ -123,13 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     console.print(
         f"[bold]forward pass[/bold] (3 × {SIZE}², smallcnn8 1 × 64²), 2 classes, {threads} CPU thread(s) "
         f"(torch and ONNX Runtime intra-op) of {os.cpu_count()} cores, load average {load_average[0]:.2f}; batches and repeats per backbone: "
-        + ", ".join(f"{name} B={b}×{r}" for name, (b, r) in plan.items())
+        + ", ".join(f"{name} B={p.batch}×{p.repeats}" for name, p in plan.items())
         + (" (smaller for the big backbones, to keep the run short)" if not args.quick else " (quick)")
     )
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
-        cases = [run_backbone(name, batch, repeats, Path(folder), threads) for name, (batch, repeats) in plan.items()]
-    table = Table(title=f"Forward pass (logits + features + CAM weights), images/s, median; {platform.machine()}, {threads} thread(s)")
+        cases = [run_backbone(name, p, Path(folder), threads) for name, p in plan.items()]
+    table = Table(title=f"Forward pass (logits + features + CAM weights), images/s, median; {cpu_name()}, {threads} thread(s)")
     for column in ("backbone", "input", "batch×repeats", "torch eager", "channels-last", "ONNX Runtime CPU", "TorchScript",
                    "CL / eager", "ORT / eager", "TS / eager"):
         table.add_column(column, justify="left" if column == "backbone" else "right")
@@ -149,10 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "benchmark": "forward",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"processor": platform.machine(), "cpu_count": os.cpu_count(), "threads": threads, "load_average_at_start": load_average,
+        "machine": {"processor": cpu_name(), "cpu_count": os.cpu_count(), "threads": threads, "load_average_at_start": load_average,
                     "torch": torch.__version__, "python": platform.python_version(),
                     "onnxruntime": __import__("onnxruntime").__version__},
-        "input": {"size": [SIZE, SIZE], "channels": 3, "classes": 2, "other_inputs": {k: [c, n, n] for k, (_, _, c, n) in SMALL.items()}},
+        "input": {"size": [SIZE, SIZE], "channels": 3, "classes": 2, "other_inputs": {k: [p.channels, p.side, p.side] for k, p in PLAN.items()
+                                                                                 if (p.channels, p.side) != (3, SIZE)}},
         "quick": args.quick,
         "total_s": total,
         "cases": cases,
