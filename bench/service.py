@@ -25,7 +25,8 @@ bench/service.py`` (``--quick`` for a smoke run).
 A/B against another commit (how ``bench/results/service-cpu-aio-handoff-vs-threaded.json`` was
 made): ``git worktree add --detach /tmp/other COMMIT``, then alternate ``(cd /tmp/other &&
 PYTHONPATH=/tmp/other python bench/service.py --pool-items 2000 --out A_i.json)`` and the same here
-(``--out B_i.json``), A B A B ..., at least three times each, and compare medians.
+(``--out B_i.json``), A B A B ..., at least three times each, and compare medians. ``--event-loop
+asyncio`` runs the servers on the standard loop instead of uvloop (how the loops were compared).
 JSON: ``bench/results/service-cpu.json``.
 """
 
@@ -35,7 +36,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -50,6 +50,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from timing import cpu_name  # noqa: E402 - bench/timing.py (scripts run with bench/ on sys.path)
+
 from tests.service import server_process  # noqa: E402 - the same launcher the tests use
 from xal_core.acquisition import score_batch  # noqa: E402
 from xal_core.data import open_dataset  # noqa: E402
@@ -58,6 +60,7 @@ from xal_core.models import ExplainableModel, build_backbone, export  # noqa: E4
 from xal_core.scoring import Roi  # noqa: E402
 from xal_service import codec  # noqa: E402
 from xal_service.client import JobProgress, ScoringClient, ScoringJobFailed  # noqa: E402
+from xal_service.server.event_loop import DEFAULT_EVENT_LOOP, EVENT_LOOPS  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -172,14 +175,14 @@ def breakdown(row: dict, encode_ms: float) -> dict:
     return stages
 
 
-def run_job(pool_items: int, workdir: Path) -> dict:
+def run_job(pool_items: int, workdir: Path, server_args: tuple[str, ...] = ()) -> dict:
     """Ingest a synthetic pool, export a model, and time one scoring job on a fresh server."""
     started = time.perf_counter()
     ingest(open_dataset("synthetic", size=(32, 32), n=pool_items, seed=0), workdir / "pool", chunk=1024)
     ingest_s = time.perf_counter() - started
     model = ExplainableModel(build_backbone("resnet18", in_channels=1, num_classes=2)).eval()
     export(model, workdir / "model.onnx", "onnx", input_shape=(1, 32, 32))
-    server = server_process.start(workdir / "state", "--model-root", str(workdir), "--pool-root", str(workdir))
+    server = server_process.start(workdir / "state", "--model-root", str(workdir), "--pool-root", str(workdir), *server_args)
     try:
         with ScoringClient(server.target, timeout=3600) as client:
             client.load_model("m", str(workdir / "model.onnx"))
@@ -252,7 +255,10 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=600,
                         help="ScoreBatch calls per concurrency level, shared by its clients (default 600: "
                              "a p99 from at least 600 latencies, not from the few worst of a handful)")
+    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default=None,
+                        help=f"the servers' event loop (xal serve --event-loop; default: its own, {DEFAULT_EVENT_LOOP})")
     args = parser.parse_args()
+    server_args = ("--event-loop", args.event_loop) if args.event_loop else ()
     if args.ab:
         (a_name, a_files), (b_name, b_files) = (side.split("=", 1) for side in args.ab)
         record = summarize_ab(a_name, [Path(f) for f in a_files.split(",")], b_name,
@@ -279,7 +285,7 @@ def main() -> None:
     half_encode_ms = median_ms(lambda: codec.encode_score_batch_request(*half, strategy), requests)
 
     with tempfile.TemporaryDirectory() as state:
-        server = server_process.start(Path(state))
+        server = server_process.start(Path(state), *server_args)
         try:
             pid = server.process.pid
             rows = [run_clients(server.target, batch, clients, max(1, calls // clients), pid) for clients in (1, 4, 16)]
@@ -290,7 +296,7 @@ def main() -> None:
     load_after_service = os.getloadavg()
     pool_items = 2_000 if args.quick else args.pool_items
     with tempfile.TemporaryDirectory() as workdir:
-        job = run_job(pool_items, Path(workdir))
+        job = run_job(pool_items, Path(workdir), server_args)
     stages = breakdown(rows[0], encode_ms)
     half_stages = breakdown(half_row, half_encode_ms)
 
@@ -318,7 +324,8 @@ def main() -> None:
     record = {
         "benchmark": "service",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"processor": platform.machine(), "threads": threads, "torch": torch.__version__},
+        "machine": {"processor": cpu_name(), "threads": threads, "torch": torch.__version__},
+        "server_event_loop": args.event_loop or DEFAULT_EVENT_LOOP,
         "load_average": {"start": load_start, "after_score_batch_runs": load_after_service, "end": os.getloadavg()},
         "quick": args.quick,
         "batch": {"items": items, "features": [512, 7, 7], "roi": "packed masks 224x224", "request_mb": request_mb, "calls_per_concurrency": calls},

@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from xal_service.server.event_loop import DEFAULT_EVENT_LOOP, EVENT_LOOPS
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("serve", help="run the gRPC scoring service")
@@ -43,6 +45,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="serve Prometheus metrics at http://HOST:PORT/metrics (loopback only without "
                              "--token-file; with it, scrapers send the token as a bearer header; HTTPS with "
                              "--tls-cert); default: no metrics endpoint")
+    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default=DEFAULT_EVENT_LOOP,
+                        help=f"the server's event loop (default {DEFAULT_EVENT_LOOP}: faster gRPC hand-offs; asyncio = "
+                             "the standard loop)")
     add_ray_arguments(parser, engine_default="in-process")
     parser.set_defaults(run=run)
 
@@ -89,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         pool_roots=tuple(args.pool_root),
         trust_torchscript_uploads=args.trust_torchscript_uploads,
         metrics_listen=args.metrics_listen,
+        event_loop=args.event_loop,
         limits=ServiceLimits(max_roi_side=args.max_roi_side, max_boxes_per_image=args.max_boxes_per_image,
                              max_model_bytes=args.max_model_bytes,
                              max_streams_per_client=args.max_streams_per_client, max_streams=args.max_streams,

@@ -48,6 +48,7 @@ from ..process_memory import keep_freed_memory, usable_cpus
 from ..registry.registry import Registry
 from ..registry.roots import PathRoots, Redactor
 from .auth import TokenInterceptor
+from .event_loop import DEFAULT_EVENT_LOOP, new_event_loop
 from .handlers import SERVICE_NAME, method_handlers
 from .health_gate import HealthGate
 from .limits import ServiceLimits
@@ -87,6 +88,7 @@ class ServerConfig:
         metrics_listen: ``host:port`` to serve Prometheus metrics on (``/metrics``); None = none.
             Without a token only a loopback address (unless ``allow_remote_without_token``); port 0
             picks a free one (``metrics_port`` in ``state/server.json``).
+        event_loop: ``uvloop`` (the default where installed) or ``asyncio`` (``event_loop`` says why).
     """
 
     listen: str = "127.0.0.1:50051"
@@ -104,6 +106,7 @@ class ServerConfig:
     trust_torchscript_uploads: bool = False
     limits: ServiceLimits = field(default_factory=ServiceLimits)
     metrics_listen: str | None = None
+    event_loop: str = DEFAULT_EVENT_LOOP
 
 
 @dataclass
@@ -180,8 +183,8 @@ def _bind_problem(listen: str) -> str:
     return "gRPC refused the address (set GRPC_VERBOSITY=debug to see why)"
 
 
-def _event_loop() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
-    loop = asyncio.new_event_loop()
+def _event_loop(kind: str) -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
+    loop = new_event_loop(kind)
     thread = threading.Thread(target=loop.run_forever, name="xal-grpc-loop", daemon=True)
     thread.start()
     return loop, thread
@@ -221,7 +224,7 @@ def _start(config: ServerConfig, state: Path, token: str | None, host: str, limi
            model_roots: PathRoots, pool_roots: PathRoots, redact: Redactor, metrics, metrics_server) -> RunningServer:
     """The rest of ``start_server``: the event loop, the workers and the gRPC server (the caller
     stops a metrics server it has already started if this fails)."""
-    loop, loop_thread = _event_loop()
+    loop, loop_thread = _event_loop(config.event_loop)
     statistics = Statistics()
     registry = Registry(state, model_roots=model_roots, pool_roots=pool_roots,
                         trust_torchscript_uploads=config.trust_torchscript_uploads)
@@ -284,7 +287,7 @@ def _start(config: ServerConfig, state: Path, token: str | None, host: str, limi
     (state / "server.json").write_text(
         json.dumps(
             {"address": address, "port": port, "pid": os.getpid(), "tls": bool(config.tls_cert),
-             "auth": token is not None, "started": time.time(),
+             "auth": token is not None, "started": time.time(), "event_loop": config.event_loop,
              "metrics_port": metrics_server.server_port if metrics_server is not None else None},
             indent=2,
         )
@@ -332,7 +335,8 @@ def serve_forever(config: ServerConfig, announce=print) -> None:
     if config.ray is not None:
         announce(f"xal serve: scoring jobs run on Ray (address {config.ray.address}, {config.ray.workers} worker(s), "
                  f"{config.ray.gpus_per_worker:g} GPU each)")
-    announce(f"xal serve: {'; '.join(tuned)}; {config.scoring_threads or usable_cpus()} scoring thread(s)")
+    announce(f"xal serve: {'; '.join(tuned)}; {config.scoring_threads or usable_cpus()} scoring thread(s); "
+             f"{config.event_loop} event loop")
     roots = running.jobs.registry
     announce(f"xal serve: server-side paths only under --model-root {', '.join(map(str, roots.model_roots.roots))} "
              f"and --pool-root {', '.join(map(str, roots.pool_roots.roots))}; uploaded models: "
