@@ -3,12 +3,13 @@
 Why uvloop: on ``grpc.aio`` the event loop thread does more than dispatch. gRPC's transport reads
 and writes run on it (``recv``/``sendmsg`` under its callbacks), so does the copy of every received
 message into Python bytes, and so do the futures and callbacks of each call's hop to a worker
-thread and back. All of that queues on one thread. On the standard loop that cost the service
-5–8 % of its throughput against the threaded server it replaced; uvloop's loop (libuv, the
-callbacks in C) runs the same work faster. Measured on the 2-core AMD EPYC host, 2 interleaved
-rounds of ``bench/service.py`` with the study processes stopped
-(``bench/results/service-cpu-uvloop-vs-asyncio-vs-threaded.json``): items/s +16 % / +11 % / +16 %
-over the standard loop at 1 / 4 / 16 clients, and ahead of the threaded server at all three.
+thread and back. All of that queues on one thread. uvloop's loop (libuv, its callbacks in C)
+runs the same work with less interpreter overhead. Measured on the 2-core AMD EPYC host, 5
+interleaved rounds of ``bench/service.py`` with the study processes stopped (``bench/results/service-cpu-uvloop-vs-asyncio-vs-threaded.json``;
+medians of per-round ratios, single rounds spread ±15 %): against the standard loop, items/s
++1 % / +3 % / +11 % at 1 / 4 / 16 clients, one-client p99 −9 %, float16 p50 −10 %; against the
+threaded server the service replaced, p50 −7 % / +3 % / −10 % and items/s +8 % / −1 % / +9 %
+(on the standard loop: items/s −3.5 % / −4.2 % / +4.2 %).
 
 Nothing else changes: the server code is the same coroutines on either loop, and the whole service
 suite runs on the default.
