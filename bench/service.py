@@ -22,11 +22,9 @@ on a shared host it moves far less with other processes' load than a latency, so
 servers can be read from it when the latencies are lost in the noise. Run: ``python
 bench/service.py`` (``--quick`` for a smoke run).
 
-A/B against another commit (how ``bench/results/service-cpu-aio-handoff-vs-threaded.json`` was
-made): ``git worktree add --detach /tmp/other COMMIT``, then alternate ``(cd /tmp/other &&
-PYTHONPATH=/tmp/other python bench/service.py --pool-items 2000 --out A_i.json)`` and the same here
-(``--out B_i.json``), A B A B ..., at least three times each, and compare medians. ``--event-loop
-asyncio`` runs the servers on the standard loop instead of uvloop (how the loops were compared).
+A/B against another commit or setting: ``bench/service_ab.py`` runs this script for each side in
+interleaved rounds and takes medians of the per-round ratios. ``--event-loop asyncio`` runs the
+servers on the standard loop instead of uvloop (how the loops were compared).
 JSON: ``bench/results/service-cpu.json``.
 """
 
@@ -209,47 +207,9 @@ def run_job(pool_items: int, workdir: Path, server_args: tuple[str, ...] = ()) -
     }
 
 
-def _run_summary(path: Path) -> dict:
-    """The rows of one run's JSON that an A/B compares."""
-    record = json.loads(path.read_text())
-    rows = [{key: row.get(key) for key in ("clients", "p50_ms", "p99_ms", "items_per_s", "server_cpu_ms_per_call")}
-            for row in record["score_batch"]]
-    half = record["score_batch_fp16_features"]
-    return {"file": path.name, "when": record["when"], "load_start": record["load_average"]["start"][0],
-            "in_process_single_thread_median_ms": record.get("in_process_single_thread_median_ms"),
-            "rows": rows, "fp16_1_client": {"p50_ms": half["p50_ms"], "p99_ms": half["p99_ms"]}}
-
-
-def summarize_ab(a_name: str, a_files: list[Path], b_name: str, b_files: list[Path], command: str) -> dict:
-    """Medians, spreads (min–max) and B/A ratios of interleaved runs of two commits."""
-    runs = {a_name: [_run_summary(p) for p in a_files], b_name: [_run_summary(p) for p in b_files]}
-
-    def table(summaries: list[dict]) -> dict:
-        out = {}
-        for position, row in enumerate(summaries[0]["rows"]):
-            out[f"{row['clients']}_clients"] = {
-                key: {"median": statistics.median(v), "min": min(v), "max": max(v)}
-                for key in ("p50_ms", "p99_ms", "items_per_s", "server_cpu_ms_per_call")
-                if (v := [s["rows"][position][key] for s in summaries if s["rows"][position][key] is not None])
-            }
-        out["fp16_1_client"] = {key: {"median": statistics.median(v), "min": min(v), "max": max(v)}
-                                for key in ("p50_ms", "p99_ms")
-                                if (v := [s["fp16_1_client"][key] for s in summaries])}
-        return out
-
-    stats = {name: table(summaries) for name, summaries in runs.items()}
-    ratio = {row: {key: stats[b_name][row][key]["median"] / stats[a_name][row][key]["median"]
-                   for key in stats[b_name][row] if key in stats[a_name][row]} for row in stats[b_name]}
-    return {"benchmark": f"service A/B: {a_name} vs {b_name}", "command": command, "runs": runs,
-            "medians_and_spread": stats, f"ratio_{b_name}_over_{a_name}": ratio}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--ab", nargs=2, metavar=("A=FILE,FILE...", "B=FILE,FILE..."),
-                        help="no benchmark: summarize interleaved runs of two commits (their --out files) into --out")
-    parser.add_argument("--ab-command", default="", help="with --ab: how the runs were made, recorded in the JSON")
     parser.add_argument("--pool-items", type=int, default=100_000, help="items in the job's pool (default 100000)")
     parser.add_argument("--out", type=Path, default=RESULTS / "service-cpu.json")
     parser.add_argument("--calls", type=int, default=600,
@@ -259,14 +219,6 @@ def main() -> None:
                         help=f"the servers' event loop (xal serve --event-loop; default: its own, {DEFAULT_EVENT_LOOP})")
     args = parser.parse_args()
     server_args = ("--event-loop", args.event_loop) if args.event_loop else ()
-    if args.ab:
-        (a_name, a_files), (b_name, b_files) = (side.split("=", 1) for side in args.ab)
-        record = summarize_ab(a_name, [Path(f) for f in a_files.split(",")], b_name,
-                              [Path(f) for f in b_files.split(",")], args.ab_command)
-        args.out.write_text(json.dumps(record, indent=1) + "\n")
-        print(json.dumps(record[f"ratio_{b_name}_over_{a_name}"], indent=1))
-        print(f"wrote {args.out}")
-        return
     items, requests = (16, 5) if args.quick else (64, 40)
     calls = 16 if args.quick else args.calls
     batch = make_batch(items, seed=0)
