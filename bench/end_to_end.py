@@ -11,6 +11,9 @@ best round is recorded too: on a shared host it is the least disturbed):
   normalisation, then ONNX Runtime (what every way of scoring a pool does first);
 * ``serial`` — xal before issue 29: per batch ``score_chunk`` (forward, then ``score_batch``), ONNX
   Runtime on every core and the kernel on torch's threads;
+* ``serial-one-thread`` — the same with the side work (normalise, ``score_batch``) on the calling
+  thread with torch on one thread and ONNX Runtime at the default split's threads: no overlap, and
+  nothing of the side work competing with ONNX Runtime's threads while they run;
 * ``pipelined`` — ``score_chunks``, what a service job and the loop's ``InProcessScorer`` run: the
   next batch normalised and the previous one scored on one worker thread while ONNX Runtime
   computes this one, with the default ``ThreadSplit``;
@@ -216,6 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     def serial():
         results["serial"] = [score_chunk(all_rt, chunk, CONFIG) for chunk in chunks(inputs)]
 
+    def serial_one_thread():
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            results["serial-one-thread"] = [score_chunk(split_rt, chunk, CONFIG) for chunk in chunks(inputs)]
+        finally:
+            torch.set_num_threads(before)
+
     def pipelined(runtime, name):
         def run():
             results[name] = [scores for _, scores in score_chunks(runtime, chunks(inputs), CONFIG,
@@ -226,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         "forward": forward(split_rt), "forward+normalise": forward(split_rt, normalise=True), "serial": serial,
         "pipelined": pipelined(split_rt, "pipelined"),
     }
+    if device.type == "cpu":
+        variants["serial-one-thread"] = serial_one_thread
     if other_rt is not None:
         variants["forward-other-split"] = forward(other_rt)
         variants["pipelined-other-split"] = pipelined(other_rt, "pipelined-other-split")
@@ -248,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     for fn in variants.values():  # warm-up: sessions, kernel compilation, allocator
         fn()
     reference = concat_scores(results["serial"])
-    for name in ("pipelined", "pipelined-other-split", "pipelined-nospin"):
+    for name in ("pipelined", "pipelined-other-split", "pipelined-nospin", "serial-one-thread"):
         if name in results and not same_scores(concat_scores(results[name]), reference):
             raise AssertionError(f"{name}: scores differ from the serial path's")
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -276,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
             "serial_vs_forward_with_normalise": ips["serial"] / ips["forward+normalise"],
             "pipelined_vs_serial": ips["pipelined"] / ips["serial"],
         }
+        if "serial-one-thread" in ips:
+            out["serial_one_thread_vs_forward"] = ips["serial-one-thread"] / ips["forward"]
+            out["pipelined_vs_serial_one_thread"] = ips["pipelined"] / ips["serial-one-thread"]
         if "pipelined-other-split" in ips:
             out["other_split_pipelined_vs_its_forward"] = ips["pipelined-other-split"] / ips["forward-other-split"]
             out["other_split_pipelined_vs_pipelined"] = ips["pipelined-other-split"] / ips["pipelined"]

@@ -59,21 +59,21 @@ class Plan(NamedTuple):
     batch: int
     repeats: int
     architecture: str  # the ``BackboneConfig`` name
-    options: dict = {}
+    options: tuple[tuple[str, int], ...] = ()  # BackboneConfig keywords, as pairs: a default no call can mutate
     channels: int = 3
     side: int = SIZE
 
 
 PLAN = {"resnet18": Plan(8, 5, "resnet18"), "resnet34": Plan(8, 3, "resnet34"), "resnet50": Plan(4, 3, "resnet50"),
         "densenet121": Plan(4, 3, "densenet121"),
-        "smallcnn8": Plan(256, 5, "smallcnn", {"smallcnn_width": 8}, channels=1, side=64)}
+        "smallcnn8": Plan(256, 5, "smallcnn", (("smallcnn_width", 8),), channels=1, side=64)}
 QUICK_BATCH, QUICK_REPEATS = 2, 2  # --quick: ResNet-18 unless --backbones names others
 
 
 def run_backbone(name: str, plan: Plan, folder: Path, threads: int) -> dict:
     torch.manual_seed(0)
     batch, repeats, architecture, options, channels, side = plan
-    model = ExplainableModel(build_backbone(BackboneConfig(architecture, channels, 2, **options))).eval()
+    model = ExplainableModel(build_backbone(BackboneConfig(architecture, channels, 2, **dict(options)))).eval()
     started = time.perf_counter()
     onnx_file = export(model, folder / f"{name}.onnx", "onnx", (channels, side, side))
     export(model, folder / f"{name}.ts", "torchscript", (channels, side, side))

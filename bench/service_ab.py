@@ -16,8 +16,9 @@ over all of them). Each run is ``PYTHONPATH=TREE python TREE/bench/service.py --
 ``summarize`` aggregates runs made elsewhere (``NAME=FILE,FILE,…``, round *i* of every side at
 position *i*).
 
-The JSON: per side and metric the median and range over rounds; for every side against the
-first (the baseline), the ratio per round and the median of those ratios. Read the medians of
+The JSON: per side and metric the median and range over rounds; for every pair of sides (the
+later over the earlier in the order given, so every side over the first, the baseline), the ratio
+per round and the median of those ratios. Read the medians of
 ratios, not single rounds. Lower is better for ``p50_ms``/``p99_ms``, higher for ``items_per_s``.
 
 Example (how ``bench/results/service-cpu-ab-amd.json`` was made)::
@@ -81,7 +82,7 @@ def run_values(record: dict) -> dict[str, float]:
 
 
 def summarize(runs: dict[str, list[dict]]) -> dict:
-    """Medians, ranges and paired per-round ratios against the first side.
+    """Medians, ranges and paired per-round ratios of every side against each side before it.
 
     ``runs`` maps each side (the first is the baseline) to its runs' JSON records in round order;
     every side needs the same number of rounds, since round *i*'s ratio pairs the sides' *i*-th runs.
@@ -98,10 +99,12 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
     spread = {name: {m: {"median": statistics.median(v[m] for v in rounds), "min": min(v[m] for v in rounds),
                          "max": max(v[m] for v in rounds)} for m in metrics} for name, rounds in values.items()}
     per_round, median_ratio = {}, {}
-    for name in names[1:]:
-        key = f"{name}_over_{baseline}"
-        per_round[key] = {m: [b[m] / a[m] for a, b in zip(values[baseline], values[name], strict=True)] for m in metrics}
-        median_ratio[key] = {m: statistics.median(ratios) for m, ratios in per_round[key].items()}
+    for position, earlier in enumerate(names):
+        for later in names[position + 1:]:
+            key = f"{later}_over_{earlier}"
+            per_round[key] = {m: [b[m] / a[m] for a, b in zip(values[earlier], values[later], strict=True)]
+                              for m in metrics}
+            median_ratio[key] = {m: statistics.median(ratios) for m, ratios in per_round[key].items()}
     return {
         "how_to_read": "ratios are side/baseline within each round (paired), then the median over rounds; "
                        "lower is better for latencies (p50_ms, p99_ms), higher for items_per_s",

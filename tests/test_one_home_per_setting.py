@@ -1,7 +1,8 @@
 """Each setting's default is written once: in the dataclass (or signature) that is its home.
 
 The settings that travel from the command line to the place they act are frozen dataclasses —
-``ScoringConfig``, ``RoiTraining``, ``TrainRecipe``, ``Protocol``, ``DataSpec`` — plus the options
+``ScoringConfig``, ``RoiTraining``, ``TrainRecipe``, ``Protocol``, ``DataSpec``, and the server's
+``ServerConfig`` and ``ServiceLimits`` (``xal serve``'s flags) — plus the options
 of ``RunSession`` and ``ActiveLearner`` that ``xal run`` passes on. This test reads the source tree
 with ``ast`` and fails when the default of one of their fields is written as a literal anywhere
 else: a class field (``name: T = 5000``, ``name: T = field(default=5000)``), a parameter
@@ -33,12 +34,13 @@ from xal_core.loop.protocol import Protocol
 from xal_core.loop.recipe import TrainRecipe
 from xal_core.scoring.parameters import ScoringConfig
 from xal_core.train.roi_training import RoiTraining
+from xal_service.server.config import ServerConfig, ServiceLimits
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("xal_core", "xal_kernels", "xal_cli", "xal_web", "xal_service")
 
 #: the homes: dataclasses (every field with a default value) and callables (the parameters named)
-SETTINGS: tuple[type, ...] = (ScoringConfig, RoiTraining, TrainRecipe, Protocol, DataSpec)
+SETTINGS: tuple[type, ...] = (ScoringConfig, RoiTraining, TrainRecipe, Protocol, DataSpec, ServerConfig, ServiceLimits)
 OPTIONS: tuple[tuple[Any, tuple[str, ...]], ...] = (
     (RunSession, ("scorer", "server", "oracle")),
     (ActiveLearner, ("overlay_images",)),
@@ -54,6 +56,17 @@ NAMESAKES: dict[tuple[str, str], str] = {
     ("xal_cli/ingest.py", "size"): "xal ingest's frame for a pool store of its own, not a run's",
     ("xal_core/data/", "test_fraction"): "the split column a DICOMweb ingest writes into a generic dataset folder",
     ("xal_cli/ingest.py", "test_fraction"): "xal ingest's split column for --dataset-out (as above)",
+    ("xal_cli/ingest.py", "workers"): "xal ingest's decoding processes, not the server's handler threads",
+    ("xal_core/data/", "workers"): "an ingest's decoding processes, not the server's handler threads",
+    ("xal_service/engines/ray/config.py", "workers"): "Ray scorer actors (--ray-workers), not handler threads",
+    ("xal_web/", "listen"): "the annotation page's address (xal annotate --listen), not the gRPC service's",
+    ("xal_service/client/scoring_client.py", "max_message_mb"):
+        "the client's own receive cap: a client talks to servers configured in other ways",
+    ("xal_service/server/servicer.py", "scoring_threads"):
+        "the resolved thread count of a pool the caller made; ServerConfig's 0 (one per CPU) is resolved before",
+    ("xal_service/registry/registry.py", "trust_torchscript_uploads"):
+        "a direct caller's registry refuses code too; the server passes ServerConfig's (the registry layer "
+        "imports nothing of the server's)",
 }
 
 

@@ -6,18 +6,24 @@ import argparse
 import logging
 from pathlib import Path
 
-from xal_service.server.event_loop import DEFAULT_EVENT_LOOP, EVENT_LOOPS
+from xal_service.server.config import ServerConfig, ServiceLimits
+from xal_service.server.event_loop import EVENT_LOOPS
+
+from .defaults import default_of
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("serve", help="run the gRPC scoring service")
-    parser.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT (port 0 = any free port)")
+    listen = default_of(ServerConfig, "listen")
+    parser.add_argument("--listen", default=listen, help=f"HOST:PORT (port 0 = any free port; default {listen})")
     parser.add_argument("--state", type=Path, required=True, help="directory for the server's state")
     parser.add_argument("--token-file", type=Path, help="file holding the bearer token clients must send")
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate (with --tls-key) to serve TLS")
     parser.add_argument("--tls-key", type=Path, help="PEM private key")
-    parser.add_argument("--max-message-mb", type=int, default=64, help="largest request or response (default 64)")
-    parser.add_argument("--workers", type=int, default=16, help="handler threads (default 16)")
+    parser.add_argument("--max-message-mb", type=int, default=default_of(ServerConfig, "max_message_mb"),
+                        help="largest request or response (default %(default)s)")
+    parser.add_argument("--workers", type=int, default=default_of(ServerConfig, "workers"),
+                        help="handler threads (default %(default)s)")
     parser.add_argument(
         "--allow-remote-without-token", action="store_true",
         help="serve a non-loopback address without --token-file (not recommended)",
@@ -28,25 +34,26 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="a folder RegisterPool paths may point into (repeatable; default STATE/pools)")
     parser.add_argument("--trust-torchscript-uploads", action="store_true",
                         help="accept uploaded TorchScript models (they run code when loaded; default: ONNX only)")
-    parser.add_argument("--max-model-bytes", type=int, default=1 << 30,
-                        help="largest uploaded model file (default 1 GiB)")
-    parser.add_argument("--max-roi-side", type=int, default=4096,
-                        help="largest ROI frame height and width a ScoreBatch may declare (default 4096)")
-    parser.add_argument("--max-boxes-per-image", type=int, default=1024,
+    parser.add_argument("--max-model-bytes", type=int, default=default_of(ServiceLimits, "max_model_bytes"),
+                        help="largest uploaded model file in bytes (default %(default)s)")
+    parser.add_argument("--max-roi-side", type=int, default=default_of(ServiceLimits, "max_roi_side"),
+                        help="largest ROI frame height and width a ScoreBatch may declare (default %(default)s)")
+    parser.add_argument("--max-boxes-per-image", type=int, default=default_of(ServiceLimits, "max_boxes_per_image"),
                         help="most box slots per image (M of roi.boxes.boxes [B, M, 4]) a ScoreBatch may send "
-                             "(default 1024)")
-    parser.add_argument("--max-streams-per-client", type=int, default=16,
-                        help="open WatchJob/GetRanking/LoadModel streams per client address (default 16)")
-    parser.add_argument("--max-streams", type=int, default=64, help="open streams in total (default 64)")
-    parser.add_argument("--max-inflight-batches", type=int, default=32,
+                             "(default %(default)s)")
+    parser.add_argument("--max-streams-per-client", type=int, default=default_of(ServiceLimits, "max_streams_per_client"),
+                        help="open WatchJob/GetRanking/LoadModel streams per client address (default %(default)s)")
+    parser.add_argument("--max-streams", type=int, default=default_of(ServiceLimits, "max_streams"),
+                        help="open streams in total (default %(default)s)")
+    parser.add_argument("--max-inflight-batches", type=int, default=default_of(ServiceLimits, "max_inflight_batches"),
                         help="ScoreBatch calls scored or waiting at once; more are refused with RESOURCE_EXHAUSTED "
-                             "(default 32)")
+                             "(default %(default)s)")
     parser.add_argument("--metrics-listen", metavar="HOST:PORT",
                         help="serve Prometheus metrics at http://HOST:PORT/metrics (loopback only without "
                              "--token-file; with it, scrapers send the token as a bearer header; HTTPS with "
                              "--tls-cert); default: no metrics endpoint")
-    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default=DEFAULT_EVENT_LOOP,
-                        help=f"the server's event loop (default {DEFAULT_EVENT_LOOP}: faster gRPC hand-offs; asyncio = "
+    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default=default_of(ServerConfig, "event_loop"),
+                        help="the server's event loop (default %(default)s: faster gRPC hand-offs; asyncio = "
                              "the standard loop)")
     add_ray_arguments(parser, engine_default="in-process")
     parser.set_defaults(run=run)
@@ -74,8 +81,7 @@ def ray_engine_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from xal_service.server.limits import ServiceLimits
-    from xal_service.server.serve import ServerConfig, serve_forever  # gRPC only when serving
+    from xal_service.server.serve import serve_forever  # gRPC only when serving
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.max_message_mb < 1 or args.workers < 1:

@@ -32,6 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+import learning_curves  # noqa: E402 - docs/results/learning_curves.py, beside this script
+from learning_curves import fmt, plot_curves, summary  # noqa: E402
+
 from xal_core.loop.report.stats import mean_ci  # noqa: E402
 
 ARM = re.compile(r"^(?P<strategy>[a-z_]+)-(?P<training>[a-z]+)-l(?P<lam>[0-9.]+)-s(?P<seed>\d+)$")
@@ -81,27 +84,13 @@ def load(runs: Path) -> tuple[dict, list[str]]:
 
 def aulc(curve: dict[int, dict]) -> float:
     """Mean height of the accuracy curve over [50, 570] labels (trapezoids)."""
-    labels = sorted(n for n in curve if FIRST <= n <= LAST)
-    area = sum((b - a) * (curve[a]["accuracy"] + curve[b]["accuracy"]) / 2 for a, b in zip(labels, labels[1:], strict=False))
-    return area / (LAST - FIRST)
+    return learning_curves.aulc(curve, "accuracy", FIRST, LAST)
 
 
 def swing(curve: dict[int, dict]) -> float:
     labels = sorted(n for n in curve if n >= STABLE_FROM)
     steps = [abs(curve[b]["accuracy"] - curve[a]["accuracy"]) for a, b in zip(labels, labels[1:], strict=False)]
     return sum(steps) / len(steps) if steps else math.nan
-
-
-def summary(ci) -> dict:
-    return {"mean": ci.mean, "half_width": ci.half_width, "n": ci.n}
-
-
-def fmt(ci, digits: int = 3) -> str:
-    if ci.n == 0:
-        return "—"
-    if math.isnan(ci.half_width):
-        return f"{ci.mean:.{digits}f}"
-    return f"{ci.mean:.{digits}f} ± {ci.half_width:.{digits}f}"
 
 
 def arm_name(key: tuple[str, str, str]) -> str:
@@ -148,32 +137,27 @@ def analyse(arms: dict, best: str) -> dict:
 
 
 def tables(result: dict) -> str:
-    from xal_core.loop.report.stats import MeanCI
-
-    def ci(d):
-        return MeanCI(d["mean"], d["half_width"], d["n"])
-
     lines = [f"Best training on random sampling: **{result['best_training']}**.", ""]
     for metric in METRICS:
         lines += [f"**{metric.replace('_', ' ')}** (mean ± 95 % CI over seeds)", "",
                   "| arm | seeds | " + " | ".join(f"{n} labels" for n in CHECKPOINTS) + (" | AULC |" if metric == "accuracy" else " |"),
                   "|---|---:|" + "---:|" * len(CHECKPOINTS) + ("---:|" if metric == "accuracy" else "")]
         for name, e in result["arms"].items():
-            cells = [fmt(ci(e["at"][n][metric])) for n in CHECKPOINTS]
-            extra = f" {fmt(ci(e['aulc']))} |" if metric == "accuracy" else ""
+            cells = [fmt(e["at"][n][metric]) for n in CHECKPOINTS]
+            extra = f" {fmt(e['aulc'])} |" if metric == "accuracy" else ""
             lines.append(f"| {name} | {len(e['seeds'])} | " + " | ".join(cells) + " |" + extra)
         lines.append("")
     lines += ["**Stability**: mean |Δ accuracy| between consecutive rounds from 250 labels (target <= 0.05)", "",
               "| arm | swing |", "|---|---:|"]
-    lines += [f"| {name} | {fmt(ci(e['swing_after_250']))} |" for name, e in result["arms"].items()]
+    lines += [f"| {name} | {fmt(e['swing_after_250'])} |" for name, e in result["arms"].items()]
     lines += ["", "**Paired differences** (same seeds; first − second; 95 % t-interval)", "",
               "| first − second | seeds | accuracy at 170 | first ahead | accuracy at 570 | first ahead | AULC | first ahead |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for p in result["pairs"]:
         n = len(p["seeds"])
-        lines.append(f"| {p['first']} − {p['second']} | {n} | {fmt(ci(p['accuracy_170']))} | {p['first_ahead_170']}/{n} | "
-                     f"{fmt(ci(p['accuracy_570']))} | {p['first_ahead_570']}/{n} | "
-                     f"{fmt(ci(p['aulc']))} | {p['first_ahead_aulc']}/{n} |")
+        lines.append(f"| {p['first']} − {p['second']} | {n} | {fmt(p['accuracy_170'])} | {p['first_ahead_170']}/{n} | "
+                     f"{fmt(p['accuracy_570'])} | {p['first_ahead_570']}/{n} | "
+                     f"{fmt(p['aulc'])} | {p['first_ahead_aulc']}/{n} |")
     if "labels_to_reach_random_best_at_570" in result:
         lines += ["", "**Labels to reach random+best's mean accuracy at 570** (mean curve; — = never)", "",
                   "| arm | labels |", "|---|---:|"]
@@ -182,31 +166,11 @@ def tables(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
+    def style(arm: str) -> str:
+        return "-" if "best" in arm or result["best_training"] in arm else ("--" if "plain" in arm else ":")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, e in result["arms"].items():
-        if "λ" in name:
-            continue
-        labels = sorted(e["curve"], key=int)
-        for ax, metric in zip(axes, ("accuracy", "cam_dice"), strict=True):
-            mean = [e["curve"][n][metric]["mean"] for n in labels]
-            half = [e["curve"][n][metric]["half_width"] for n in labels]
-            half = [0.0 if math.isnan(h) else h for h in half]
-            style = "-" if "best" in name or result["best_training"] in name else ("--" if "plain" in name else ":")
-            line, = ax.plot([int(n) for n in labels], mean, style, label=name)
-            ax.fill_between([int(n) for n in labels], [m - h for m, h in zip(mean, half, strict=True)],
-                            [m + h for m, h in zip(mean, half, strict=True)], alpha=0.12, color=line.get_color())
-    for ax, title in zip(axes, ("test accuracy", "test CAM–ROI Dice"), strict=True):
-        ax.set_xlabel("labels")
-        ax.set_title(f"{title} (mean ± 95 % CI over seeds)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    arms = {arm: entry for arm, entry in result["arms"].items() if "λ" not in arm}
+    plot_curves(arms, ("accuracy", "cam_dice"), ("test accuracy", "test CAM–ROI Dice"), path, style=style, legend_columns=2)
 
 
 def main(argv: list[str] | None = None) -> int:

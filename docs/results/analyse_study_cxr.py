@@ -31,7 +31,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from xal_core.loop.report.stats import MeanCI, mean_ci  # noqa: E402
+import learning_curves  # noqa: E402 - docs/results/learning_curves.py, beside this script
+from learning_curves import fmt, plot_curves, summary  # noqa: E402
+
+from xal_core.loop.report.stats import mean_ci  # noqa: E402
 
 ARM = re.compile(r"^(?P<strategy>[a-z_]+)-(?P<training>[a-z]+)-(?P<source>expert|anatomy|none)-s(?P<seed>\d+)$")
 METRICS = ("balanced_accuracy", "auroc", "cam_dice")
@@ -73,21 +76,7 @@ def load(runs: Path) -> tuple[dict, list[str]]:
 
 
 def aulc(curve: dict[int, dict], metric: str = "balanced_accuracy") -> float:
-    labels = sorted(n for n in curve if FIRST <= n <= LAST)
-    area = sum((b - a) * (curve[a][metric] + curve[b][metric]) / 2 for a, b in zip(labels, labels[1:], strict=False))
-    return area / (LAST - FIRST)
-
-
-def summary(ci: MeanCI) -> dict:
-    return {"mean": ci.mean, "half_width": ci.half_width, "n": ci.n}
-
-
-def fmt(d: dict, digits: int = 3) -> str:
-    if d["n"] == 0:
-        return "—"
-    if math.isnan(d["half_width"]):
-        return f"{d['mean']:.{digits}f}"
-    return f"{d['mean']:.{digits}f} ± {d['half_width']:.{digits}f}"
+    return learning_curves.aulc(curve, metric, FIRST, LAST)
 
 
 def name(key: tuple[str, str, str]) -> str:
@@ -157,28 +146,8 @@ def tables(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for arm, e in result["arms"].items():
-        labels = sorted(e["curve"], key=int)
-        for ax, metric in zip(axes, ("balanced_accuracy", "cam_dice"), strict=True):
-            mean = [e["curve"][n][metric]["mean"] for n in labels]
-            half = [0.0 if math.isnan(e["curve"][n][metric]["half_width"]) else e["curve"][n][metric]["half_width"]
-                    for n in labels]
-            line, = ax.plot([int(n) for n in labels], mean, "--" if "plain" in arm else "-", label=arm)
-            ax.fill_between([int(n) for n in labels], [m - h for m, h in zip(mean, half, strict=True)],
-                            [m + h for m, h in zip(mean, half, strict=True)], alpha=0.12, color=line.get_color())
-    for ax, title in zip(axes, ("test balanced accuracy", "test CAM–ROI Dice"), strict=True):
-        ax.set_xlabel("labels")
-        ax.set_title(f"{title} (mean ± 95 % CI over seeds)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    plot_curves(result["arms"], ("balanced_accuracy", "cam_dice"), ("test balanced accuracy", "test CAM–ROI Dice"), path,
+                style=lambda arm: "--" if "plain" in arm else "-")
 
 
 def main(argv: list[str] | None = None) -> int:

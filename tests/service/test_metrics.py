@@ -26,7 +26,7 @@ from xal_core.data.ingest import ingest
 from xal_core.models import ExplainableModel, build_backbone, export
 from xal_core.scoring import Roi
 from xal_service.client import ScoringClient
-from xal_service.server.limits import ServiceLimits
+from xal_service.server.config import ServiceLimits
 from xal_service.server.metrics import ServiceMetrics, method_label
 from xal_service.server.statistics import Statistics
 from xal_service.wire import scoring_pb2 as pb

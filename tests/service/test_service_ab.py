@@ -37,11 +37,12 @@ def test_ratios_are_paired_within_rounds_then_medians():
     assert summary["baseline"] == "a" and summary["rounds"] == 3
 
 
-def test_every_side_is_compared_with_the_first():
+def test_every_side_is_compared_with_each_side_before_it():
     runs = {"base": [_record(10, 100)], "x": [_record(5, 200)], "y": [_record(20, 50)]}
     ratios = service_ab.summarize(runs)["median_ratio"]
-    assert set(ratios) == {"x_over_base", "y_over_base"}
+    assert set(ratios) == {"x_over_base", "y_over_base", "y_over_x"}
     assert ratios["y_over_base"]["4_clients_p50_ms"] == pytest.approx(2.0)
+    assert ratios["y_over_x"]["16_clients_items_per_s"] == pytest.approx(0.25)
 
 
 def test_unpaired_or_single_sides_are_refused():

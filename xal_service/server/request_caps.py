@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ..errors import invalid_argument
 from ..wire import scoring_pb2 as pb
-from .limits import ServiceLimits
+from .config import ServiceLimits
 
 __all__ = ["check_score_batch_sizes"]
 
@@ -22,7 +22,7 @@ def check_score_batch_sizes(roi: pb.RoiBatch, batch: int, grid: tuple[int, int],
                             limits: ServiceLimits) -> None:
     """Refuse a frame larger than ``--max-roi-side``, a CAM grid whose resampled rows or columns
     outgrow ``limits.max_grid_scratch``, box ROIs with more than ``limits.max_boxes_per_image``
-    slots per image, and box ROIs that declare more work than the request could pay for (see :class:`~xal_service.server.limits.ServiceLimits`)."""
+    slots per image, and box ROIs that declare more work than the request could pay for (see :class:`~xal_service.server.config.ServiceLimits`)."""
     side = limits.max_roi_side
     for name, value in (("height", roi.height), ("width", roi.width)):
         if value > side:

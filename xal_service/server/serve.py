@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,16 +42,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 import xal_kernels
 from xal_core.access import is_loopback, read_token, split_listen
 
-from ..engines.ray.config import RayEngineConfig
 from ..jobs.manager import JobManager
 from ..process_memory import keep_freed_memory, usable_cpus
 from ..registry.registry import Registry
 from ..registry.roots import PathRoots, Redactor
 from .auth import TokenInterceptor
-from .event_loop import DEFAULT_EVENT_LOOP, new_event_loop
+from .config import ServerConfig, ServiceLimits
+from .event_loop import new_event_loop
 from .handlers import SERVICE_NAME, method_handlers
 from .health_gate import HealthGate
-from .limits import ServiceLimits
 from .servicer import ScoringServicer
 from .standard_services import HealthService, enable_reflection
 from .statistics import Statistics
@@ -62,51 +61,6 @@ if TYPE_CHECKING:
 __all__ = ["ServerConfig", "RunningServer", "start_server", "serve_forever"]
 
 log = logging.getLogger("xal.service")
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """How to run the server.
-
-    Attributes:
-        listen: ``host:port``; port 0 picks a free one (written to ``state/server.json``).
-        state: directory for the server's state (created if missing).
-        token_file: file holding the bearer token; None = no auth (loopback only, see below).
-        allow_remote_without_token: bind a non-loopback address without a token anyway.
-        tls_cert, tls_key: PEM files to serve TLS.
-        max_message_mb: largest request/response; larger ones get RESOURCE_EXHAUSTED.
-        workers: threads that run the handlers' blocking work (scoring, loading, file I/O).
-        ray: run scoring jobs on this Ray cluster (``xal_service.engines.ray``) instead of the
-            server's own job thread; None (the default) keeps them in-process.
-        scoring_threads: threads that score inline ``ScoreBatch`` batches, shared by all calls (a
-            batch is split across them when torch runs single-threaded, as under ``xal serve``);
-            0 (the default) = one per CPU this process may run on.
-        model_roots, pool_roots: the only folders server-side paths of ``LoadModel`` /
-            ``RegisterPool`` may resolve into; empty = ``state/models`` / ``state/pools``.
-        trust_torchscript_uploads: accept uploaded TorchScript files (they run code when loaded).
-        limits: per-request, per-client and per-upload caps.
-        metrics_listen: ``host:port`` to serve Prometheus metrics on (``/metrics``); None = none.
-            Without a token only a loopback address (unless ``allow_remote_without_token``); port 0
-            picks a free one (``metrics_port`` in ``state/server.json``).
-        event_loop: ``uvloop`` (the default where installed) or ``asyncio`` (``event_loop`` says why).
-    """
-
-    listen: str = "127.0.0.1:50051"
-    state: Path = Path("xal-state")
-    token_file: Path | None = None
-    allow_remote_without_token: bool = False
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    max_message_mb: int = 64
-    workers: int = 16
-    ray: RayEngineConfig | None = None
-    scoring_threads: int = 0
-    model_roots: tuple[Path, ...] = ()
-    pool_roots: tuple[Path, ...] = ()
-    trust_torchscript_uploads: bool = False
-    limits: ServiceLimits = field(default_factory=ServiceLimits)
-    metrics_listen: str | None = None
-    event_loop: str = DEFAULT_EVENT_LOOP
 
 
 @dataclass
