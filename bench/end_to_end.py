@@ -3,7 +3,9 @@
 The question (issue 29): how close does scoring a pool come to the model's forward pass on the same
 images? Variants, measured in one run on the same images, ROIs, weights and exported file, rounds
 interleaved (each round runs every variant once, in a rotated order), medians over rounds (the
-best round is recorded too: on a shared host it is the least disturbed):
+best round is recorded too: on a shared host it is the least disturbed), and each variant's ratio
+to the forward pass within each round, medians over rounds (``paired_ratios``: what a disturbed
+round does to every variant cancels):
 
 * ``forward`` — the strictest floor: ONNX Runtime alone on each batch of the same images, already
   normalised, at the default split's runtime threads (``ThreadSplit().runtime()``);
@@ -161,6 +163,14 @@ def same_scores(a, b) -> bool:
                for name in a.__dataclass_fields__)
 
 
+def paired_ratios(times: dict[str, list[float]], baseline: str = "forward") -> dict[str, float]:
+    """Each variant's throughput over the baseline's *within* each round, then the median over
+    rounds: a disturbed round slows every variant run in it, and the pairing cancels what the
+    ratio of two medians keeps (the variants run back to back in a round)."""
+    return {f"{name}_vs_{baseline}": statistics.median(b / t for b, t in zip(times[baseline], values, strict=True))
+            for name, values in times.items() if name != baseline}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 batches of 8 images, 1 round")
@@ -304,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         return out
 
     ratios, best_ratios = ratios_of(ips), ratios_of(best_ips)
+    paired = paired_ratios(times)
     profile = {}
     if device.type == "cpu":
         profile["serial, torch on every core, kernel on torch's threads"] = profile_serial(all_rt, inputs, None)
@@ -317,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:20s} {ips[name]:8.2f} images/s (median {median[name]:.2f} s; best round {best_ips[name]:.2f})")
     for name, value in ratios.items():
         print(f"  {name:42s} {value:.3f} (best rounds: {best_ratios[name]:.3f})")
+    print("  paired per round, medians: " + ", ".join(f"{name} {value:.3f}" for name, value in paired.items()))
     for name, steps in profile.items():
         print(f"  profile, {name}: " + ", ".join(f"{step} {v['wall_ms']:.1f} ms ({v['cpu_ms']:.1f} ms CPU)"
                                                   for step, v in steps.items()))
@@ -337,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                          "serial_runtime_threads": cores, "other_split_runtime_threads": other_threads},
         "images_per_s": ips, "median_s": median, "all_times_s": times, "ratios": ratios,
         "best_round_images_per_s": best_ips, "best_round_ratios": best_ratios,
+        "paired_ratios": paired,
         "pipelined_scores_equal_serial": True, "profile": profile, "skipped": skipped, "total_s": total,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
