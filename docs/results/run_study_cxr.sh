@@ -12,7 +12,7 @@
 #   bash docs/results/run_study_cxr.sh calib 0.4      # random+swap, seed 0, at opacity 0.4 (read metrics_val.csv)
 #   bash docs/results/run_study_cxr.sh main           # the key arms, seeds 0-9, interleaved by seed
 #   bash docs/results/run_study_cxr.sh vindr          # the multi-class variant: random vs the best of the rest
-#                                                     # (entropy on the RSNA study), then dual, seeds 0-4
+#                                                     # (entropy on the RSNA study), then dual, seeds 0-4, then 5-9
 #   bash docs/results/run_study_cxr.sh learnable      # the learnable drawing (opacity 0.7, size compensation 1):
 #                                                     # random vs dual(anatomy) seeds 0-9, then entropy
 #   bash docs/results/run_study_cxr.sh headroom       # the drawing and pool that meet both calibration windows
@@ -66,8 +66,11 @@ arms() {  # one line per arm: strategy training roi-source seed
           for s in 0 1 2 3 4 5 6 7 8 9; do echo "entropy swap anatomy $s"; done
           [ "$1" = learnable ] && return 0
           for s in 0 1 2 3 4 5 6 7 8 9; do echo "dual swap expert $s"; echo "random plain anatomy $s"; done ;;
-    vindr) for s in 0 1 2 3 4; do echo "random swap anatomy $s"; echo "${BEST_OF_REST:-entropy} swap anatomy $s"; done
-           for s in 0 1 2 3 4; do echo "dual swap anatomy $s"; done ;;
+    vindr) # seeds 0-4 first (the first report), then 5-9, each seed's three arms together
+           for s in 0 1 2 3 4; do echo "random swap anatomy $s"; echo "${BEST_OF_REST:-entropy} swap anatomy $s"; done
+           for s in 0 1 2 3 4; do echo "dual swap anatomy $s"; done
+           for s in 5 6 7 8 9; do echo "random swap anatomy $s"; echo "${BEST_OF_REST:-entropy} swap anatomy $s"
+                                  echo "dual swap anatomy $s"; done ;;
     list) grep -v '^#' ;;
     *) echo "usage: $0 calib OPACITY|main|learnable|headroom|vindr|list" >&2; exit 2 ;;
   esac
