@@ -108,4 +108,4 @@ export RUNS PROTOCOL EXTRA PYTHON OPACITY VARIANT POOL JOBS
 
 mkdir -p "$RUNS"
 if [ "${1:-}" = calib ]; then run_arm random swap anatomy 0; exit 0; fi
-arms "${1:-}" | xargs -P "$JOBS" --process-slot-var=SLOT -L 1 bash -c 'run_arm "$@"' _
+arms "${1:-}" | xargs -r -P "$JOBS" --process-slot-var=SLOT -L 1 bash -c 'run_arm "$@"' _
