@@ -1,7 +1,7 @@
 """The stream counter that holds clients to ``ServiceLimits``' stream caps (the caps: ``config``).
 
-Why the caps exist: every limit bounds something a small request could otherwise make the server allocate or
-hold — a 293-byte ``ScoreBatch`` that declares a 20-million-pixel-wide ROI frame, an upload with no
+Why the caps exist: every limit bounds something a small request could otherwise make the server
+allocate or hold — a 293-byte ``ScoreBatch`` that declares a 20-million-pixel-wide ROI frame, an upload with no
 end, a client holding hundreds of ``WatchJob`` streams. Each is refused up front with a status code
 (``INVALID_ARGUMENT`` naming the field, ``RESOURCE_EXHAUSTED`` for counts and sizes) instead of
 being discovered as memory pressure later.

@@ -43,8 +43,8 @@ from ..registry.registry import Registry, check_name
 from ..registry.uploads import UploadWriter
 from ..wire import scoring_pb2 as pb
 from . import replies
-from .handlers import MalformedRequest, tolerant
 from .config import ServiceLimits
+from .handlers import MalformedRequest, tolerant
 from .limits import StreamLimiter
 from .request_caps import check_score_batch_sizes
 from .statistics import Statistics
