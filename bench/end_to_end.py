@@ -64,7 +64,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from timing import cpu_name  # noqa: E402 - bench/timing.py (scripts run with bench/ on sys.path)
+from timing import cpu_name, paired_median_ratio  # noqa: E402 - bench/timing.py (scripts run with bench/ on sys.path)
 
 from xal_core.acquisition import ScoringConfig, score_batch  # noqa: E402
 from xal_core.acquisition.pool_scoring import concat_scores, score_chunk, score_chunks  # noqa: E402
@@ -167,7 +167,7 @@ def paired_ratios(times: dict[str, list[float]], baseline: str = "forward") -> d
     """Each variant's throughput over the baseline's *within* each round, then the median over
     rounds: a disturbed round slows every variant run in it, and the pairing cancels what the
     ratio of two medians keeps (the variants run back to back in a round)."""
-    return {f"{name}_vs_{baseline}": statistics.median(b / t for b, t in zip(times[baseline], values, strict=True))
+    return {f"{name}_vs_{baseline}": paired_median_ratio(times[baseline], values)
             for name, values in times.items() if name != baseline}
 
 

@@ -45,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from timing import cpu_name  # noqa: E402 - bench/timing.py
+from timing import cpu_name, paired_median_ratio  # noqa: E402 - bench/timing.py
 
 # The metrics compared: every concurrency row of bench/service.py, and its float16 one-client row.
 ROW_METRICS = ("p50_ms", "p99_ms", "items_per_s")
@@ -104,7 +104,8 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
             key = f"{later}_over_{earlier}"
             per_round[key] = {m: [b[m] / a[m] for a, b in zip(values[earlier], values[later], strict=True)]
                               for m in metrics}
-            median_ratio[key] = {m: statistics.median(ratios) for m, ratios in per_round[key].items()}
+            median_ratio[key] = {m: paired_median_ratio([b[m] for b in values[later]], [a[m] for a in values[earlier]])
+                                 for m in metrics}
     return {
         "how_to_read": "ratios are side/baseline within each round (paired), then the median over rounds; "
                        "lower is better for latencies (p50_ms, p99_ms), higher for items_per_s",

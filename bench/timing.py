@@ -7,6 +7,7 @@ its launch. Benchmarks report medians of what this returns, never a single run.
 from __future__ import annotations
 
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,3 +42,10 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def paired_median_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """The median over rounds of ``numerators[i] / denominators[i]``: two things measured back to
+    back in each round, compared within the round first, so that what a disturbed round does to
+    both cancels (a ratio of two medians keeps it)."""
+    return statistics.median(n / d for n, d in zip(numerators, denominators, strict=True))

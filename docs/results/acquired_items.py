@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import re
 import sqlite3
 import sys
 from collections import defaultdict
@@ -30,11 +29,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from analyse_study_cxr import ARM  # noqa: E402 - the arm folders' names, beside this script
 from learning_curves import fmt, summary  # noqa: E402 - docs/results/learning_curves.py
 
 from xal_core.loop.report.stats import mean_ci  # noqa: E402
 
-ARM = re.compile(r"^(?P<strategy>[a-z_]+)-(?P<training>[a-z]+)-(?P<source>expert|anatomy|none)-s(?P<seed>\d+)$")
 COLUMNS = ("round", "item_id", "label", "label_name", "uncertainty", "dice")
 
 
