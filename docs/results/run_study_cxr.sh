@@ -71,7 +71,7 @@ arms() {  # one line per arm: strategy training roi-source seed
            for s in 0 1 2 3 4; do echo "dual swap anatomy $s"; done
            for s in 5 6 7 8 9; do echo "random swap anatomy $s"; echo "${BEST_OF_REST:-entropy} swap anatomy $s"
                                   echo "dual swap anatomy $s"; done ;;
-    list) grep -v '^#' ;;
+    list) grep -v '^#' || true ;;  # an empty list is no arms, not an error
     *) echo "usage: $0 calib OPACITY|main|learnable|headroom|vindr|list" >&2; exit 2 ;;
   esac
 }
